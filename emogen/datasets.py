@@ -1,0 +1,283 @@
+"""Corpus loaders: EmoDB and RAVDESS file-name schemes, folder + CSV, one manifest.
+
+A manifest is a DataFrame with one row per audio file found, accepted or not:
+
+    clip_id, path, dataset, speaker, emotion, label, source_sr, channels, source_s, reject_reason
+
+``reject_reason`` is empty for rows whose label is one of the six emotions; otherwise it
+says why (an excluded class such as boredom, an unknown code, an unparseable name).
+Nothing found is dropped silently: accepted + rejected = files found.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import soundfile as sf
+
+from emogen.config import EMOTION_TO_INDEX, EMOTIONS
+
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".aiff", ".aif", ".mp3")
+
+# EmoDB: speaker(2 digits) text(3 chars: letter, 2 digits) emotion(letter) version(letter)
+EMODB_EMOTIONS = {
+    "W": "anger",  # Wut
+    "L": "boredom",  # Langeweile
+    "E": "disgust",  # Ekel
+    "A": "fear",  # Angst
+    "F": "happiness",  # Freude
+    "T": "sadness",  # Trauer
+    "N": "neutral",
+}
+EMODB_PATTERN = re.compile(r"^(?P<speaker>\d{2})(?P<text>[a-z]\d{2})(?P<code>[A-Za-z])(?P<version>[a-z])$")
+
+# RAVDESS: modality-channel-emotion-intensity-statement-repetition-actor
+RAVDESS_EMOTIONS = {
+    "01": "neutral",
+    "02": "calm",
+    "03": "happiness",
+    "04": "sadness",
+    "05": "anger",
+    "06": "fear",
+    "07": "disgust",
+    "08": "surprise",
+}
+RAVDESS_PATTERN = re.compile(
+    r"^(?P<modality>\d{2})-(?P<channel>\d{2})-(?P<code>\d{2})-(?P<intensity>\d{2})-"
+    r"(?P<statement>\d{2})-(?P<repetition>\d{2})-(?P<actor>\d{2})$"
+)
+
+# Label spellings accepted in a CSV, mapped to the six emotions.
+EMOTION_ALIASES = {
+    **{e: e for e in EMOTIONS},
+    "angry": "anger",
+    "sad": "sadness",
+    "happy": "happiness",
+    "joy": "happiness",
+    "neutrality": "neutral",
+    "fearful": "fear",
+    "disgusted": "disgust",
+}
+# Classes the corpora have that are not among the six: excluded and counted, not errors.
+EXCLUDED_EMOTIONS = ("boredom", "calm", "surprise")
+
+MANIFEST_COLUMNS = [
+    "clip_id",
+    "path",
+    "dataset",
+    "speaker",
+    "emotion",
+    "label",
+    "source_sr",
+    "channels",
+    "source_s",
+    "reject_reason",
+]
+
+
+class LabelError(ValueError):
+    """A file name or label that does not map to one of the six emotions."""
+
+
+def emodb_name(speaker: int, text: str, emotion: str, version: str = "a") -> str:
+    code = {v: k for k, v in EMODB_EMOTIONS.items()}[emotion]
+    return f"{speaker:02d}{text}{code}{version}.wav"
+
+
+def ravdess_name(actor: int, emotion: str, intensity: int = 1, statement: int = 1, repetition: int = 1) -> str:
+    code = {v: k for k, v in RAVDESS_EMOTIONS.items()}[emotion]
+    # modality 03 = audio-only, vocal channel 01 = speech
+    return f"03-01-{code}-{intensity:02d}-{statement:02d}-{repetition:02d}-{actor:02d}.wav"
+
+
+def _aligned(emotion: str, dataset: str) -> str:
+    if emotion in EXCLUDED_EMOTIONS:
+        raise LabelError(f"excluded class: {emotion} is not one of the 6 emotions")
+    return emotion
+
+
+def parse_emodb_name(path: str | Path) -> tuple[str, str]:
+    """EmoDB file name -> (speaker, emotion). Raises LabelError with the reason."""
+    stem = Path(path).stem
+    m = EMODB_PATTERN.match(stem)
+    if not m:
+        raise LabelError(f"file name {Path(path).name!r} does not follow the EmoDB scheme (e.g. 03a01Fa.wav)")
+    code = m["code"]
+    if code not in EMODB_EMOTIONS:
+        raise LabelError(f"unknown EmoDB emotion code {code!r} in {Path(path).name!r}")
+    return m["speaker"], _aligned(EMODB_EMOTIONS[code], "emodb")
+
+
+def parse_ravdess_name(path: str | Path) -> tuple[str, str]:
+    """RAVDESS file name -> (actor, emotion). Raises LabelError with the reason."""
+    stem = Path(path).stem
+    m = RAVDESS_PATTERN.match(stem)
+    if not m:
+        raise LabelError(f"file name {Path(path).name!r} does not follow the RAVDESS scheme (e.g. 03-01-05-01-02-01-12.wav)")
+    if m["code"] not in RAVDESS_EMOTIONS:
+        raise LabelError(f"unknown RAVDESS emotion code {m['code']!r} in {Path(path).name!r}")
+    if m["channel"] != "01":
+        raise LabelError(f"RAVDESS vocal channel {m['channel']} is song, not speech, in {Path(path).name!r}")
+    return m["actor"], _aligned(RAVDESS_EMOTIONS[m["code"]], "ravdess")
+
+
+PARSERS = {"emodb": parse_emodb_name, "ravdess": parse_ravdess_name}
+
+
+def detect_dataset(path: str | Path) -> str | None:
+    stem = Path(path).stem
+    if RAVDESS_PATTERN.match(stem):
+        return "ravdess"
+    if EMODB_PATTERN.match(stem):
+        return "emodb"
+    return None
+
+
+def normalize_emotion(label: object) -> str:
+    """A CSV label -> one of the six emotions; excluded classes and unknowns raise LabelError."""
+    text = str(label).strip().lower() if label is not None and not (isinstance(label, float) and np.isnan(label)) else ""
+    if not text:
+        raise LabelError("missing emotion label")
+    if text in EXCLUDED_EMOTIONS:
+        raise LabelError(f"excluded class: {text} is not one of the 6 emotions")
+    if text not in EMOTION_ALIASES:
+        raise LabelError(f"unknown emotion label {text!r} (expected one of {', '.join(EMOTIONS)})")
+    return EMOTION_ALIASES[text]
+
+
+def probe_audio(path: str | Path) -> tuple[float, float, float]:
+    """(sample rate, channels, seconds) from the header; NaNs when the header is unreadable."""
+    try:
+        info = sf.info(str(path))
+        return float(info.samplerate), float(info.channels), info.frames / max(info.samplerate, 1)
+    except Exception:  # noqa: BLE001 - unreadable files are rejected later with the real reason
+        return float("nan"), float("nan"), float("nan")
+
+
+def _row(path: Path, dataset: str, speaker: str, emotion: str, reason: str, probe: bool) -> dict:
+    sr, ch, secs = probe_audio(path) if probe else (float("nan"),) * 3
+    return {
+        "path": str(path),
+        "dataset": dataset,
+        "speaker": f"{dataset}:{speaker}" if speaker else "",
+        "emotion": emotion,
+        "label": EMOTION_TO_INDEX.get(emotion, -1),
+        "source_sr": sr,
+        "channels": ch,
+        "source_s": secs,
+        "reject_reason": reason,
+    }
+
+
+def _finish(rows: list[dict]) -> pd.DataFrame:
+    df = pd.DataFrame(rows, columns=[c for c in MANIFEST_COLUMNS if c != "clip_id"])
+    df.insert(0, "clip_id", [f"{d}/{Path(p).stem}" for d, p in zip(df["dataset"], df["path"])])
+    # Two files with the same stem in one dataset (e.g. a .wav and a .flac) stay distinct.
+    dup = df["clip_id"].duplicated(keep=False)
+    df.loc[dup, "clip_id"] = [f"{d}/{Path(p).name}" for d, p in zip(df.loc[dup, "dataset"], df.loc[dup, "path"])]
+    df["label"] = df["label"].astype("int64")
+    return df.sort_values("clip_id", kind="stable").reset_index(drop=True)
+
+
+def audio_files(root: str | Path) -> list[Path]:
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"corpus folder not found: {root}")
+    return sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and not p.name.startswith("."))
+
+
+def scan_folder(root: str | Path, dataset: str = "auto", probe: bool = True) -> pd.DataFrame:
+    """Every audio file under root, labelled from its name (EmoDB or RAVDESS scheme).
+
+    dataset: "emodb", "ravdess", or "auto" (decided per file by its name's shape).
+    """
+    if dataset not in ("auto", *PARSERS):
+        raise ValueError(f"unknown dataset {dataset!r}; expected auto, emodb or ravdess")
+    rows = []
+    for path in audio_files(root):
+        kind = detect_dataset(path) if dataset == "auto" else dataset
+        if kind is None:
+            rows.append(_row(path, "unknown", "", "", f"file name {path.name!r} follows neither the EmoDB nor the RAVDESS scheme", probe))
+            continue
+        try:
+            speaker, emotion = PARSERS[kind](path)
+            rows.append(_row(path, kind, speaker, emotion, "", probe))
+        except LabelError as exc:
+            rows.append(_row(path, kind, "", "", str(exc), probe))
+    return _finish(rows)
+
+
+def load_csv_manifest(csv_path: str | Path, root: str | Path | None = None, dataset: str = "custom", probe: bool = True) -> pd.DataFrame:
+    """A label CSV with columns path, emotion, speaker (paths relative to root or the CSV)."""
+    csv_path = Path(csv_path)
+    table = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+    missing = {"path", "emotion", "speaker"} - set(table.columns)
+    if missing:
+        raise ValueError(f"{csv_path}: missing column(s) {', '.join(sorted(missing))}; need path, emotion, speaker")
+    base = Path(root) if root else csv_path.parent
+    rows = []
+    for rec in table.to_dict("records"):
+        path = Path(rec["path"])
+        path = path if path.is_absolute() else base / path
+        name = rec.get("dataset") or dataset
+        speaker = str(rec["speaker"]).strip()
+        try:
+            emotion = normalize_emotion(rec["emotion"])
+            if not speaker:
+                raise LabelError("missing speaker id")
+            rows.append(_row(path, name, speaker, emotion, "", probe))
+        except LabelError as exc:
+            rows.append(_row(path, name, speaker, "", str(exc), probe))
+    return _finish(rows)
+
+
+def build_manifest(inputs: list[str | Path], csv: str | Path | None = None, dataset: str = "auto", probe: bool = True) -> pd.DataFrame:
+    """One manifest over several folders (and optionally a label CSV)."""
+    parts = [scan_folder(root, dataset, probe) for root in inputs]
+    if csv is not None:
+        parts.append(load_csv_manifest(csv, probe=probe))
+    if not parts:
+        raise ValueError("no input: give at least one corpus folder or a label CSV")
+    return _finish(pd.concat(parts, ignore_index=True).drop(columns="clip_id").to_dict("records"))
+
+
+def summarize_labels(manifest: pd.DataFrame) -> dict:
+    """Counts by emotion among accepted rows, and excluded classes / label errors among the rest."""
+    ok = manifest["reject_reason"] == ""
+    excluded = {e: int(manifest["reject_reason"].str.contains(f"excluded class: {e} ").sum()) for e in EXCLUDED_EMOTIONS}
+    return {
+        "files": int(len(manifest)),
+        "labelled": int(ok.sum()),
+        "by_emotion": {e: int((manifest.loc[ok, "emotion"] == e).sum()) for e in EMOTIONS},
+        "excluded": excluded,
+        "label_errors": int((~ok).sum() - sum(excluded.values())),
+    }
+
+
+# ------------------------------------------------------------------------ splitting
+
+
+def speaker_split(
+    table: pd.DataFrame, val_fraction: float = 0.15, test_fraction: float = 0.2, seed: int = 0
+) -> pd.Series:
+    """Speaker-independent split: a 'train'/'val'/'test' label per row, no speaker in two.
+
+    Speakers are shuffled per dataset with the seed and dealt so every dataset with at
+    least three speakers has one in each split, and both held-out splits get at least one.
+    """
+    if not 0 <= val_fraction < 1 or not 0 < test_fraction < 1 or val_fraction + test_fraction >= 1:
+        raise ValueError("need 0 <= val_fraction, 0 < test_fraction and val_fraction + test_fraction < 1")
+    rng = np.random.default_rng(seed)
+    assignment: dict[str, str] = {}
+    for dataset in sorted(table["dataset"].unique()):
+        speakers = sorted(table.loc[table["dataset"] == dataset, "speaker"].unique())
+        speakers = [speakers[i] for i in rng.permutation(len(speakers))]
+        n = len(speakers)
+        n_test = max(1, int(round(n * test_fraction))) if n >= 2 else 0
+        n_val = max(1, int(round(n * val_fraction))) if n >= 3 and val_fraction > 0 else 0
+        for i, spk in enumerate(speakers):
+            assignment[spk] = "test" if i < n_test else "val" if i < n_test + n_val else "train"
+    return table["speaker"].map(assignment).rename("split")
