@@ -7,6 +7,7 @@ scaled log-mel -> audio by Griffin-Lim.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -33,15 +34,16 @@ def read_audio(path: str | Path, cfg: AudioConfig = AudioConfig()) -> tuple[np.n
     Raises RejectedClip with a human-readable reason for anything unusable.
     """
     path = Path(path)
+    # libsndfile reports a missing file as a bare "System error": name the cause first.
+    if not path.exists():
+        raise RejectedClip("file not found (missing, or a broken link)")
+    if not os.access(path, os.R_OK):
+        raise RejectedClip("file not readable (permission denied)")
+    if path.stat().st_size == 0:
+        raise RejectedClip("empty file (0 bytes)")
     try:
         info = sf.info(str(path))
-    except FileNotFoundError:
-        raise RejectedClip("file not found") from None
-    except PermissionError:
-        raise RejectedClip("file not readable (permission denied)") from None
     except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
-        if path.exists() and path.stat().st_size == 0:
-            raise RejectedClip("empty file (0 bytes)") from None
         raise RejectedClip(f"not a readable audio file: {exc}") from None
     except OSError as exc:
         raise RejectedClip(f"cannot open file: {exc.strerror or exc}") from None

@@ -186,7 +186,10 @@ def audio_files(root: str | Path) -> list[Path]:
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"corpus folder not found: {root}")
-    return sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and not p.name.startswith("."))
+    # not is_dir() rather than is_file(): a dangling link is an input to reject, not to skip
+    return sorted(
+        p for p in root.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and not p.name.startswith(".") and not p.is_dir()
+    )
 
 
 def scan_folder(root: str | Path, dataset: str = "auto", probe: bool = True) -> pd.DataFrame:

@@ -1,0 +1,46 @@
+"""Shared fixtures: one local Ray instance per test session, small audio helpers."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """A 2-CPU local Ray shared by every test that needs it, shut down at the end."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    yield ray
+    ray.shutdown()
+
+
+def tone(seconds: float, sample_rate: int, f0: float = 150.0, channels: int = 1, seed: int = 0) -> np.ndarray:
+    """A harmonic-rich, speech-band test signal with a little noise, peak 0.5."""
+    t = np.arange(int(round(seconds * sample_rate))) / sample_rate
+    wave = sum(np.sin(2 * np.pi * f0 * k * t) / k for k in range(1, 12) if f0 * k < sample_rate / 2)
+    wave = wave * (0.6 + 0.4 * np.sin(2 * np.pi * 3 * t))
+    wave = wave + 0.01 * np.random.default_rng(seed).standard_normal(t.size)
+    wave = (0.5 * wave / np.max(np.abs(wave))).astype(np.float32)
+    return np.stack([wave, 0.5 * wave], axis=1) if channels == 2 else wave
+
+
+@pytest.fixture
+def write_wav():
+    def _write(path: Path, seconds: float = 2.0, sample_rate: int = 16_000, subtype: str = "PCM_16", **kw) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sf.write(str(path), tone(seconds, sample_rate, **kw), sample_rate, subtype=subtype)
+        return path
+
+    return _write
