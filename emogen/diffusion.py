@@ -1,0 +1,196 @@
+"""Noise schedules, training loss and the one sampling loop, on diffusers' schedulers.
+
+The model (emogen.models.UNet), the noise scheduler (diffusers) and the sampling loop
+(`sample`) are separate objects, as in diffusers' pipelines. All schedule and update
+math is diffusers': the seed's hand-written DDPM step had a wrong factor
+(1/sqrt(alpha_bar) for 1/sqrt(alpha)) that made samples explode.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+if TYPE_CHECKING:
+    from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+
+    Scheduler = Union[DDPMScheduler, DDIMScheduler, DPMSolverMultistepScheduler]
+
+# Sampler name -> diffusers class name. diffusers is imported on first use: it adds ~2 s
+# to `import emogen.presets`, which config-only callers (CLI, job submission) don't need.
+SAMPLERS: dict[str, str] = {
+    "ddpm": "DDPMScheduler",
+    "ddim": "DDIMScheduler",
+    "dpm": "DPMSolverMultistepScheduler",
+}
+
+
+def scheduler_class(name: str) -> type:
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}; known: {', '.join(SAMPLERS)}")
+    import diffusers
+
+    return getattr(diffusers, SAMPLERS[name])
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    """Diffusion process and sampling defaults (SPEC: linear betas 1e-4..0.02, 1000 steps)."""
+
+    num_train_timesteps: int = 1000
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+    beta_schedule: str = "linear"
+    prediction_type: str = "epsilon"
+    space: str = "mel"  # "mel": U-Net on scaled log-mels; "latent": on the VAE's latent
+    # Clipping the predicted x0 to [-1, 1] is right for mels (they are scaled to that
+    # range) and wrong for VAE latents (unbounded); None picks by `space`.
+    clip_sample: bool | None = None
+    # Latent diffusion multiplies VAE latents by this so they have roughly unit variance
+    # (Stable Diffusion's 0.18215); measure it on encoded training data.
+    latent_scale: float = 1.0
+    sampler: str = "ddim"
+    num_inference_steps: int = 50
+    guidance_scale: float = 1.0
+    eta: float = 0.0  # DDIM only: 0 deterministic, 1 DDPM-like
+
+    def __post_init__(self) -> None:
+        if self.space not in ("mel", "latent"):
+            raise ValueError(f"DiffusionConfig.space must be 'mel' or 'latent', got {self.space!r}")
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"DiffusionConfig.sampler must be one of {sorted(SAMPLERS)}, got {self.sampler!r}")
+
+    @property
+    def clip(self) -> bool:
+        return self.space == "mel" if self.clip_sample is None else self.clip_sample
+
+
+def make_train_scheduler(cfg: DiffusionConfig | None = None) -> DDPMScheduler:
+    """The forward (noising) process used for training; samplers are derived from it."""
+    cfg = cfg or DiffusionConfig()
+    return scheduler_class("ddpm")(
+        num_train_timesteps=cfg.num_train_timesteps,
+        beta_start=cfg.beta_start,
+        beta_end=cfg.beta_end,
+        beta_schedule=cfg.beta_schedule,
+        prediction_type=cfg.prediction_type,
+        clip_sample=cfg.clip,
+    )
+
+
+def make_sampler(
+    name: str | None = None,
+    cfg: DiffusionConfig | None = None,
+    train_scheduler: DDPMScheduler | None = None,
+) -> Scheduler:
+    """A fresh sampler ("ddpm", "ddim" or "dpm") sharing the training noise schedule.
+
+    Built with `from_config` of the training scheduler so betas and prediction type can
+    never drift apart between training and sampling. Each call returns a new object:
+    schedulers are stateful (set_timesteps, DPM-Solver's history), so do not share one
+    between concurrent sampling loops.
+    """
+    cfg = cfg or DiffusionConfig()
+    name = name or cfg.sampler
+    cls = scheduler_class(name)
+    base = train_scheduler or make_train_scheduler(cfg)
+    return cls.from_config(base.config)
+
+
+def _randn(shape: Sequence[int], generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    # Draw on the generator's device and move, so a CPU generator gives the same numbers
+    # whatever device the model is on.
+    gen_device = generator.device if generator is not None else device
+    return torch.randn(tuple(shape), generator=generator, device=gen_device).to(device)
+
+
+def diffusion_loss(
+    model: nn.Module,
+    scheduler: DDPMScheduler,
+    x0: torch.Tensor,
+    labels: torch.Tensor | None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """MSE between the model's prediction and the target at uniformly random timesteps.
+
+    The model sees its configured label dropout (it is in train mode during training),
+    which is what teaches the null class for classifier-free guidance.
+    """
+    b = x0.shape[0]
+    noise = _randn(x0.shape, generator, x0.device)
+    gen_device = generator.device if generator is not None else x0.device
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (b,), generator=generator, device=gen_device).to(x0.device)
+    noisy = scheduler.add_noise(x0, noise, t)
+    pred = model(noisy, t, labels)
+    if scheduler.config.prediction_type == "epsilon":
+        target = noise
+    elif scheduler.config.prediction_type == "v_prediction":
+        target = scheduler.get_velocity(x0, noise, t)
+    else:  # "sample"
+        target = x0
+    return F.mse_loss(pred, target)
+
+
+@torch.no_grad()
+def sample(
+    model: nn.Module,
+    scheduler: Scheduler,
+    labels: torch.Tensor | Sequence[int] | None,
+    shape: Sequence[int],
+    num_inference_steps: int,
+    guidance_scale: float = 1.0,
+    eta: float = 0.0,
+    seed: int = 0,
+    progress: Callable[[int, int], None] | None = None,
+) -> torch.Tensor:
+    """Generate a batch by running `scheduler` backwards from seeded Gaussian noise.
+
+    shape: per-item (C, H, T) or full (B, C, H, T); the batch size comes from labels when
+    given (labels=None: unconditional, batch from shape). guidance_scale is the
+    classifier-free guidance scale (1 = plain conditional). eta is passed to DDIM only.
+    The same seed gives the same output: all randomness (initial noise and DDPM's/
+    DDIM's per-step noise) comes from one CPU torch.Generator.
+    progress(step, total) is called after each step (step counts from 1).
+    """
+    device = next(model.parameters()).device
+    if labels is not None:
+        labels = torch.as_tensor(labels, dtype=torch.long, device=device).reshape(-1)
+    shape = tuple(shape)
+    if len(shape) == 3:
+        if labels is None:
+            raise ValueError("sample: give a full (B, C, H, T) shape when labels is None")
+        shape = (labels.shape[0], *shape)
+    if len(shape) != 4:
+        raise ValueError(f"sample: shape must be (C, H, T) or (B, C, H, T), got {shape}")
+    if labels is not None and labels.shape[0] != shape[0]:
+        raise ValueError(f"sample: {labels.shape[0]} labels for a batch of {shape[0]}")
+
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    x = _randn(shape, generator, device) * scheduler.init_noise_sigma
+    scheduler.set_timesteps(num_inference_steps, device=device)
+    step_kwargs: dict = {"generator": generator}
+    if isinstance(scheduler, scheduler_class("ddim")):
+        step_kwargs["eta"] = eta
+
+    was_training = model.training
+    model.eval()
+    try:
+        total = len(scheduler.timesteps)
+        for i, t in enumerate(scheduler.timesteps):
+            model_in = scheduler.scale_model_input(x, t)
+            t_batch = t.expand(shape[0]).to(device)
+            if hasattr(model, "forward_with_cond_scale"):
+                pred = model.forward_with_cond_scale(model_in, t_batch, labels, guidance_scale)
+            else:
+                pred = model(model_in, t_batch, labels)
+            x = scheduler.step(pred, t, x, **step_kwargs).prev_sample
+            if progress is not None:
+                progress(i + 1, total)
+    finally:
+        model.train(was_training)
+    return x

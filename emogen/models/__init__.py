@@ -1,0 +1,28 @@
+"""The networks, as plain torch.nn.Modules with one config dataclass each."""
+
+from .layers import AttentionBlock, crop_frames, pad_frames, set_store_attention
+from .ser import ResNetSER, SERConfig
+from .unet import UNet, UNetConfig
+from .vae import ConditionalVAE, VAEConfig, spectral_loss, vae_loss
+
+__all__ = [
+    "AttentionBlock",
+    "ConditionalVAE",
+    "ResNetSER",
+    "SERConfig",
+    "UNet",
+    "UNetConfig",
+    "VAEConfig",
+    "crop_frames",
+    "pad_frames",
+    "set_store_attention",
+    "spectral_loss",
+    "vae_loss",
+]
+
+
+def count_parameters(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+__all__.append("count_parameters")

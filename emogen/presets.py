@@ -1,0 +1,86 @@
+"""Size presets, as data.
+
+A preset is a dict of sections, each a plain dict of overrides for one config dataclass
+(the dataclass defaults are the SPEC's values). Add a section (e.g. "train_ser": {...})
+to a preset and, if it has a config dataclass, register that in CONFIG_CLASSES;
+`model_configs` builds only the model sections and leaves other sections to their
+owners (read them with `preset_sections`).
+
+- tiny:  unit tests; every forward well under 0.1 s on CPU.
+- demo:  a laptop CPU; diffusion runs in the VAE's latent space (4 x 16 x 22 for a 4-s
+         clip) because a mel-space U-Net step costs seconds here (SPEC: 11.8 s).
+- paper: a GPU cluster; mel-space diffusion as in the seed (U-Net ~3.5 M params, 4
+         levels, attention at the two lowest), ResNet-18-layout SER.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from .config import replace
+from .diffusion import DiffusionConfig
+from .models.ser import SERConfig
+from .models.unet import UNetConfig
+from .models.vae import VAEConfig
+
+CONFIG_CLASSES: dict[str, type] = {
+    "unet": UNetConfig,
+    "vae": VAEConfig,
+    "ser": SERConfig,
+    "diffusion": DiffusionConfig,
+}
+
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "tiny": {
+        "unet": {"base_channels": 8, "channel_mults": (1, 1, 2, 2), "attention_levels": (3,), "attention_heads": 2},
+        "vae": {"base_channels": 8, "channel_mults": (1, 2, 4), "latent_channels": 4, "class_emb_dim": 16},
+        "ser": {"widths": (8, 16), "blocks_per_stage": (1, 1)},
+        "diffusion": {"space": "mel", "sampler": "ddim", "num_inference_steps": 5},
+    },
+    "demo": {
+        # runs on the VAE latent: in_channels must equal vae.latent_channels
+        "unet": {"in_channels": 4, "base_channels": 32, "channel_mults": (1, 2, 2), "attention_levels": (1, 2)},
+        # full-resolution convs dominate the VAE's cost: 12 base channels keep an epoch of
+        # ~300 clips at ~1.4 GFLOP per clip forward (base 16 would be 2.5)
+        "vae": {"base_channels": 12, "channel_mults": (1, 2, 4), "latent_channels": 4, "class_emb_dim": 32},
+        "ser": {"widths": (16, 32, 64, 128), "blocks_per_stage": (2, 2, 2, 2)},
+        "diffusion": {"space": "latent", "sampler": "ddim", "num_inference_steps": 50, "guidance_scale": 2.0},
+    },
+    "paper": {
+        "unet": {"in_channels": 1, "base_channels": 32, "channel_mults": (1, 2, 4, 4), "attention_levels": (2, 3)},
+        "vae": {"base_channels": 32, "channel_mults": (1, 2, 4), "latent_channels": 4},
+        "ser": {"widths": (32, 64, 128, 256), "blocks_per_stage": (2, 2, 2, 2)},
+        "diffusion": {"space": "mel", "sampler": "ddpm", "num_inference_steps": 1000},
+    },
+}
+
+
+def preset_sections(preset: str) -> dict[str, dict[str, Any]]:
+    """A deep copy of a preset's sections (safe to modify)."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
+    return copy.deepcopy(PRESETS[preset])
+
+
+def model_configs(preset: str, overrides: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Config dataclasses {"unet", "vae", "ser", "diffusion"} of a preset, with overrides.
+
+    overrides has the same shape as a preset ({"unet": {"base_channels": 64}, ...});
+    sections not in CONFIG_CLASSES (e.g. training sections) are accepted and ignored
+    here, unknown fields inside a model section raise ValueError.
+    """
+    sections = preset_sections(preset)
+    overrides = overrides or {}
+    bad = [k for k, v in overrides.items() if not isinstance(v, dict)]
+    if bad:
+        raise ValueError(f"overrides must be sections of field overrides; not a dict: {', '.join(bad)}")
+    configs = {
+        name: replace(cls(), {**sections.get(name, {}), **overrides.get(name, {})})
+        for name, cls in CONFIG_CLASSES.items()
+    }
+    if configs["diffusion"].space == "latent" and configs["unet"].in_channels != configs["vae"].latent_channels:
+        raise ValueError(
+            f"latent diffusion needs unet.in_channels ({configs['unet'].in_channels}) == vae.latent_channels ({configs['vae'].latent_channels})"
+        )
+    return configs

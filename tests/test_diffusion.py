@@ -1,0 +1,142 @@
+"""Noise schedule, samplers, seeded sampling, guidance and the diffusion loss (tiny sizes)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+
+from emogen.diffusion import DiffusionConfig, diffusion_loss, make_sampler, make_train_scheduler, sample
+from emogen.models import UNet
+from emogen.presets import model_configs
+
+SHAPE = (1, 16, 22)  # per item: small, and 22 frames exercise the U-Net's padding
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Tiny tensors: one intra-op thread avoids OpenMP oversubscription, which made these
+    # tests ~8x slower on a shared 2-core machine. Restored for other test modules.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def model() -> UNet:
+    torch.manual_seed(0)
+    return UNet(model_configs("tiny")["unet"]).eval()
+
+
+def test_train_scheduler_is_the_spec_schedule():
+    sch = make_train_scheduler(DiffusionConfig())
+    assert isinstance(sch, DDPMScheduler)
+    assert sch.config.num_train_timesteps == 1000 and sch.config.prediction_type == "epsilon"
+    betas = torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)
+    torch.testing.assert_close(sch.betas.double(), betas, rtol=0, atol=1e-7)
+
+
+def test_add_noise_matches_closed_form():
+    sch = make_train_scheduler(DiffusionConfig())
+    abar = torch.cumprod(1 - torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64), 0)
+    g = torch.Generator().manual_seed(0)
+    x0, eps = torch.randn(4, 1, 8, 10, generator=g), torch.randn(4, 1, 8, 10, generator=g)
+    t = torch.tensor([0, 10, 500, 999])
+    a = abar[t].float()[:, None, None, None]
+    expected = a.sqrt() * x0 + (1 - a).sqrt() * eps
+    torch.testing.assert_close(sch.add_noise(x0, eps, t), expected, rtol=1e-5, atol=1e-5)
+    assert abar[-1] < 1e-4  # the chain ends near pure noise
+
+
+def test_clip_sample_follows_space():
+    assert make_train_scheduler(DiffusionConfig(space="mel")).config.clip_sample is True
+    assert make_train_scheduler(DiffusionConfig(space="latent")).config.clip_sample is False
+    with pytest.raises(ValueError):
+        DiffusionConfig(space="wave")
+
+
+@pytest.mark.parametrize("name,cls", [("ddpm", DDPMScheduler), ("ddim", DDIMScheduler), ("dpm", DPMSolverMultistepScheduler)])
+def test_make_sampler_shares_the_training_schedule(name, cls):
+    train = make_train_scheduler(DiffusionConfig(beta_end=0.03))
+    sampler = make_sampler(name, train_scheduler=train)
+    assert isinstance(sampler, cls)
+    torch.testing.assert_close(sampler.alphas_cumprod, train.alphas_cumprod)
+    assert sampler is not make_sampler(name, train_scheduler=train)  # stateful: fresh each time
+
+
+def test_unknown_sampler():
+    with pytest.raises(ValueError, match="ddim"):
+        make_sampler("euler")
+
+
+@pytest.mark.parametrize("name,steps", [("ddpm", 8), ("ddim", 5), ("dpm", 5)])
+def test_sample_shape_finite_and_seeded(model, name, steps):
+    sch = make_sampler(name)
+    labels = torch.tensor([0, 3, 5])
+    calls = []
+    a = sample(model, sch, labels, SHAPE, steps, seed=1, progress=lambda i, n: calls.append((i, n)))
+    assert a.shape == (3, *SHAPE) and torch.isfinite(a).all()
+    assert calls == [(i + 1, steps) for i in range(steps)]
+    b = sample(model, make_sampler(name), labels, SHAPE, steps, seed=1)
+    c = sample(model, sch, labels, SHAPE, steps, seed=2)
+    assert torch.equal(a, b)
+    assert not torch.allclose(a, c)
+
+
+def test_sample_full_shape_eta_and_guidance(model):
+    labels = [1, 2]
+    ddim = make_sampler("ddim")
+    x0 = sample(model, ddim, labels, (2, *SHAPE), 4, eta=0.0, seed=0)
+    x1 = sample(model, ddim, labels, (2, *SHAPE), 4, eta=1.0, seed=0)
+    assert not torch.allclose(x0, x1)  # eta reaches DDIM
+    g = sample(model, ddim, labels, (2, *SHAPE), 4, guidance_scale=3.0, seed=0)
+    assert torch.isfinite(g).all() and not torch.allclose(g, x0)
+    unc = sample(model, ddim, None, (2, *SHAPE), 4, seed=0)
+    assert unc.shape == (2, *SHAPE)
+    with pytest.raises(ValueError):
+        sample(model, ddim, labels, (3, *SHAPE), 4)
+    assert not model.training  # sample restores the mode it found
+
+
+def test_sample_guidance_one_equals_conditional_model(model):
+    # guidance 1 must be exactly the conditional network: no uncond pass mixed in
+    class CondOnly(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x, t, labels):
+            return self.inner(x, t, labels, cond_drop_prob=0.0)
+
+    labels = torch.tensor([0, 4])
+    a = sample(model, make_sampler("ddim"), labels, SHAPE, 4, guidance_scale=1.0, seed=5)
+    b = sample(CondOnly(model), make_sampler("ddim"), labels, SHAPE, 4, seed=5)
+    assert torch.equal(a, b)
+
+
+def test_diffusion_loss_is_seeded_and_falls_when_overfitting():
+    torch.manual_seed(0)
+    net = UNet(model_configs("tiny")["unet"]).train()
+    sch = make_train_scheduler(DiffusionConfig())
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.tanh(2 * torch.randn(4, *SHAPE, generator=g))
+    labels = torch.arange(4)
+
+    def fixed_loss() -> float:
+        net.eval()
+        with torch.no_grad():
+            value = diffusion_loss(net, sch, x0.repeat(4, 1, 1, 1), labels.repeat(4), generator=torch.Generator().manual_seed(123)).item()
+        net.train()
+        return value
+
+    assert fixed_loss() == fixed_loss()
+    before = fixed_loss()
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    for _ in range(60):
+        loss = diffusion_loss(net, sch, x0, labels, generator=g)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 0.5)
+        opt.step()
+    assert fixed_loss() < 0.5 * before
