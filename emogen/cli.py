@@ -57,6 +57,31 @@ def cmd_preprocess(args: argparse.Namespace) -> dict:
     return summary
 
 
+def cmd_train(args: argparse.Namespace) -> dict:
+    from emogen.config import load_overrides
+    from emogen.runtime import init_ray
+    from emogen.train import fit
+
+    overrides = load_overrides(args.config)
+    overrides.pop("best_metric", None)  # best_config.json from a sweep carries its score
+    init_ray(args.address, args.num_cpus)
+    return fit(
+        args.model,
+        args.data,
+        preset=args.preset,
+        overrides=overrides,
+        epochs=args.epochs,
+        num_workers=args.num_workers,
+        use_gpu=args.use_gpu,
+        storage_path=args.storage_path,
+        run_name=args.run_name,
+        tracking_uri=args.tracking_uri,
+        vae_checkpoint=args.vae_checkpoint,
+        max_failures=args.max_failures,
+        fail_at_epoch=args.fail_at_epoch,
+    )
+
+
 def cmd_demo(args: argparse.Namespace) -> dict:
     out = Path(args.out)
     corpus = cmd_corpus(argparse.Namespace(out=out / "corpus", preset=args.preset, seed=args.seed, workers=args.workers))
@@ -76,6 +101,27 @@ def cmd_demo(args: argparse.Namespace) -> dict:
 def _ray_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else start a local instance)")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs for a local Ray instance (default: all)")
+
+
+def add_train_arguments(p: argparse.ArgumentParser, model: str | None) -> None:
+    """Options shared by `emogen train MODEL` and jobs/train_MODEL.py."""
+    if model is None:
+        p.add_argument("model", choices=["ser", "vae", "diffusion"])
+    else:
+        p.set_defaults(model=model)
+    p.add_argument("--data", type=Path, required=True, help="preprocess output folder (or its features/)")
+    p.add_argument("--preset", default="demo", help="tiny | demo | paper: model sizes and training defaults")
+    p.add_argument("--config", type=Path, default=None, help="JSON/YAML overrides, e.g. {\"train\": {\"lr\": 1e-3}, \"ser\": {...}}")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--num-workers", type=int, default=1, help="Ray Train workers (data-parallel)")
+    p.add_argument("--use-gpu", action="store_true", help="one GPU per worker, NCCL")
+    p.add_argument("--storage-path", default="runs/train", help="local dir, shared file system or s3:// URI")
+    p.add_argument("--run-name", default=None, help="re-use a name to resume that run (default MODEL-PRESET)")
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: local store in runs/mlflow)")
+    p.add_argument("--vae-checkpoint", default=None, help="diffusion in latent space: the trained VAE checkpoint")
+    p.add_argument("--max-failures", type=int, default=1, help="worker-group restarts from the last checkpoint")
+    p.add_argument("--fail-at-epoch", type=int, default=-1, help=argparse.SUPPRESS)  # fault-tolerance drills
+    _ray_options(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -98,6 +144,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=int, default=None, help="featurizer actors (default: one per CPU)")
     _ray_options(p)
     p.set_defaults(func=cmd_preprocess)
+
+    p = sub.add_parser("train", help="train a model with Ray Train (checkpoints every epoch, resumable)")
+    add_train_arguments(p, model=None)
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("demo", help="the whole pipeline on the embedded demo corpus")
     p.add_argument("--out", type=Path, default=Path("runs/demo"))

@@ -17,4 +17,6 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, **kwargs: 
     if address or os.environ.get("RAY_ADDRESS"):
         ray.init(address=address, **kwargs)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, **kwargs)
+        # The dashboard stays on: Ray Train's controller watches its workers through the
+        # state API it serves (bound to 127.0.0.1 by default).
+        ray.init(num_cpus=num_cpus, **kwargs)

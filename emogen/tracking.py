@@ -1,0 +1,71 @@
+"""MLflow, configured once.
+
+Default: a local SQLite store under runs/mlflow (no server; MLflow 3 retired the plain
+file store). `--tracking-uri` (or MLFLOW_TRACKING_URI) points at a real server instead.
+Browse the local store with:
+
+    mlflow ui --backend-store-uri sqlite:///runs/mlflow/mlflow.db
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+DEFAULT_DIR = Path("runs/mlflow")
+DEFAULT_EXPERIMENT = "emogen"
+
+
+def default_tracking_uri(directory: str | Path = DEFAULT_DIR) -> str:
+    return f"sqlite:///{Path(directory).resolve() / 'mlflow.db'}"
+
+
+def resolve_tracking_uri(uri: str | None = None) -> str:
+    return uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
+
+
+def configure(tracking_uri: str | None = None, experiment: str = DEFAULT_EXPERIMENT) -> str:
+    """Point MLflow at the store and experiment; returns the experiment id.
+
+    For the local store, artifacts live beside the database (not in the cwd).
+    """
+    import mlflow
+
+    uri = resolve_tracking_uri(tracking_uri)
+    if uri.startswith("sqlite:///"):
+        Path(uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    found = mlflow.get_experiment_by_name(experiment)
+    if found is not None:
+        experiment_id = found.experiment_id
+    else:
+        location = None
+        if uri.startswith("sqlite:///"):
+            location = (Path(uri[len("sqlite:///") :]).parent / "artifacts").resolve().as_uri()
+        experiment_id = mlflow.create_experiment(experiment, artifact_location=location)
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return experiment_id
+
+
+def flatten(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested config dicts -> {'section.key': value} for mlflow.log_params."""
+    flat: dict[str, Any] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value if isinstance(value, (int, float, str, bool)) or value is None else str(value)
+    return flat
+
+
+def find_run(run_name: str, tracking_uri: str | None = None, experiment: str = DEFAULT_EXPERIMENT) -> str | None:
+    """The id of the newest run tagged with this emogen run name, to resume into it."""
+    import mlflow
+
+    configure(tracking_uri, experiment)
+    runs = mlflow.search_runs(
+        filter_string=f"tags.`emogen.run_name` = '{run_name}'", order_by=["start_time DESC"], max_results=1
+    )
+    return None if runs.empty else str(runs["run_id"].iloc[0])

@@ -1,0 +1,631 @@
+"""Training: one loop for the SER, the VAE and the diffusion U-Net, run by Ray Train.
+
+`train_loop_per_worker(config)` is a plain function: Ray's TorchTrainer runs it on 1 CPU
+worker in a test and on 32 GPU workers on a cluster. The model-specific parts are three
+small `Task`s (build the network, a loss for a batch, validation sums); everything else
+(data shards, DDP, mixed precision on GPU, LR schedule, early stopping, atomic
+checkpoints every epoch, resume, MLflow) is shared.
+
+Reading order: configuration, checkpoints, tasks, the worker loop, the driver (`fit`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from emogen.config import EMOTIONS, AudioConfig, replace
+from emogen.presets import model_configs, preset_sections
+
+MODELS = ("ser", "vae", "diffusion")
+STATE_FILE = "state.pt"
+
+
+# ------------------------------------------------------------------- configuration
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimization and data settings; SPEC defaults (batch 16, lr 3e-4, clip 0.5)."""
+
+    epochs: int = 30
+    batch_size: int = 16
+    lr: float = 3e-4
+    weight_decay: float = 1e-4
+    grad_clip: float = 0.5
+    # ReduceLROnPlateau on the validation loss; early stopping after this many epochs
+    # without improvement (0 = never stop early).
+    lr_factor: float = 0.5
+    lr_patience: int = 2
+    early_stopping_patience: int = 0
+    kl_warmup_epochs: int = 0  # VAE: KL weight ramps 0 -> 1 over these epochs
+    label_smoothing: float = 0.0  # SER
+    seed: int = 0
+    # The speaker-independent split (emogen.datasets.speaker_split), same for all models.
+    split_seed: int = 0
+    val_fraction: float = 0.15
+    test_fraction: float = 0.2
+    amp: bool = True  # mixed precision, only ever on CUDA
+    shuffle_buffer: int = 512
+    # Fault-tolerance drills: the rank-0 worker kills its process once, at the start of
+    # this epoch (a marker file in the run directory makes it happen only once).
+    fail_at_epoch: int = -1
+
+
+def train_config(model: str, preset: str, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """TrainConfig from a preset's "train" and "train_<model>" sections, then overrides."""
+    sections = preset_sections(preset)
+    values = {**sections.get("train", {}), **sections.get(f"train_{model}", {}), **(overrides or {})}
+    return replace(TrainConfig(), values)
+
+
+# --------------------------------------------------------------------- checkpoints
+
+
+def save_state(directory: str | Path, state: dict[str, Any]) -> Path:
+    """Write state.pt atomically (temp file + rename): a crash never leaves half a file."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    target = directory / STATE_FILE
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".state-", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
+
+
+def load_state(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """A checkpoint directory or state.pt -> the state dict, loaded with weights_only=True."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / STATE_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def _plain(value: Any) -> Any:
+    """Config values -> types torch.load(weights_only=True) accepts (tuples -> lists)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+# --------------------------------------------------------------------------- tasks
+
+
+class Task:
+    """What differs between the three models. Subclasses are small on purpose."""
+
+    name = ""
+
+    def __init__(self, cfgs: dict[str, Any], train: TrainConfig, extra: dict[str, Any]):
+        self.cfgs, self.train, self.extra = cfgs, train, extra
+
+    def build(self) -> nn.Module:
+        raise NotImplementedError
+
+    def setup(self, model: nn.Module, device: torch.device) -> None:
+        """Per-run preparation after the model is on its device (e.g. a frozen VAE)."""
+
+    def loss(self, model: nn.Module, mel: torch.Tensor, label: torch.Tensor, epoch: int) -> tuple[torch.Tensor, dict[str, float]]:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, mel: torch.Tensor, label: torch.Tensor, epoch: int) -> dict[str, float]:
+        """Validation sums for one batch (summed over items; the loop divides by count)."""
+        loss, parts = self.loss(model, mel, label, epoch)
+        n = mel.shape[0]
+        return {"loss": loss.item() * n, **{k: v * n for k, v in parts.items()}}
+
+    def finalize(self, sums: dict[str, float], count: int) -> dict[str, float]:
+        return {k: v / max(count, 1) for k, v in sums.items()}
+
+    def checkpoint_extra(self) -> dict[str, Any]:
+        return {}
+
+
+class SERTask(Task):
+    name = "ser"
+
+    def build(self) -> nn.Module:
+        from emogen.models.ser import ResNetSER
+
+        return ResNetSER(self.cfgs["ser"])
+
+    def loss(self, model, mel, label, epoch):
+        logits = model(mel.unsqueeze(1))
+        loss = F.cross_entropy(logits, label, label_smoothing=self.train.label_smoothing)
+        return loss, {}
+
+    @torch.no_grad()
+    def evaluate(self, model, mel, label, epoch):
+        logits = model(mel.unsqueeze(1))
+        pred = logits.argmax(dim=1)
+        sums = {"loss": F.cross_entropy(logits, label, reduction="sum").item(), "correct": (pred == label).sum().item()}
+        for k in range(len(EMOTIONS)):  # per-class counts -> unweighted accuracy after reduction
+            sums[f"n_{k}"] = (label == k).sum().item()
+            sums[f"hit_{k}"] = ((label == k) & (pred == k)).sum().item()
+        return sums
+
+    def finalize(self, sums, count):
+        recalls = [sums[f"hit_{k}"] / sums[f"n_{k}"] for k in range(len(EMOTIONS)) if sums.get(f"n_{k}", 0) > 0]
+        return {
+            "loss": sums.get("loss", 0.0) / max(count, 1),
+            "accuracy": sums.get("correct", 0.0) / max(count, 1),
+            "uar": float(np.mean(recalls)) if recalls else 0.0,
+        }
+
+
+class VAETask(Task):
+    name = "vae"
+
+    def build(self) -> nn.Module:
+        from emogen.models.vae import ConditionalVAE
+
+        return ConditionalVAE(self.cfgs["vae"])
+
+    def kl_weight(self, epoch: int) -> float:
+        warmup = self.train.kl_warmup_epochs
+        return 1.0 if warmup <= 0 else min(1.0, (epoch + 1) / warmup)
+
+    def loss(self, model, mel, label, epoch):
+        from emogen.models.vae import vae_loss
+
+        vcfg = self.cfgs["vae"]
+        x = mel.unsqueeze(1)
+        recon, mu, logvar = model(x, label)
+        parts = vae_loss(
+            recon, x, mu, logvar, beta=vcfg.beta, spectral_weight=vcfg.spectral_weight,
+            kl_weight=self.kl_weight(epoch), recon_type=vcfg.recon_loss,
+        )
+        return parts["loss"], {k: v.item() for k, v in parts.items() if k != "loss"}
+
+
+class DiffusionTask(Task):
+    """Noise prediction on mels, or on the latents of a trained VAE (latent diffusion).
+
+    In latent space the VAE is frozen and its (scaled) posterior mean is the data; the
+    VAE's weights are stored in the diffusion checkpoint so a generator is one file.
+    """
+
+    name = "diffusion"
+
+    def __init__(self, cfgs, train, extra):
+        super().__init__(cfgs, train, extra)
+        from emogen.diffusion import make_train_scheduler
+
+        self.scheduler = make_train_scheduler(cfgs["diffusion"])
+        self.vae: nn.Module | None = None
+        self.vae_state: dict[str, Any] | None = None
+        self.latent_scale = float(extra.get("latent_scale") or cfgs["diffusion"].latent_scale)
+
+    def build(self) -> nn.Module:
+        from emogen.models.unet import UNet
+
+        return UNet(self.cfgs["unet"])
+
+    def setup(self, model, device):
+        if self.cfgs["diffusion"].space != "latent":
+            return
+        from emogen.models.vae import ConditionalVAE, VAEConfig
+
+        path = self.extra.get("vae_checkpoint")
+        if not path:
+            raise ValueError("latent diffusion needs a trained VAE: pass --vae-checkpoint (a `emogen train vae` checkpoint)")
+        state = load_state(path)
+        if state.get("model_name") != "vae":
+            raise ValueError(f"{path} is a {state.get('model_name')!r} checkpoint, not a VAE")
+        vae_cfg = replace(VAEConfig(), state["configs"]["vae"])
+        self.vae = ConditionalVAE(vae_cfg).to(device).eval()
+        self.vae.load_state_dict(state["best_model"] or state["model"])
+        self.vae.requires_grad_(False)
+        self.vae_state = {"config": state["configs"]["vae"], "model": self.vae.state_dict()}
+
+    @torch.no_grad()
+    def to_space(self, mel: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        x = mel.unsqueeze(1)
+        if self.vae is None:
+            return x
+        mu, _ = self.vae.encode(x, label)
+        if self.extra.get("latent_scale") is None:
+            # First batch fixes the scale (unit variance, as Stable Diffusion's 0.18215);
+            # it is saved in the checkpoint, so a resumed run keeps the same space.
+            self.latent_scale = float(1.0 / mu.std().clamp(min=1e-6))
+            self.extra["latent_scale"] = self.latent_scale
+        return mu * self.latent_scale
+
+    def loss(self, model, mel, label, epoch):
+        from emogen.diffusion import diffusion_loss
+
+        return diffusion_loss(model, self.scheduler, self.to_space(mel, label), label), {}
+
+    @torch.no_grad()
+    def evaluate(self, model, mel, label, epoch):
+        from emogen.diffusion import diffusion_loss
+
+        # Fixed noise and timesteps per batch position: validation loss comparable across epochs.
+        gen = torch.Generator(device="cpu").manual_seed(1234)
+        loss = diffusion_loss(model, self.scheduler, self.to_space(mel, label), label, generator=gen)
+        return {"loss": loss.item() * mel.shape[0]}
+
+    def checkpoint_extra(self):
+        return {"latent_scale": self.latent_scale, "vae": self.vae_state}
+
+
+TASKS: dict[str, type[Task]] = {"ser": SERTask, "vae": VAETask, "diffusion": DiffusionTask}
+
+
+# ---------------------------------------------------------------- the worker loop
+
+
+def _batches(shard: Any, batch_size: int, device: torch.device, shuffle: int = 0):
+    from emogen.data import decode_mels
+
+    kwargs = {"local_shuffle_buffer_size": shuffle} if shuffle else {}
+    for batch in shard.iter_batches(batch_size=batch_size, batch_format="pandas", drop_last=False, **kwargs):
+        if len(batch) == 0:
+            continue
+        mel = torch.from_numpy(decode_mels(batch)).to(device, non_blocking=True)
+        yield mel, torch.tensor(batch["label"].to_numpy(np.int64), device=device)
+
+
+def _all_reduce(sums: dict[str, float], device: torch.device) -> dict[str, float]:
+    """Sum metric sums across workers. Keys are unioned first: a worker whose shard had
+    no batch (tiny validation sets) has fewer keys and must not break the collective."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return sums
+    all_keys: list[list[str]] = [[] for _ in range(torch.distributed.get_world_size())]
+    torch.distributed.all_gather_object(all_keys, sorted(sums))
+    keys = sorted(set().union(*all_keys))
+    packed = torch.tensor([float(sums.get(k, 0.0)) for k in keys], dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(packed)
+    return dict(zip(keys, packed.tolist()))
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if hasattr(model, "module") else model
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """The Ray Train worker function (also runs unchanged with 1 worker in tests).
+
+    config: model ("ser" | "vae" | "diffusion"), configs (model config dicts),
+    train (TrainConfig dict), audio (AudioConfig dict), extra (e.g. vae_checkpoint),
+    mlflow ({"tracking_uri", "run_id"} or None), run_dir (for the failure drill).
+    """
+    import ray.train
+    import ray.train.torch
+
+    from emogen.models.ser import SERConfig
+    from emogen.models.unet import UNetConfig
+    from emogen.models.vae import VAEConfig
+    from emogen.diffusion import DiffusionConfig
+
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    train_cfg = TrainConfig(**config["train"])
+    classes = {"ser": SERConfig, "vae": VAEConfig, "unet": UNetConfig, "diffusion": DiffusionConfig}
+    cfgs = {k: replace(classes[k](), v) for k, v in config["configs"].items()}
+    extra = dict(config.get("extra") or {})
+    device = ray.train.torch.get_device()
+    torch.manual_seed(train_cfg.seed + rank)
+
+    # Resume: a restarted worker group (fault tolerance) or a re-run with the same name.
+    state = None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as ckpt_dir:
+            state = load_state(ckpt_dir)
+        extra.update({k: v for k, v in state["extra"].items() if k == "latent_scale"})
+
+    task = TASKS[config["model"]](cfgs, train_cfg, extra)
+    model = task.build()
+    if state is not None:
+        model.load_state_dict(state["model"])
+    model = ray.train.torch.prepare_model(model)
+    task.setup(model, device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
+    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=train_cfg.lr_factor, patience=train_cfg.lr_patience)
+    use_amp = train_cfg.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+
+    start_epoch, best, bad_epochs, history, resumes, best_model = 0, math.inf, 0, [], [], None
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        plateau.load_state_dict(state["lr_scheduler"])
+        if use_amp and state.get("grad_scaler"):
+            scaler.load_state_dict(state["grad_scaler"])
+        start_epoch, best, bad_epochs = state["epoch"], state["best"], state["bad_epochs"]
+        history, resumes, best_model = state["history"], state["resumes"] + [state["epoch"]], state["best_model"]
+
+    mlflow = _mlflow_for_rank0(config.get("mlflow"), rank)
+    train_shard = ray.train.get_dataset_shard("train")
+    val_shard = ray.train.get_dataset_shard("val")
+    stopped_early = state is not None and state.get("stopped_early", False)
+    if rank == 0 and start_epoch:
+        print(f"[{task.name}] resuming from the checkpoint of epoch {start_epoch}", flush=True)
+
+    for epoch in range(start_epoch, train_cfg.epochs):
+        if stopped_early:
+            break
+        if train_cfg.fail_at_epoch == epoch and rank == 0:
+            marker = Path(config["run_dir"]) / f".failed-at-epoch-{epoch}"
+            if not marker.exists():
+                marker.parent.mkdir(parents=True, exist_ok=True)
+                marker.touch()
+                print(f"[{task.name}] failure drill: worker exits at the start of epoch {epoch}", flush=True)
+                os._exit(1)
+        started = time.time()
+        model.train()
+        train_sums, seen = {"loss": 0.0}, 0
+        for mel, label in _batches(train_shard, train_cfg.batch_size, device, train_cfg.shuffle_buffer):
+            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+                loss, parts = task.loss(model, mel, label, epoch)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            n = mel.shape[0]
+            train_sums["loss"] += loss.item() * n
+            for k, v in parts.items():
+                train_sums[k] = train_sums.get(k, 0.0) + v * n
+            seen += n
+        train_sums["count"] = seen
+        train_sums = _all_reduce(train_sums, device)
+        count = train_sums.pop("count")
+        metrics = {f"train_{k}": v / max(count, 1) for k, v in train_sums.items()}
+
+        model.eval()
+        val_sums: dict[str, float] = {}
+        val_count = 0
+        for mel, label in _batches(val_shard, train_cfg.batch_size, device):
+            for k, v in task.evaluate(model, mel, label, epoch).items():
+                val_sums[k] = val_sums.get(k, 0.0) + v
+            val_count += mel.shape[0]
+        val_sums["count"] = val_count
+        val_sums = _all_reduce(val_sums, device)
+        val_count = int(val_sums.pop("count"))
+        if val_count:  # tiny corpora may have no validation speaker: then train loss decides
+            metrics.update({f"val_{k}": v for k, v in task.finalize(val_sums, val_count).items()})
+        monitor = metrics.get("val_loss", metrics["train_loss"])
+        plateau.step(monitor)
+        if monitor < best - 1e-6:
+            best, bad_epochs = monitor, 0
+            best_model = {k: v.detach().cpu().clone() for k, v in _unwrap(model).state_dict().items()}
+        else:
+            bad_epochs += 1
+        stopped_early = 0 < train_cfg.early_stopping_patience <= bad_epochs
+        metrics.update(
+            epoch=epoch + 1, lr=optimizer.param_groups[0]["lr"], seconds=time.time() - started,
+            best_val=best, stopped_early=stopped_early,
+        )
+        history.append({k: float(v) for k, v in metrics.items()})
+
+        state = {
+            "model_name": task.name,
+            "model": {k: v.detach().cpu() for k, v in _unwrap(model).state_dict().items()},
+            "best_model": best_model,
+            "optimizer": optimizer.state_dict(),
+            "lr_scheduler": plateau.state_dict(),
+            "grad_scaler": scaler.state_dict() if use_amp else None,
+            "epoch": epoch + 1,
+            "best": best,
+            "bad_epochs": bad_epochs,
+            "stopped_early": stopped_early,
+            "history": history,
+            "resumes": resumes,
+            "configs": _plain(config["configs"]),
+            "train": _plain(config["train"]),
+            "audio": _plain(config["audio"]),
+            "extra": task.checkpoint_extra(),
+        }
+        _report(metrics, state if rank == 0 else None)
+        if rank == 0:
+            _log_epoch(task.name, metrics, train_cfg.epochs)
+            if mlflow is not None:
+                mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=epoch + 1)
+        if stopped_early:
+            if rank == 0:
+                print(f"[{task.name}] early stop: no improvement for {bad_epochs} epochs", flush=True)
+            break
+    else:
+        if state is not None and start_epoch >= train_cfg.epochs and history:
+            # A finished run re-run by name: nothing to train, report where it stands.
+            _report(dict(history[-1]), None)
+
+
+def _report(metrics: dict[str, Any], state: dict[str, Any] | None) -> None:
+    import ray.train
+
+    if state is None:
+        ray.train.report(metrics)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        save_state(tmp, state)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+
+def _log_epoch(name: str, metrics: dict[str, Any], epochs: int) -> None:
+    shown = {k: v for k, v in metrics.items() if k.startswith(("train_loss", "val_")) and not k.startswith("val_n_")}
+    text = " ".join(f"{k}={v:.4f}" for k, v in shown.items())
+    print(f"[{name}] epoch {metrics['epoch']}/{epochs} {text} lr={metrics['lr']:.2e} ({metrics['seconds']:.1f} s)", flush=True)
+
+
+def _mlflow_for_rank0(settings: dict[str, Any] | None, rank: int):
+    if rank != 0 or not settings:
+        return None
+    import mlflow
+
+    mlflow.set_tracking_uri(settings["tracking_uri"])
+    mlflow.start_run(run_id=settings["run_id"])
+    return mlflow
+
+
+# --------------------------------------------------------------------- the driver
+
+
+def split_assignment(features: str | Path, train_cfg: TrainConfig) -> dict[str, str]:
+    """clip_id -> "train" | "val" | "test", speaker-independent, from the features' metadata."""
+    from emogen.data import read_features
+    from emogen.datasets import speaker_split
+
+    meta = read_features(features, columns=["clip_id", "speaker", "dataset"])
+    if meta.empty:
+        raise ValueError(f"{features} holds no accepted clips")
+    split = speaker_split(meta, train_cfg.val_fraction, train_cfg.test_fraction, seed=train_cfg.split_seed)
+    return dict(zip(meta["clip_id"], split))
+
+
+def select_split(batch: Any, keep: frozenset[str]) -> Any:
+    """Ray Data batch function: one split's accepted rows. Mels stay encoded as bytes
+    (decoded by the worker), so an empty selection is just an empty frame."""
+    rows = batch[batch["clip_id"].isin(keep) & (batch["status"] == "ok")]
+    return rows[["mel", "n_mels", "n_frames", "label"]]
+
+
+def split_datasets(features: str | Path, assignment: dict[str, str], splits=("train", "val")) -> dict[str, Any]:
+    """One Ray dataset per split, materialized before training starts.
+
+    Features of a few thousand clips fit in the object store (~90 KB each), every epoch
+    re-reads them, and a pipeline still running when the workers hold every CPU would
+    wait forever for a CPU of its own.
+    """
+    import ray
+
+    from emogen.data import FEATURES_DIR
+
+    path = Path(features)
+    path = path / FEATURES_DIR if (path / FEATURES_DIR).is_dir() else path
+    source = ray.data.read_parquet(str(path), columns=["clip_id", "status", "label", "mel", "n_mels", "n_frames"])
+    datasets = {}
+    for split in splits:
+        keep = frozenset(cid for cid, s in assignment.items() if s == split)
+        datasets[split] = source.map_batches(select_split, fn_kwargs={"keep": keep}, batch_format="pandas").materialize()
+    return datasets
+
+
+def fit(
+    model: str,
+    features: str | Path,
+    preset: str = "demo",
+    overrides: dict[str, Any] | None = None,
+    epochs: int | None = None,
+    num_workers: int = 1,
+    use_gpu: bool = False,
+    storage_path: str | Path = "runs/train",
+    run_name: str | None = None,
+    tracking_uri: str | None = None,
+    vae_checkpoint: str | None = None,
+    max_failures: int = 1,
+    fail_at_epoch: int = -1,
+) -> dict[str, Any]:
+    """Train one model with Ray Train and return a summary (metrics, checkpoint, MLflow run).
+
+    overrides: {"train": {...}, "ser": {...}, ...} on top of the preset. Re-running with
+    the same storage_path and run_name resumes from the run's latest checkpoint.
+    """
+    import mlflow
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from emogen import tracking
+
+    if model not in MODELS:
+        raise ValueError(f"unknown model {model!r}; expected one of {', '.join(MODELS)}")
+    overrides = dict(overrides or {})
+    train_over = dict(overrides.pop("train", {}))
+    if epochs is not None:
+        train_over["epochs"] = epochs
+    if fail_at_epoch >= 0:
+        train_over["fail_at_epoch"] = fail_at_epoch
+    train_cfg = train_config(model, preset, train_over)
+    cfgs = model_configs(preset, overrides)
+    wanted = {"ser": ["ser"], "vae": ["vae"], "diffusion": ["unet", "diffusion"]}[model]
+    run_name = run_name or f"{model}-{preset}"
+    storage = str(Path(storage_path).resolve()) if "://" not in str(storage_path) else str(storage_path)
+    run_dir = f"{storage}/{run_name}"
+
+    assignment = split_assignment(features, train_cfg)
+    counts = {s: sum(v == s for v in assignment.values()) for s in ("train", "val", "test")}
+    if counts["train"] == 0:
+        raise ValueError("the speaker split left no training clips")
+
+    tracking.configure(tracking_uri)
+    run_id = tracking.find_run(run_name, tracking_uri)
+    params = {"model": model, "preset": preset, "train": dataclasses.asdict(train_cfg),
+              **{k: dataclasses.asdict(cfgs[k]) for k in wanted}, "split_counts": counts, "num_workers": num_workers}
+    if run_id is None:
+        with mlflow.start_run(run_name=run_name, tags={"emogen.run_name": run_name, "emogen.model": model}) as run:
+            mlflow.log_params(tracking.flatten(params))
+            run_id = run.info.run_id
+
+    extra: dict[str, Any] = {"vae_checkpoint": str(Path(vae_checkpoint).resolve()) if vae_checkpoint else None}
+    loop_config = {
+        "model": model,
+        "configs": {k: dataclasses.asdict(cfgs[k]) for k in wanted},
+        "train": dataclasses.asdict(train_cfg),
+        "audio": dataclasses.asdict(AudioConfig()),
+        "extra": extra,
+        "mlflow": {"tracking_uri": tracking.resolve_tracking_uri(tracking_uri), "run_id": run_id},
+        "run_dir": run_dir,
+    }
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config,
+        scaling_config=ray.train.ScalingConfig(num_workers=num_workers, use_gpu=use_gpu),
+        run_config=ray.train.RunConfig(
+            name=run_name,
+            storage_path=storage,
+            failure_config=ray.train.FailureConfig(max_failures=max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+        ),
+        datasets=split_datasets(features, assignment),
+    )
+    started = time.time()
+    result = trainer.fit()
+    seconds = time.time() - started
+    if result.checkpoint is None:
+        raise RuntimeError(f"training {model} produced no checkpoint (error: {result.error})")
+
+    with result.checkpoint.as_directory() as ckpt_dir:
+        final = load_state(ckpt_dir)
+        with mlflow.start_run(run_id=run_id):
+            mlflow.log_artifact(str(Path(ckpt_dir) / STATE_FILE), artifact_path="model")
+            mlflow.set_tag("emogen.checkpoint", result.checkpoint.path)
+    metrics = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
+    return {
+        "model": model,
+        "preset": preset,
+        "run_name": run_name,
+        "epochs_completed": final["epoch"],
+        "resumed_from": final["resumes"],
+        "stopped_early": final["stopped_early"],
+        "metrics": metrics,
+        "checkpoint": result.checkpoint.path,
+        "mlflow_run_id": run_id,
+        "tracking_uri": tracking.resolve_tracking_uri(tracking_uri),
+        "split_counts": counts,
+        "seconds": round(seconds, 1),
+    }

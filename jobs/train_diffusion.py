@@ -1,0 +1,15 @@
+"""Ray job: train the diffusion model with Ray Train.
+
+    python jobs/train_diffusion.py --data runs/demo/data --preset demo
+    ray job submit --working-dir . -- python jobs/train_diffusion.py --data DATA --num-workers 4 --use-gpu
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the working dir under `ray job submit`
+
+from emogen.cli import main  # noqa: E402
+
+if __name__ == "__main__":
+    main(["train", "diffusion", *sys.argv[1:]])

@@ -1,0 +1,119 @@
+"""Ray Train jobs end to end on the tiny corpus: 2-worker gloo, fault tolerance, resume, MLflow."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from emogen.train import TrainConfig, load_state, save_state, train_config
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def tiny_features(tmp_path_factory, ray_session):
+    from emogen.corpus import generate_corpus
+    from emogen.data import preprocess
+    from emogen.datasets import build_manifest
+
+    root = tmp_path_factory.mktemp("tiny")
+    generate_corpus(root / "corpus", preset="tiny", seed=0)
+    preprocess(build_manifest([root / "corpus"]), root / "data")
+    return root / "data"
+
+
+@pytest.fixture(scope="module")
+def tracking_uri(tmp_path_factory):
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
+def _fit(model, features, tmp_path, tracking_uri, **kw):
+    from emogen.train import fit
+
+    kw.setdefault("epochs", 2)
+    return fit(model, features, preset="tiny", storage_path=tmp_path / "train", tracking_uri=tracking_uri, **kw)
+
+
+def test_state_round_trip_is_atomic(tmp_path):
+    state = {"model": {"w": torch.randn(3)}, "epoch": 2, "history": [{"loss": 1.0}], "configs": {"ser": {"widths": [8, 16]}}}
+    save_state(tmp_path, state)
+    assert [p.name for p in tmp_path.iterdir()] == ["state.pt"]  # no temp file left behind
+    loaded = load_state(tmp_path)
+    assert torch.equal(loaded["model"]["w"], state["model"]["w"]) and loaded["history"] == state["history"]
+
+
+def test_train_config_presets_and_overrides():
+    assert TrainConfig().batch_size == 16 and TrainConfig().lr == 3e-4 and TrainConfig().grad_clip == 0.5
+    assert train_config("ser", "tiny", {"lr": 1e-3}).lr == 1e-3
+    with pytest.raises(ValueError, match="unknown TrainConfig field"):
+        train_config("ser", "tiny", {"learning_rate": 1e-3})
+
+
+def test_ser_two_gloo_workers_end_to_end(tiny_features, tmp_path, tracking_uri):
+    import mlflow
+
+    summary = _fit("ser", tiny_features, tmp_path, tracking_uri, num_workers=2, run_name="ser-2w")
+    assert summary["epochs_completed"] == 2 and summary["resumed_from"] == []
+    assert {"train_loss", "val_loss", "val_accuracy", "val_uar"} <= set(summary["metrics"])
+    state = load_state(summary["checkpoint"])
+    assert state["model_name"] == "ser" and len(state["history"]) == 2 and state["best_model"] is not None
+    mlflow.set_tracking_uri(tracking_uri)
+    run = mlflow.get_run(summary["mlflow_run_id"])
+    assert run.data.params["train.batch_size"] == "16" and run.data.params["num_workers"] == "2"
+    history = mlflow.tracking.MlflowClient().get_metric_history(run.info.run_id, "val_loss")
+    assert [m.step for m in history] == [1, 2]
+    assert mlflow.artifacts.list_artifacts(run_id=run.info.run_id, artifact_path="model")
+
+
+def test_worker_failure_resumes_from_checkpoint(tiny_features, tmp_path, tracking_uri):
+    summary = _fit("vae", tiny_features, tmp_path, tracking_uri, epochs=3, fail_at_epoch=2, max_failures=1, run_name="vae-ft")
+    assert (tmp_path / "train" / "vae-ft" / ".failed-at-epoch-2").exists()  # the drill really fired
+    assert summary["epochs_completed"] == 3
+    # Checkpoint upload is asynchronous: the restart resumes from a saved epoch, 1 or 2.
+    assert len(summary["resumed_from"]) == 1 and summary["resumed_from"][0] in (1, 2)
+    assert [h["epoch"] for h in load_state(summary["checkpoint"])["history"]] == [1, 2, 3]
+
+
+def test_rerun_by_name_resumes(tiny_features, tmp_path, tracking_uri):
+    first = _fit("ser", tiny_features, tmp_path, tracking_uri, epochs=1, run_name="ser-resume")
+    second = _fit("ser", tiny_features, tmp_path, tracking_uri, epochs=3, run_name="ser-resume")
+    assert second["resumed_from"] == [1] and second["epochs_completed"] == 3
+    assert second["mlflow_run_id"] == first["mlflow_run_id"]
+    again = _fit("ser", tiny_features, tmp_path, tracking_uri, epochs=3, run_name="ser-resume")
+    assert again["epochs_completed"] == 3 and load_state(again["checkpoint"])["history"] == load_state(second["checkpoint"])["history"]
+
+
+def test_mel_and_latent_diffusion(tiny_features, tmp_path, tracking_uri):
+    mel = _fit("diffusion", tiny_features, tmp_path, tracking_uri, epochs=1, run_name="diff-mel")
+    assert load_state(mel["checkpoint"])["extra"]["vae"] is None
+    vae = _fit("vae", tiny_features, tmp_path, tracking_uri, epochs=1, run_name="vae-for-latent")
+    latent = _fit(
+        "diffusion", tiny_features, tmp_path, tracking_uri, epochs=1, run_name="diff-latent",
+        overrides={"diffusion": {"space": "latent"}, "unet": {"in_channels": 4}}, vae_checkpoint=vae["checkpoint"],
+    )
+    state = load_state(latent["checkpoint"])
+    assert state["extra"]["vae"] is not None and state["extra"]["latent_scale"] > 0
+    assert latent["metrics"]["val_loss"] > 0
+
+
+def test_latent_diffusion_without_vae_is_a_clear_error(tiny_features, tmp_path, tracking_uri):
+    with pytest.raises(Exception, match="latent diffusion needs a trained VAE"):
+        _fit("diffusion", tiny_features, tmp_path, tracking_uri, epochs=1, run_name="diff-novae", max_failures=0,
+             overrides={"diffusion": {"space": "latent"}, "unet": {"in_channels": 4}})
+
+
+def test_cluster_yaml_validates_against_rays_schema():
+    import yaml
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    config = yaml.safe_load((ROOT / "cluster.yaml").read_text())
+    validate_config(prepare_config(config))
+    gpu = config["available_node_types"]["gpu_worker"]
+    assert gpu["node_config"]["InstanceType"].startswith(("g", "p")) and gpu["max_workers"] >= 1
+    assert any("torch==2.14.1" in cmd for cmd in config["setup_commands"])
