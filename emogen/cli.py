@@ -82,6 +82,25 @@ def cmd_train(args: argparse.Namespace) -> dict:
     )
 
 
+def cmd_generate(args: argparse.Namespace) -> dict:
+    import time
+
+    from emogen.config import EMOTIONS
+    from emogen.generate import EmotionGenerator, write_wavs
+
+    started = time.time()
+    generator = EmotionGenerator.from_checkpoint(args.checkpoint)
+    emotions = list(EMOTIONS) if args.emotion == "all" else [args.emotion]
+    files = []
+    for emotion in emotions:
+        mels = generator.generate(emotion, args.num_samples, sampler=args.sampler, steps=args.steps,
+                                  guidance_scale=args.guidance_scale, seed=args.seed)
+        names = [f"{emotion}_{args.seed}_{i}" for i in range(len(mels))]
+        files += write_wavs(generator.to_audio(mels), args.out, names, generator.audio.sample_rate)
+        print(f"[generate] {emotion}: {len(mels)} clips", file=sys.stderr, flush=True)
+    return {"model": generator.kind, "files": [str(f) for f in files], "seconds": round(time.time() - started, 1)}
+
+
 def cmd_demo(args: argparse.Namespace) -> dict:
     out = Path(args.out)
     corpus = cmd_corpus(argparse.Namespace(out=out / "corpus", preset=args.preset, seed=args.seed, workers=args.workers))
@@ -92,7 +111,23 @@ def cmd_demo(args: argparse.Namespace) -> dict:
             address=args.address, num_cpus=args.num_cpus, batch_size=16, concurrency=None,
         )
     )
-    return {"corpus": corpus, "preprocess": pre}
+    summary = {"corpus": corpus, "preprocess": pre}
+    if args.skip_train:
+        return summary
+    common = dict(data=out / "data", preset=args.preset, config=None, epochs=None, num_workers=1, use_gpu=False,
+                  storage_path=str(out / "train"), tracking_uri=None, max_failures=1, fail_at_epoch=-1,
+                  address=args.address, num_cpus=args.num_cpus, vae_checkpoint=None)
+    for model in ("ser", "vae", "diffusion"):
+        print(f"[demo] training {model} ...", file=sys.stderr, flush=True)
+        run = cmd_train(argparse.Namespace(model=model, run_name=f"{model}-{args.preset}", **common))
+        summary[model] = {k: run[k] for k in ("checkpoint", "epochs_completed", "metrics", "mlflow_run_id", "seconds")}
+        if model == "vae":
+            common["vae_checkpoint"] = run["checkpoint"]
+    samples = cmd_generate(argparse.Namespace(checkpoint=summary["diffusion"]["checkpoint"], emotion="all", num_samples=2,
+                                              sampler=None, steps=None, guidance_scale=None, seed=0, out=out / "samples"))
+    summary["samples"] = str(out / "samples")
+    print(f"[demo] {len(samples['files'])} generated clips in {out / 'samples'}", file=sys.stderr, flush=True)
+    return summary
 
 
 # -------------------------------------------------------------------------- parser
@@ -149,11 +184,23 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_arguments(p, model=None)
     p.set_defaults(func=cmd_train)
 
+    p = sub.add_parser("generate", help="synthesize clips of an emotion from a diffusion or VAE checkpoint")
+    p.add_argument("--checkpoint", required=True, help="a `emogen train diffusion|vae` checkpoint directory")
+    p.add_argument("--emotion", default="all", help="one of the 6 emotions, or all")
+    p.add_argument("--num-samples", type=int, default=4)
+    p.add_argument("--sampler", default=None, choices=["ddpm", "ddim", "dpm"], help="diffusion sampler (default: the preset's)")
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--guidance-scale", type=float, default=None, help="classifier-free guidance (1 = none)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=Path("runs/samples"))
+    p.set_defaults(func=cmd_generate)
+
     p = sub.add_parser("demo", help="the whole pipeline on the embedded demo corpus")
     p.add_argument("--out", type=Path, default=Path("runs/demo"))
     p.add_argument("--preset", default="demo")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--skip-train", action="store_true", help="stop after preprocessing")
     _ray_options(p)
     p.set_defaults(func=cmd_demo)
     return parser

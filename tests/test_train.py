@@ -7,7 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import soundfile as sf
 import torch
 
 from emogen.train import TrainConfig, load_state, save_state, train_config
@@ -100,6 +102,39 @@ def test_mel_and_latent_diffusion(tiny_features, tmp_path, tracking_uri):
     state = load_state(latent["checkpoint"])
     assert state["extra"]["vae"] is not None and state["extra"]["latent_scale"] > 0
     assert latent["metrics"]["val_loss"] > 0
+
+    # Each checkpoint is a generator on its own: mel diffusion, latent diffusion (+ its VAE), VAE.
+    from emogen.generate import EmotionGenerator
+
+    for ckpt in (mel["checkpoint"], latent["checkpoint"], vae["checkpoint"]):
+        generator = EmotionGenerator.from_checkpoint(ckpt)
+        mels = generator.generate("fear", num_samples=2, steps=3, seed=7)
+        assert mels.shape == (2, 128, 173) and np.isfinite(mels).all()
+        assert np.array_equal(mels, generator.generate("fear", num_samples=2, steps=3, seed=7))
+        assert not np.array_equal(mels, generator.generate("fear", num_samples=2, steps=3, seed=8))
+    waves = generator.to_audio(mels)
+    assert waves.shape == (2, 88200) and np.abs(waves).max() > 0.1
+    with pytest.raises(ValueError, match="unknown emotion 'boredom'"):
+        generator.generate("boredom")
+
+
+def test_generate_cli_writes_wavs(tiny_features, tmp_path, tracking_uri):
+    from emogen.cli import main
+
+    vae = _fit("vae", tiny_features, tmp_path, tracking_uri, epochs=1, run_name="vae-cli")
+    main(["generate", "--checkpoint", vae["checkpoint"], "--emotion", "all", "--num-samples", "1", "--out", str(tmp_path / "wav")])
+    files = sorted(p.name for p in (tmp_path / "wav").iterdir())
+    assert files == sorted(f"{e}_0_0.wav" for e in ("anger", "sadness", "happiness", "neutral", "fear", "disgust"))
+    data, sr = sf.read(tmp_path / "wav" / "fear_0_0.wav")
+    assert sr == 22050 and data.shape == (88200,)
+
+
+def test_ser_checkpoint_is_not_a_generator(tiny_features, tmp_path, tracking_uri):
+    from emogen.generate import EmotionGenerator
+
+    ser = _fit("ser", tiny_features, tmp_path, tracking_uri, epochs=1, run_name="ser-not-gen")
+    with pytest.raises(ValueError, match="not a generator"):
+        EmotionGenerator.from_checkpoint(ser["checkpoint"])
 
 
 def test_latent_diffusion_without_vae_is_a_clear_error(tiny_features, tmp_path, tracking_uri):
