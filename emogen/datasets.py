@@ -93,7 +93,8 @@ def ravdess_name(actor: int, emotion: str, intensity: int = 1, statement: int = 
     return f"03-01-{code}-{intensity:02d}-{statement:02d}-{repetition:02d}-{actor:02d}.wav"
 
 
-def _aligned(emotion: str, dataset: str) -> str:
+def _aligned(emotion: str) -> str:
+    """The emotion itself if it is one of the six; excluded classes raise LabelError."""
     if emotion in EXCLUDED_EMOTIONS:
         raise LabelError(f"excluded class: {emotion} is not one of the 6 emotions")
     return emotion
@@ -108,7 +109,7 @@ def parse_emodb_name(path: str | Path) -> tuple[str, str]:
     code = m["code"]
     if code not in EMODB_EMOTIONS:
         raise LabelError(f"unknown EmoDB emotion code {code!r} in {Path(path).name!r}")
-    return m["speaker"], _aligned(EMODB_EMOTIONS[code], "emodb")
+    return m["speaker"], _aligned(EMODB_EMOTIONS[code])
 
 
 def parse_ravdess_name(path: str | Path) -> tuple[str, str]:
@@ -121,7 +122,7 @@ def parse_ravdess_name(path: str | Path) -> tuple[str, str]:
         raise LabelError(f"unknown RAVDESS emotion code {m['code']!r} in {Path(path).name!r}")
     if m["channel"] != "01":
         raise LabelError(f"RAVDESS vocal channel {m['channel']} is song, not speech, in {Path(path).name!r}")
-    return m["actor"], _aligned(RAVDESS_EMOTIONS[m["code"]], "ravdess")
+    return m["actor"], _aligned(RAVDESS_EMOTIONS[m["code"]])
 
 
 PARSERS = {"emodb": parse_emodb_name, "ravdess": parse_ravdess_name}
@@ -141,8 +142,7 @@ def normalize_emotion(label: object) -> str:
     text = str(label).strip().lower() if label is not None and not (isinstance(label, float) and np.isnan(label)) else ""
     if not text:
         raise LabelError("missing emotion label")
-    if text in EXCLUDED_EMOTIONS:
-        raise LabelError(f"excluded class: {text} is not one of the 6 emotions")
+    _aligned(text)
     if text not in EMOTION_ALIASES:
         raise LabelError(f"unknown emotion label {text!r} (expected one of {', '.join(EMOTIONS)})")
     return EMOTION_ALIASES[text]

@@ -12,10 +12,8 @@ Reading order: configuration, checkpoints, tasks, the worker loop, the driver (`
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
