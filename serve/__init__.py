@@ -1,0 +1,1 @@
+"""The Ray Serve synthesis application (serve/app.py); config in serve/config.yaml."""
