@@ -79,6 +79,7 @@ def cmd_train(args: argparse.Namespace) -> dict:
         vae_checkpoint=args.vae_checkpoint,
         max_failures=args.max_failures,
         fail_at_epoch=args.fail_at_epoch,
+        extra_train=args.extra_train,
     )
 
 
@@ -116,7 +117,7 @@ def cmd_demo(args: argparse.Namespace) -> dict:
         return summary
     common = dict(data=out / "data", preset=args.preset, config=None, epochs=None, num_workers=1, use_gpu=False,
                   storage_path=str(out / "train"), tracking_uri=None, max_failures=1, fail_at_epoch=-1,
-                  address=args.address, num_cpus=args.num_cpus, vae_checkpoint=None)
+                  address=args.address, num_cpus=args.num_cpus, vae_checkpoint=None, extra_train=None)
     for model in ("ser", "vae", "diffusion"):
         print(f"[demo] training {model} ...", file=sys.stderr, flush=True)
         run = cmd_train(argparse.Namespace(model=model, run_name=f"{model}-{args.preset}", **common))
@@ -154,6 +155,8 @@ def add_train_arguments(p: argparse.ArgumentParser, model: str | None) -> None:
     p.add_argument("--run-name", default=None, help="re-use a name to resume that run (default MODEL-PRESET)")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: local store in runs/mlflow)")
     p.add_argument("--vae-checkpoint", default=None, help="diffusion in latent space: the trained VAE checkpoint")
+    p.add_argument("--extra-train", action="append", default=None,
+                   help="features dataset added to training only (e.g. generated clips); repeatable")
     p.add_argument("--max-failures", type=int, default=1, help="worker-group restarts from the last checkpoint")
     p.add_argument("--fail-at-epoch", type=int, default=-1, help=argparse.SUPPRESS)  # fault-tolerance drills
     _ray_options(p)

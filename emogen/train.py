@@ -273,6 +273,64 @@ class DiffusionTask(Task):
 TASKS: dict[str, type[Task]] = {"ser": SERTask, "vae": VAETask, "diffusion": DiffusionTask}
 
 
+# ------------------------------------------------------------------ the runner hook
+
+
+class RayTrainSession:
+    """What the worker loop needs from whoever runs it; by default, Ray Train.
+
+    `emogen.sweep` swaps in a Ray Tune trial (`use_session`) so a single-worker trial
+    runs this same loop in its own process (Ray Train's functions refuse to run inside
+    a Tune trial). Reports carry a checkpoint *directory*; the session wraps it in its
+    own Checkpoint class.
+    """
+
+    def get_context(self) -> Any:
+        import ray.train
+
+        return ray.train.get_context()  # get_world_rank(), get_world_size()
+
+    def get_checkpoint(self) -> Any:
+        import ray.train
+
+        return ray.train.get_checkpoint()
+
+    def get_dataset_shard(self, name: str) -> Any:
+        import ray.train
+
+        return ray.train.get_dataset_shard(name)
+
+    def get_device(self) -> torch.device:
+        import ray.train.torch
+
+        return ray.train.torch.get_device()
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        import ray.train.torch
+
+        return ray.train.torch.prepare_model(model)
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: str | None = None) -> None:
+        import ray.train
+
+        checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        ray.train.report(metrics, checkpoint=checkpoint)
+
+
+_SESSION: RayTrainSession | None = None
+
+
+def use_session(session: RayTrainSession | None) -> RayTrainSession | None:
+    """Run `train_loop_per_worker` under another session (None: Ray Train); returns the old one."""
+    global _SESSION
+    previous, _SESSION = _SESSION, session
+    return previous
+
+
+def _session() -> RayTrainSession:
+    return _SESSION if _SESSION is not None else RayTrainSession()
+
+
 # ---------------------------------------------------------------- the worker loop
 
 
@@ -311,26 +369,24 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     train (TrainConfig dict), audio (AudioConfig dict), extra (e.g. vae_checkpoint),
     mlflow ({"tracking_uri", "run_id"} or None), run_dir (for the failure drill).
     """
-    import ray.train
-    import ray.train.torch
-
     from emogen.models.ser import SERConfig
     from emogen.models.unet import UNetConfig
     from emogen.models.vae import VAEConfig
     from emogen.diffusion import DiffusionConfig
 
-    context = ray.train.get_context()
+    session = _session()
+    context = session.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     train_cfg = TrainConfig(**config["train"])
     classes = {"ser": SERConfig, "vae": VAEConfig, "unet": UNetConfig, "diffusion": DiffusionConfig}
     cfgs = {k: replace(classes[k](), v) for k, v in config["configs"].items()}
     extra = dict(config.get("extra") or {})
-    device = ray.train.torch.get_device()
+    device = session.get_device()
     torch.manual_seed(train_cfg.seed + rank)
 
     # Resume: a restarted worker group (fault tolerance) or a re-run with the same name.
     state = None
-    checkpoint = ray.train.get_checkpoint()
+    checkpoint = session.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as ckpt_dir:
             state = load_state(ckpt_dir)
@@ -340,7 +396,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     model = task.build()
     if state is not None:
         model.load_state_dict(state["model"])
-    model = ray.train.torch.prepare_model(model)
+    model = session.prepare_model(model)
     task.setup(model, device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
     plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=train_cfg.lr_factor, patience=train_cfg.lr_patience)
@@ -357,8 +413,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         history, resumes, best_model = state["history"], state["resumes"] + [state["epoch"]], state["best_model"]
 
     mlflow = _mlflow_for_rank0(config.get("mlflow"), rank)
-    train_shard = ray.train.get_dataset_shard("train")
-    val_shard = ray.train.get_dataset_shard("val")
+    train_shard = session.get_dataset_shard("train")
+    val_shard = session.get_dataset_shard("val")
     stopped_early = state is not None and state.get("stopped_early", False)
     if rank == 0 and start_epoch:
         print(f"[{task.name}] resuming from the checkpoint of epoch {start_epoch}", flush=True)
@@ -439,11 +495,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "audio": _plain(config["audio"]),
             "extra": task.checkpoint_extra(),
         }
-        _report(metrics, state if rank == 0 else None)
-        if rank == 0:
+        if rank == 0:  # log before reporting: a Tune scheduler may end the trial at the report
             _log_epoch(task.name, metrics, train_cfg.epochs)
             if mlflow is not None:
                 mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=epoch + 1)
+        _report(metrics, state if rank == 0 else None)
         if stopped_early:
             if rank == 0:
                 print(f"[{task.name}] early stop: no improvement for {bad_epochs} epochs", flush=True)
@@ -455,14 +511,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
 
 def _report(metrics: dict[str, Any], state: dict[str, Any] | None) -> None:
-    import ray.train
-
     if state is None:
-        ray.train.report(metrics)
+        _session().report(metrics)
         return
     with tempfile.TemporaryDirectory() as tmp:
         save_state(tmp, state)
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        _session().report(metrics, checkpoint_dir=tmp)
 
 
 def _log_epoch(name: str, metrics: dict[str, Any], epochs: int) -> None:
@@ -496,32 +550,50 @@ def split_assignment(features: str | Path, train_cfg: TrainConfig) -> dict[str, 
     return dict(zip(meta["clip_id"], split))
 
 
-def select_split(batch: Any, keep: frozenset[str]) -> Any:
-    """Ray Data batch function: one split's accepted rows. Mels stay encoded as bytes
-    (decoded by the worker), so an empty selection is just an empty frame."""
-    rows = batch[batch["clip_id"].isin(keep) & (batch["status"] == "ok")]
+def select_split(batch: Any, keep: frozenset[str] | None) -> Any:
+    """Ray Data batch function: one split's accepted rows (keep=None: all of them). Mels
+    stay encoded as bytes (decoded by the worker), so an empty selection is just an empty frame."""
+    rows = batch[batch["status"] == "ok"]
+    if keep is not None:
+        rows = rows[rows["clip_id"].isin(keep)]
     return rows[["mel", "n_mels", "n_frames", "label"]]
 
 
-def split_datasets(features: str | Path, assignment: dict[str, str], splits=("train", "val")) -> dict[str, Any]:
+def _features_path(features: str | Path) -> str:
+    from emogen.data import FEATURES_DIR
+
+    path = Path(features)
+    return str(path / FEATURES_DIR if (path / FEATURES_DIR).is_dir() else path)
+
+
+def split_datasets(
+    features: str | Path, assignment: dict[str, str], splits=("train", "val"), extra_train: list[str | Path] = ()
+) -> dict[str, Any]:
     """One Ray dataset per split, materialized before training starts.
 
+    extra_train: more features datasets (e.g. generated clips) added whole to training.
     Features of a few thousand clips fit in the object store (~90 KB each), every epoch
     re-reads them, and a pipeline still running when the workers hold every CPU would
     wait forever for a CPU of its own.
     """
     import ray
 
-    from emogen.data import FEATURES_DIR
-
-    path = Path(features)
-    path = path / FEATURES_DIR if (path / FEATURES_DIR).is_dir() else path
-    source = ray.data.read_parquet(str(path), columns=["clip_id", "status", "label", "mel", "n_mels", "n_frames"])
+    columns = ["clip_id", "status", "label", "mel", "n_mels", "n_frames"]
+    source = ray.data.read_parquet(_features_path(features), columns=columns)
     datasets = {}
     for split in splits:
         keep = frozenset(cid for cid, s in assignment.items() if s == split)
-        datasets[split] = source.map_batches(select_split, fn_kwargs={"keep": keep}, batch_format="pandas").materialize()
-    return datasets
+        datasets[split] = source.map_batches(select_split, fn_kwargs={"keep": keep}, batch_format="pandas")
+    for extra in extra_train:
+        more = ray.data.read_parquet(_features_path(extra), columns=columns)
+        datasets["train"] = datasets["train"].union(more.map_batches(select_split, fn_kwargs={"keep": None}, batch_format="pandas"))
+    return {split: ds.materialize() for split, ds in datasets.items()}
+
+
+def read_clip_ids(features: str | Path) -> list[str]:
+    from emogen.data import read_features
+
+    return read_features(features, columns=["clip_id"])["clip_id"].tolist()
 
 
 def fit(
@@ -538,11 +610,13 @@ def fit(
     vae_checkpoint: str | None = None,
     max_failures: int = 1,
     fail_at_epoch: int = -1,
+    extra_train: list[str | Path] | None = None,
 ) -> dict[str, Any]:
     """Train one model with Ray Train and return a summary (metrics, checkpoint, MLflow run).
 
     overrides: {"train": {...}, "ser": {...}, ...} on top of the preset. Re-running with
     the same storage_path and run_name resumes from the run's latest checkpoint.
+    extra_train: features datasets added to the training split only (generated clips).
     """
     import mlflow
     import ray.train
@@ -567,12 +641,14 @@ def fit(
 
     assignment = split_assignment(features, train_cfg)
     counts = {s: sum(v == s for v in assignment.values()) for s in ("train", "val", "test")}
+    extra_train = [str(p) for p in (extra_train or [])]
+    counts["extra_train"] = sum(len(read_clip_ids(p)) for p in extra_train)
     if counts["train"] == 0:
         raise ValueError("the speaker split left no training clips")
 
     tracking.configure(tracking_uri)
     run_id = tracking.find_run(run_name, tracking_uri)
-    params = {"model": model, "preset": preset, "train": dataclasses.asdict(train_cfg),
+    params = {"model": model, "preset": preset, "train": dataclasses.asdict(train_cfg), "extra_train": ",".join(extra_train),
               **{k: dataclasses.asdict(cfgs[k]) for k in wanted}, "split_counts": counts, "num_workers": num_workers}
     if run_id is None:
         with mlflow.start_run(run_name=run_name, tags={"emogen.run_name": run_name, "emogen.model": model}) as run:
@@ -599,7 +675,7 @@ def fit(
             failure_config=ray.train.FailureConfig(max_failures=max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
         ),
-        datasets=split_datasets(features, assignment),
+        datasets=split_datasets(features, assignment, extra_train=extra_train),
     )
     started = time.time()
     result = trainer.fit()

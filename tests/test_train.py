@@ -152,3 +152,22 @@ def test_cluster_yaml_validates_against_rays_schema():
     gpu = config["available_node_types"]["gpu_worker"]
     assert gpu["node_config"]["InstanceType"].startswith(("g", "p")) and gpu["max_workers"] >= 1
     assert any("torch==2.14.1" in cmd for cmd in config["setup_commands"])
+
+
+def test_ser_with_generated_training_data_and_test_evaluation(tiny_features, tmp_path, tracking_uri):
+    """Generated clips join training only; the SER is evaluated on held-out real speakers."""
+    from emogen.evaluate import SERClassifier, evaluate_split, write_generated_features
+    from emogen.train import split_assignment, train_config
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(6), 4)
+    generated = write_generated_features(rng.uniform(-1, 1, (24, 128, 173)), labels, tmp_path / "gen", "vae")
+    summary = _fit("ser", tiny_features, tmp_path, tracking_uri, epochs=1, run_name="ser-aug", extra_train=[generated])
+    assert summary["split_counts"]["extra_train"] == 24
+    classifier = SERClassifier.from_checkpoint(summary["checkpoint"])
+    assignment = split_assignment(tiny_features, train_config("ser", "tiny"))
+    assert not any(cid.startswith("vae/") for cid in assignment)  # generated clips never held out
+    report = evaluate_split(classifier, tiny_features, assignment, "test")
+    assert report["count"] == summary["split_counts"]["test"] and 0 <= report["unweighted_accuracy"] <= 1
+    probs, embeddings = classifier.predict(np.zeros((3, 128, 173), np.float32))
+    assert probs.shape == (3, 6) and np.allclose(probs.sum(axis=1), 1) and embeddings.shape[0] == 3
