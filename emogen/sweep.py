@@ -1,0 +1,647 @@
+"""Hyperparameter search with Ray Tune over the same training loop the jobs use.
+
+    emogen tune ser --data runs/demo/data --preset demo --num-samples 8 --epochs 10
+
+How a trial runs: each Tune trial is one function trainable (`_run_trial`). With one
+worker (the default) it runs `emogen.train.train_loop_per_worker` *in the trial's own
+process*, under a `TuneTrialSession` (reports go to `ray.tune.report`, resume comes from
+`ray.tune.get_checkpoint`). No inner Ray Train run, so no second placement group: when
+ASHA stops a trial, Tune ends that one actor and its CPUs are free for the next trial.
+With `--num-workers N > 1` a trial drives an inner `TorchTrainer` (data-parallel
+workers), whose metrics reach Tune through `TuneReportCallback`.
+
+MLflow: one parent run per sweep (tag `emogen.run_name` = the sweep name), one child run
+per trial (tag `mlflow.parentRunId`) with the trial's params and per-epoch metrics.
+The sweep directory (`<storage-path>/<name>`) gets `results.csv` (trial, params, metric,
+epochs, status) and `best_config.json` (the best trial's override sections plus a
+`best_metric` key, loadable by `emogen train MODEL --config best_config.json`).
+
+Re-running with the same `--storage-path` and `--name` resumes the sweep
+(`Tuner.restore`): finished trials are kept, unfinished ones continue from their last
+checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import dataclasses
+import json
+import math
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from emogen.train import MODELS, RayTrainSession
+
+SPACES_FILE = Path(__file__).resolve().parents[1] / "tune" / "spaces.yaml"
+SECTIONS = ("train", "ser", "vae", "unet", "diffusion")
+DISTRIBUTIONS = ("uniform", "loguniform", "quniform", "randint", "lograndint", "qrandint", "choice", "grid")
+SEARCHERS = ("random", "grid", "optuna", "hyperopt")
+
+
+# ------------------------------------------------------------------ search spaces
+
+
+def _number(value: Any) -> Any:
+    """YAML reads 1e-4 (no dot) as a string: accept it as a number."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def _is_spec(value: Any) -> bool:
+    return isinstance(value, dict) and len(value) == 1 and next(iter(value)) in DISTRIBUTIONS
+
+
+def _looks_like_sections(block: Any) -> bool:
+    return isinstance(block, dict) and bool(block) and all(
+        k in SECTIONS and isinstance(v, dict) and all(not isinstance(x, dict) or _is_spec(x) for x in v.values())
+        for k, v in block.items()
+    )
+
+
+def load_space(model: str, path: str | Path | None = None) -> dict[str, dict[str, Any]]:
+    """The search space of a model: {section: {field: spec or constant}}.
+
+    path: a YAML/JSON file, either {model: {sections}} (like tune/spaces.yaml) or the
+    sections themselves; default tune/spaces.yaml.
+    """
+    from emogen.config import load_overrides
+
+    if model not in MODELS:
+        raise ValueError(f"unknown model {model!r}; expected one of {', '.join(MODELS)}")
+    source = Path(path) if path else SPACES_FILE
+    if not source.exists():
+        raise FileNotFoundError(f"no search-space file at {source}")
+    data = load_overrides(source)
+    if not isinstance(data, dict):
+        raise ValueError(f"{source}: a search space is a mapping of sections")
+    if model in data and isinstance(data[model], dict) and _looks_like_sections(data[model]):
+        block = data[model]
+    elif _looks_like_sections(data):
+        block = data
+    else:
+        raise ValueError(
+            f"{source}: no search space for {model!r}; expected {{{model}: {{section: {{field: spec}}}}}} "
+            f"or {{section: {{field: spec}}}} with sections among {', '.join(SECTIONS)}"
+        )
+    for section, fields in block.items():
+        for name, spec in fields.items():
+            if isinstance(spec, dict):
+                kind, args = next(iter(spec.items()))
+                if not isinstance(args, list) or not args:
+                    raise ValueError(f"{source}: {section}.{name}: {kind} needs a list of values, got {args!r}")
+    return copy.deepcopy(block)
+
+
+def to_param_space(space: dict[str, dict[str, Any]], search: str = "random") -> dict[str, dict[str, Any]]:
+    """Space specs -> Ray Tune domains (nested by section, as the trial config)."""
+    from ray import tune
+
+    def domain(where: str, spec: Any) -> Any:
+        if not _is_spec(spec):
+            return spec
+        kind, args = next(iter(spec.items()))
+        if kind in ("choice", "grid"):
+            return tune.grid_search(list(args)) if kind == "grid" or search == "grid" else tune.choice(list(args))
+        nums = [_number(a) for a in args]
+        if any(not isinstance(n, (int, float)) for n in nums):
+            raise ValueError(f"{where}: {kind} needs numbers, got {args!r}")
+        expected = 3 if kind.startswith("q") else 2
+        if len(nums) != expected:
+            raise ValueError(f"{where}: {kind} takes {expected} numbers, got {args!r}")
+        if kind in ("randint", "lograndint", "qrandint"):
+            nums = [int(n) for n in nums]
+        return getattr(tune, kind)(*nums)
+
+    return {sec: {k: domain(f"{sec}.{k}", v) for k, v in fields.items()} for sec, fields in space.items()}
+
+
+def _searcher(search: str, metric: str, mode: str) -> Any:
+    if search in ("random", "grid"):
+        return None  # Tune's BasicVariantGenerator: random sampling, grid values crossed
+    modules = {"optuna": ("ray.tune.search.optuna", "OptunaSearch", "optuna"),
+               "hyperopt": ("ray.tune.search.hyperopt", "HyperOptSearch", "hyperopt")}
+    if search not in modules:
+        raise ValueError(f"unknown search algorithm {search!r}; expected one of {', '.join(SEARCHERS)}")
+    module, cls, package = modules[search]
+    try:
+        __import__(package)
+    except ImportError:
+        raise ValueError(
+            f"--search {search} needs the {package!r} package, which is not installed; "
+            f"install it or use --search random (or grid)"
+        ) from None
+    import importlib
+
+    return getattr(importlib.import_module(module), cls)(metric=metric, mode=mode)
+
+
+def couple(model: str, preset: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    """Keep a sampled config trainable: in a latent-diffusion preset the U-Net's
+    in_channels must equal vae.latent_channels, so it follows a searched latent size."""
+    from emogen.presets import model_configs
+
+    out = copy.deepcopy(overrides)
+    latent = (out.get("vae") or {}).get("latent_channels")
+    if latent is not None and "in_channels" not in (out.get("unet") or {}):
+        base = model_configs(preset, {k: v for k, v in out.items() if k != "vae"})
+        if base["diffusion"].space == "latent":
+            out.setdefault("unet", {})["in_channels"] = latent
+    return out
+
+
+# ---------------------------------------------------------------------- the trial
+
+
+def loop_config(model: str, preset: str, overrides: dict[str, Any], epochs: int | None,
+                vae_checkpoint: str | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The `train_loop_per_worker` config for a trial (as emogen.train.fit builds it),
+    and its params for MLflow."""
+    from emogen.config import AudioConfig
+    from emogen.presets import model_configs
+    from emogen.train import train_config
+
+    overrides = copy.deepcopy(overrides)
+    train_over = dict(overrides.pop("train", {}) or {})
+    if epochs is not None:
+        train_over["epochs"] = epochs
+    train_cfg = train_config(model, preset, train_over)
+    cfgs = model_configs(preset, overrides)
+    wanted = {"ser": ["ser"], "vae": ["vae"], "diffusion": ["unet", "diffusion"]}[model]
+    config = {
+        "model": model,
+        "configs": {k: dataclasses.asdict(cfgs[k]) for k in wanted},
+        "train": dataclasses.asdict(train_cfg),
+        "audio": dataclasses.asdict(AudioConfig()),
+        "extra": {"vae_checkpoint": str(Path(vae_checkpoint).resolve()) if vae_checkpoint else None},
+        "mlflow": None,
+        "run_dir": None,
+    }
+    params = {"model": model, "preset": preset, "train": config["train"], **config["configs"]}
+    return config, params
+
+
+class _SingleProcessContext:
+    def get_world_rank(self) -> int:
+        return 0
+
+    def get_world_size(self) -> int:
+        return 1
+
+
+class TuneTrialSession(RayTrainSession):
+    """Runs the training loop inside a Tune trial: reports and checkpoints go to Tune,
+    the datasets are the sweep's materialized splits, one process, no DDP."""
+
+    def __init__(self, datasets: dict[str, Any], use_gpu: bool = False):
+        self.datasets = datasets
+        self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+
+    def get_context(self):
+        return _SingleProcessContext()
+
+    def get_checkpoint(self):
+        from ray import tune
+
+        return tune.get_checkpoint()
+
+    def get_dataset_shard(self, name):
+        return self.datasets[name]
+
+    def get_device(self):
+        return self.device
+
+    def prepare_model(self, model):
+        return model.to(self.device)
+
+    def report(self, metrics, checkpoint_dir=None):
+        from ray import tune
+
+        checkpoint = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        tune.report(metrics, checkpoint=checkpoint)
+
+
+def _child_run(setup: dict[str, Any], trial_id: str, trial_name: str, params: dict[str, Any], sampled: dict[str, Any]) -> str:
+    """The trial's MLflow run under the sweep's parent; found again when a trial resumes."""
+    from mlflow.tracking import MlflowClient
+
+    from emogen import tracking
+
+    client = MlflowClient(setup["tracking_uri"])
+    found = client.search_runs(
+        [setup["experiment_id"]],
+        filter_string=f"tags.`mlflow.parentRunId` = '{setup['parent_run_id']}' and tags.`emogen.trial_id` = '{trial_id}'",
+        max_results=1,
+    )
+    if found:
+        return found[0].info.run_id
+    run = client.create_run(
+        setup["experiment_id"],
+        run_name=f"{setup['name']}/{trial_id}",
+        tags={"mlflow.parentRunId": setup["parent_run_id"], "emogen.trial_id": trial_id,
+              "emogen.trial_name": trial_name, "emogen.sweep": setup["name"], "emogen.model": setup["model"]},
+    )
+    from mlflow.entities import Param
+
+    flat = {**tracking.flatten(params), **{f"sampled.{k}": v for k, v in tracking.flatten(sampled).items()}}
+    items = [Param(k, str(v)[:6000]) for k, v in flat.items()]
+    for i in range(0, len(items), 100):
+        client.log_batch(run.info.run_id, params=items[i : i + 100])
+    return run.info.run_id
+
+
+def _run_trial(config: dict[str, Any], setup: dict[str, Any], datasets: dict[str, Any]) -> None:
+    """One Tune trial: the sampled override sections -> the shared training loop."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+    from ray import tune
+
+    from emogen.train import train_loop_per_worker, use_session
+
+    context = tune.get_context()
+    trial_id, trial_dir = context.get_trial_id(), context.get_trial_dir()
+    overrides = couple(setup["model"], setup["preset"], config)
+    run_id = None
+    try:
+        loop, params = loop_config(setup["model"], setup["preset"], overrides, setup["epochs"], setup.get("vae_checkpoint"))
+        run_id = _child_run(setup, trial_id, context.get_trial_name(), params, config)
+        loop["mlflow"] = {"tracking_uri": setup["tracking_uri"], "run_id": run_id}
+        loop["run_dir"] = trial_dir
+        if setup["num_workers"] <= 1:
+            previous = use_session(TuneTrialSession(datasets, setup["use_gpu"]))
+            try:
+                train_loop_per_worker(loop)
+            finally:
+                use_session(previous)
+        else:
+            _run_multi_worker(loop, setup, trial_id, datasets)
+    except BaseException:
+        if run_id is not None:
+            if mlflow.active_run() is not None:
+                mlflow.end_run("FAILED")
+            else:
+                MlflowClient(setup["tracking_uri"]).set_terminated(run_id, "FAILED")
+        raise
+    if mlflow.active_run() is not None:
+        mlflow.end_run()
+    else:
+        MlflowClient(setup["tracking_uri"]).set_terminated(run_id, "FINISHED")
+
+
+def _run_multi_worker(loop: dict[str, Any], setup: dict[str, Any], trial_id: str, datasets: dict[str, Any]) -> None:
+    """A data-parallel trial: an inner TorchTrainer (Ray Train V2), metrics to Tune by
+    TuneReportCallback. Named by trial id, so a restored sweep resumes it from its own
+    checkpoints."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from emogen.train import train_loop_per_worker
+
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop,
+        scaling_config=ray.train.ScalingConfig(num_workers=setup["num_workers"], use_gpu=setup["use_gpu"]),
+        run_config=ray.train.RunConfig(
+            name=f"{setup['name']}-{trial_id}",
+            storage_path=setup["train_storage"],
+            callbacks=[TuneReportCallback()],
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
+        ),
+        datasets=datasets,
+    )
+    trainer.fit()
+
+
+# --------------------------------------------------------------------- the driver
+
+
+def _trial_id(result: Any) -> str:
+    found = (result.metrics or {}).get("trial_id")
+    if found:
+        return str(found)
+    match = re.search(r"_([0-9a-f]{5}_\d{5})", Path(result.path).name) if result.path else None
+    return match.group(1) if match else Path(str(result.path)).name
+
+
+def results_table(results: Any, metric: str, mode: str, epochs: int) -> list[dict[str, Any]]:
+    """One row per trial: trial, status, epochs, the metric (best over epochs and last),
+    how it stopped, and the sampled params (flattened)."""
+    from emogen import tracking
+
+    rows = []
+    for result in results:
+        history = result.metrics_dataframe
+        values = []
+        if history is not None and metric in history:
+            values = [float(v) for v in history[metric].dropna().tolist()]
+        last = result.metrics or {}
+        done = int(last.get("training_iteration", 0) or 0)
+        if result.error is not None:
+            status, stopped = "ERROR", "error"
+        else:
+            status = "TERMINATED"
+            if last.get("stopped_early"):
+                stopped = "early_stopping"
+            elif done < epochs:
+                stopped = "asha"
+            else:
+                stopped = "completed"
+        best = (min(values) if mode == "min" else max(values)) if values else math.nan
+        row = {"trial": _trial_id(result), "status": status, "epochs": done, f"best_{metric}": best,
+               f"last_{metric}": values[-1] if values else math.nan, "stopped": stopped,
+               "error": "" if result.error is None else _error_text(result.error)}
+        row.update({f"param.{k}": v for k, v in tracking.flatten(result.config or {}).items()})
+        rows.append(row)
+    return sorted(rows, key=lambda r: r["trial"])
+
+
+def _error_text(error: BaseException) -> str:
+    """The root cause's last line (Tune wraps the trial's exception)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return (lines[-1] if lines else type(error).__name__)[:300]
+
+
+def _write_csv(rows: list[dict[str, Any]], path: Path) -> None:
+    columns: list[str] = []
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def format_table(rows: list[dict[str, Any]], metric: str) -> str:
+    columns = ["trial", "status", "epochs", f"best_{metric}", "stopped"]
+    columns += sorted({k for r in rows for k in r if k.startswith("param.")})
+    def cell(v: Any) -> str:
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+    table = [[c.removeprefix("param.") for c in columns]] + [[cell(r.get(c, "")) for c in columns] for r in rows]
+    widths = [max(len(line[i]) for line in table) for i in range(len(columns))]
+    return "\n".join("  ".join(v.ljust(w) for v, w in zip(line, widths)) for line in table)
+
+
+def _parent_run(name: str, tracking_uri: str | None, params: dict[str, Any]) -> tuple[str, str]:
+    import mlflow
+
+    from emogen import tracking
+
+    experiment_id = tracking.configure(tracking_uri)
+    run_id = tracking.find_run(name, tracking_uri)
+    if run_id is None:
+        with mlflow.start_run(run_name=name, tags={"emogen.run_name": name, "emogen.sweep": name, "emogen.kind": "sweep"}) as run:
+            mlflow.log_params(tracking.flatten(params))
+            run_id = run.info.run_id
+    return run_id, experiment_id
+
+
+def run_sweep(
+    model: str,
+    features: str | Path,
+    preset: str = "demo",
+    space: str | Path | dict | None = None,
+    search: str = "random",
+    num_samples: int = 8,
+    epochs: int | None = None,
+    metric: str = "val_loss",
+    mode: str = "min",
+    scheduler: str = "asha",
+    grace_period: int = 1,
+    reduction_factor: int = 2,
+    max_concurrent: int | None = None,
+    cpus_per_trial: float = 1.0,
+    gpus_per_trial: float = 0.0,
+    num_workers: int = 1,
+    time_budget_s: float | None = None,
+    storage_path: str | Path = "runs/tune",
+    name: str | None = None,
+    tracking_uri: str | None = None,
+    vae_checkpoint: str | None = None,
+    resume: bool | None = None,
+    max_failures: int = 0,
+) -> dict[str, Any]:
+    """Run (or resume) a sweep; returns a summary with the best trial and the table.
+
+    space: a file, a {section: {field: spec}} dict, or None for tune/spaces.yaml.
+    resume: None = resume when <storage_path>/<name> already holds a sweep; True =
+    require it; False = always start fresh (fails if it exists).
+    """
+    import mlflow
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    from emogen import tracking
+    from emogen.train import split_assignment, split_datasets, train_config
+
+    if model not in MODELS:
+        raise ValueError(f"unknown model {model!r}; expected one of {', '.join(MODELS)}")
+    if mode not in ("min", "max"):
+        raise ValueError(f"--mode must be min or max, got {mode!r}")
+    if search not in SEARCHERS:
+        raise ValueError(f"unknown search algorithm {search!r}; expected one of {', '.join(SEARCHERS)}")
+    if model == "diffusion" and vae_checkpoint is None:
+        from emogen.presets import model_configs
+
+        if model_configs(preset)["diffusion"].space == "latent":
+            raise ValueError(f"preset {preset!r} runs latent diffusion: pass --vae-checkpoint (a trained VAE)")
+    space_dict = space if isinstance(space, dict) else load_space(model, space)
+    param_space = to_param_space(space_dict, search)
+    searcher = _searcher(search, metric, mode)
+    train_cfg = train_config(model, preset, {"epochs": epochs} if epochs is not None else None)
+    max_epochs = train_cfg.epochs
+    name = name or f"tune-{model}-{preset}"
+    storage = str(Path(storage_path).resolve()) if "://" not in str(storage_path) else str(storage_path)
+    sweep_dir = Path(storage) / name
+    exists = "://" not in storage and (sweep_dir / "tuner.pkl").exists()
+    if resume is None:
+        resume = exists
+    if resume and "://" not in storage and not exists:
+        raise FileNotFoundError(f"nothing to resume: no sweep at {sweep_dir}")
+
+    assignment = split_assignment(features, train_cfg)
+    counts = {s: sum(v == s for v in assignment.values()) for s in ("train", "val", "test")}
+    if counts["train"] == 0:
+        raise ValueError("the speaker split left no training clips")
+    if counts["val"] == 0 and metric.startswith("val_"):
+        raise ValueError(f"the speaker split left no validation clips, so {metric!r} is never reported")
+    datasets = split_datasets(features, assignment)
+
+    uri = tracking.resolve_tracking_uri(tracking_uri)
+    sweep_params = {"model": model, "preset": preset, "search": search, "num_samples": num_samples,
+                    "epochs": max_epochs, "metric": metric, "mode": mode, "scheduler": scheduler,
+                    "grace_period": grace_period, "reduction_factor": reduction_factor,
+                    "max_concurrent": max_concurrent, "cpus_per_trial": cpus_per_trial,
+                    "gpus_per_trial": gpus_per_trial, "num_workers": num_workers, "split_counts": counts}
+    parent_run_id, experiment_id = _parent_run(name, tracking_uri, sweep_params)
+    setup = {"model": model, "preset": preset, "epochs": max_epochs, "num_workers": num_workers,
+             "use_gpu": gpus_per_trial > 0, "tracking_uri": uri, "experiment_id": experiment_id,
+             "parent_run_id": parent_run_id, "name": name, "vae_checkpoint": vae_checkpoint,
+             "train_storage": f"{storage}/{name}/_train"}
+
+    if num_workers <= 1:
+        resources = {"cpu": cpus_per_trial, "gpu": gpus_per_trial}
+    else:
+        # The trial only drives an inner TorchTrainer whose workers reserve their own
+        # CPUs/GPUs (cpus_per_trial is then per worker): the driver itself takes a sliver.
+        resources = {"cpu": 0.01}
+    trainable = tune.with_resources(tune.with_parameters(_run_trial, setup=setup, datasets=datasets), resources)
+
+    if scheduler == "asha":
+        sched = ASHAScheduler(time_attr="training_iteration", max_t=max_epochs,
+                              grace_period=min(grace_period, max_epochs), reduction_factor=reduction_factor)
+    elif scheduler == "fifo":
+        sched = FIFOScheduler()
+    else:
+        raise ValueError(f"unknown scheduler {scheduler!r}; expected asha or fifo")
+    started = time.time()
+    if resume:
+        print(f"[tune] resuming the sweep in {sweep_dir}", flush=True)
+        tuner = tune.Tuner.restore(str(sweep_dir), trainable=trainable, resume_unfinished=True,
+                                   resume_errored=False, restart_errored=False, param_space=param_space)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space=param_space,
+            tune_config=tune.TuneConfig(
+                metric=metric, mode=mode, scheduler=sched, search_alg=searcher, num_samples=num_samples,
+                max_concurrent_trials=max_concurrent, time_budget_s=time_budget_s,
+            ),
+            run_config=tune.RunConfig(
+                name=name,
+                storage_path=storage,
+                failure_config=tune.FailureConfig(max_failures=max_failures, fail_fast=False),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                verbose=1,
+            ),
+        )
+    results = tuner.fit()
+    seconds = time.time() - started
+
+    rows = results_table(results, metric, mode, max_epochs)
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    _write_csv(rows, sweep_dir / "results.csv")
+    print(format_table(rows, metric), flush=True)
+
+    configs = {_trial_id(result): result.config or {} for result in results}
+    ok = [r for r in rows if r["status"] != "ERROR" and not math.isnan(r[f"best_{metric}"])]
+    best = None
+    if ok:
+        pick = min if mode == "min" else max
+        best_row = pick(ok, key=lambda r: r[f"best_{metric}"])
+        best_config = couple(model, preset, configs[best_row["trial"]])
+        best_config["best_metric"] = {"name": metric, "mode": mode, "value": best_row[f"best_{metric}"],
+                                      "trial": best_row["trial"]}
+        (sweep_dir / "best_config.json").write_text(json.dumps(best_config, indent=2, sort_keys=True) + "\n")
+        best = {"trial": best_row["trial"], metric: best_row[f"best_{metric}"], "config": best_config}
+
+    _close_runs(uri, experiment_id, parent_run_id, rows)
+    with mlflow.start_run(run_id=parent_run_id):
+        mlflow.log_artifact(str(sweep_dir / "results.csv"))
+        if best is not None:
+            mlflow.log_artifact(str(sweep_dir / "best_config.json"))
+            mlflow.log_metric(f"best_{metric}", best[metric])
+            mlflow.set_tag("emogen.best_trial", best["trial"])
+        mlflow.log_metrics({"trials": len(rows), "trials_error": sum(r["status"] == "ERROR" for r in rows),
+                            "trials_stopped_by_asha": sum(r["stopped"] == "asha" for r in rows)})
+        mlflow.set_tag("emogen.sweep_dir", str(sweep_dir))
+    return {
+        "model": model,
+        "preset": preset,
+        "name": name,
+        "sweep_dir": str(sweep_dir),
+        "trials": len(rows),
+        "status": {s: sum(r["status"] == s for r in rows) for s in sorted({r["status"] for r in rows})},
+        "stopped": {s: sum(r["stopped"] == s for r in rows) for s in sorted({r["stopped"] for r in rows})},
+        "best": best,
+        "best_config": str(sweep_dir / "best_config.json") if best else None,
+        "results_csv": str(sweep_dir / "results.csv"),
+        "mlflow_parent_run_id": parent_run_id,
+        "tracking_uri": uri,
+        "split_counts": counts,
+        "seconds": round(seconds, 1),
+    }
+
+
+def _close_runs(uri: str, experiment_id: str, parent_run_id: str, rows: list[dict[str, Any]]) -> None:
+    """Child runs end as their trials did (a trial Tune stopped never ends its own run)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    by_trial = {r["trial"]: r for r in rows}
+    for run in client.search_runs([experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'", max_results=5000):
+        row = by_trial.get(run.data.tags.get("emogen.trial_id", ""))
+        if row is None:
+            continue
+        client.set_tag(run.info.run_id, "emogen.stopped", row["stopped"])
+        if run.info.status == "RUNNING" or (row["status"] == "ERROR") != (run.info.status == "FAILED"):
+            client.set_terminated(run.info.run_id, "FAILED" if row["status"] == "ERROR" else "FINISHED")
+
+
+# ------------------------------------------------------------------------ the CLI
+
+
+def add_arguments(p: argparse.ArgumentParser, model: str | None = None) -> None:
+    """Options of `emogen tune MODEL` and tune/sweep.py."""
+    if model is None:
+        p.add_argument("model", choices=list(MODELS))
+    else:
+        p.set_defaults(model=model)
+    p.add_argument("--data", type=Path, required=True, help="preprocess output folder (or its features/)")
+    p.add_argument("--preset", default="demo", help="tiny | demo | paper: model sizes and training defaults")
+    p.add_argument("--space", type=Path, default=None, help=f"search space YAML/JSON (default {SPACES_FILE.parent.name}/{SPACES_FILE.name})")
+    p.add_argument("--search", default="random", choices=list(SEARCHERS), help="random (default), grid (choice -> every value), optuna/hyperopt if installed")
+    p.add_argument("--num-samples", type=int, default=8, help="trials (each grid point is repeated this many times)")
+    p.add_argument("--epochs", type=int, default=None, help="epochs per trial (ASHA's max_t; default: the preset's)")
+    p.add_argument("--metric", default="val_loss", help="reported metric to optimize (e.g. val_loss, val_uar)")
+    p.add_argument("--mode", default="min", choices=["min", "max"])
+    p.add_argument("--scheduler", default="asha", choices=["asha", "fifo"], help="asha: early-stop weak trials")
+    p.add_argument("--grace-period", type=int, default=1, help="ASHA: epochs before a trial can be stopped")
+    p.add_argument("--reduction-factor", type=int, default=2, help="ASHA: keep the top 1/N at each rung")
+    p.add_argument("--max-concurrent", type=int, default=None, help="trials running at once (default: as resources allow)")
+    p.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs per trial (per worker with --num-workers > 1)")
+    p.add_argument("--gpus-per-trial", type=float, default=0.0, help="GPUs per trial (per worker with --num-workers > 1)")
+    p.add_argument("--num-workers", type=int, default=1, help="data-parallel Ray Train workers per trial (1 = in the trial process)")
+    p.add_argument("--time-budget-s", type=float, default=None, help="stop the sweep after this many seconds")
+    p.add_argument("--storage-path", default="runs/tune", help="local dir, shared file system or s3:// URI")
+    p.add_argument("--name", default=None, help="sweep name (default tune-MODEL-PRESET); an existing one is resumed")
+    p.add_argument("--resume", action="store_true", help="require an existing sweep of this name and resume it")
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: local store in runs/mlflow)")
+    p.add_argument("--vae-checkpoint", default=None, help="latent diffusion: the trained VAE checkpoint")
+    p.add_argument("--max-failures", type=int, default=0, help="retries of a failed trial from its last checkpoint")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else start a local instance)")
+    p.add_argument("--num-cpus", type=int, default=None, help="CPUs for a local Ray instance (default: all)")
+
+
+def cmd_tune(args: argparse.Namespace) -> dict:
+    from emogen.runtime import init_ray
+
+    init_ray(args.address, args.num_cpus)
+    summary = run_sweep(
+        args.model, args.data, preset=args.preset, space=args.space, search=args.search,
+        num_samples=args.num_samples, epochs=args.epochs, metric=args.metric, mode=args.mode,
+        scheduler=args.scheduler, grace_period=args.grace_period, reduction_factor=args.reduction_factor,
+        max_concurrent=args.max_concurrent, cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
+        num_workers=args.num_workers, time_budget_s=args.time_budget_s, storage_path=args.storage_path,
+        name=args.name, tracking_uri=args.tracking_uri, vae_checkpoint=args.vae_checkpoint,
+        resume=True if args.resume else None, max_failures=args.max_failures,
+    )
+    summary.pop("best", None)  # the config is in best_config.json; keep the JSON line short
+    return summary
+
+
+def add_subcommand(subparsers: Any) -> argparse.ArgumentParser:
+    """Register `emogen tune {ser,vae,diffusion}` on the CLI's subparsers."""
+    p = subparsers.add_parser("tune", help="hyperparameter search with Ray Tune (ASHA), every trial in MLflow")
+    add_arguments(p)
+    p.set_defaults(func=cmd_tune)
+    return p

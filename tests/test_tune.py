@@ -1,0 +1,145 @@
+"""Ray Tune sweeps on the tiny corpus: ASHA early stopping, a failing trial, MLflow parent
+and child runs, best_config.json into a training job, resume of an interrupted sweep."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from emogen.sweep import add_subcommand, couple, load_space, to_param_space
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tiny_features(tmp_path_factory, ray_session):
+    from emogen.corpus import generate_corpus
+    from emogen.data import preprocess
+    from emogen.datasets import build_manifest
+
+    root = tmp_path_factory.mktemp("tiny-tune")
+    generate_corpus(root / "corpus", preset="tiny", seed=0)
+    preprocess(build_manifest([root / "corpus"]), root / "data")
+    return root / "data"
+
+
+# ------------------------------------------------------------ spaces and the CLI (no Ray)
+
+
+def test_default_spaces_load_for_every_model():
+    from ray import tune
+
+    for model in ("ser", "vae", "diffusion"):
+        space = load_space(model)
+        assert "train" in space and "lr" in space["train"]
+        domains = to_param_space(space)
+        assert isinstance(domains["train"]["lr"], tune.search.sample.Float)
+    assert set(load_space("ser")["ser"]) >= {"dropout"}
+    assert set(load_space("vae")["vae"]) >= {"beta", "latent_channels", "spectral_weight"}
+    assert "base_channels" in load_space("diffusion")["unet"]
+
+
+def test_space_file_forms_grid_and_errors(tmp_path):
+    sections = tmp_path / "sections.yaml"
+    sections.write_text("train:\n  lr: {loguniform: [1e-4, 3e-3]}\n  batch_size: {choice: [8, 16]}\nser:\n  dropout: 0.2\n")
+    space = load_space("ser", sections)  # YAML's 1e-4 (a string) is read as a number
+    grid = to_param_space(space, search="grid")
+    assert grid["train"]["batch_size"] == {"grid_search": [8, 16]} and grid["ser"]["dropout"] == 0.2
+    per_model = tmp_path / "per_model.json"
+    per_model.write_text(json.dumps({"vae": {"vae": {"beta": {"uniform": [0.01, 1.0]}}}}))
+    assert load_space("vae", per_model) == {"vae": {"beta": {"uniform": [0.01, 1.0]}}}
+    with pytest.raises(ValueError, match="no search space for 'ser'"):
+        load_space("ser", per_model)
+    with pytest.raises(ValueError, match="uniform takes 2 numbers"):
+        to_param_space({"train": {"lr": {"uniform": [1, 2, 3]}}})
+
+
+def test_missing_search_library_is_a_clear_error(tiny_features, tmp_path):
+    from emogen.sweep import _searcher
+
+    for name in ("optuna", "hyperopt"):
+        try:
+            __import__(name)
+        except ImportError:
+            with pytest.raises(ValueError, match=f"needs the '{name}' package"):
+                _searcher(name, "val_loss", "min")
+
+
+def test_latent_size_keeps_the_unet_in_step():
+    assert couple("vae", "demo", {"vae": {"latent_channels": 8}}) == {"vae": {"latent_channels": 8}, "unet": {"in_channels": 8}}
+    assert couple("vae", "tiny", {"vae": {"latent_channels": 8}}) == {"vae": {"latent_channels": 8}}  # mel diffusion
+
+
+def test_add_subcommand_registers_emogen_tune():
+    parser = argparse.ArgumentParser(prog="emogen")
+    add_subcommand(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["tune", "ser", "--data", "d", "--num-samples", "4", "--max-concurrent", "2",
+                              "--metric", "val_uar", "--mode", "max", "--time-budget-s", "60"])
+    assert args.model == "ser" and args.num_samples == 4 and args.mode == "max" and args.func.__name__ == "cmd_tune"
+    assert args.cpus_per_trial == 1.0 and args.search == "random" and args.space is None
+
+
+# ------------------------------------------------------------------------ sweeps
+
+
+def test_sweep_asha_failing_trial_mlflow_and_best_config(tiny_features, tmp_path):
+    """4 trials, 2 at a time: lr=1.0 diverges (ASHA stops it after epoch 1), lr=-1 makes
+    AdamW raise (the trial is recorded as ERROR and the sweep goes on)."""
+    import mlflow
+
+    from emogen.sweep import run_sweep
+    from emogen.train import fit
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    space = {"train": {"lr": {"grid": [2e-3, 1e-3, 1.0, -1.0]}}, "ser": {"dropout": {"uniform": [0.1, 0.3]}}}
+    started = time.time()
+    summary = run_sweep("ser", tiny_features, preset="tiny", space=space, num_samples=1, epochs=3,
+                        max_concurrent=2, storage_path=tmp_path / "tune", name="sweep", tracking_uri=uri)
+    print(f"sweep of 4 trials: {time.time() - started:.1f} s")
+    assert summary["trials"] == 4 and summary["status"] == {"ERROR": 1, "TERMINATED": 3}
+
+    with open(summary["results_csv"]) as f:
+        rows = {float(r["param.train.lr"]): r for r in csv.DictReader(f)}
+    assert set(rows) == {2e-3, 1e-3, 1.0, -1.0}
+    assert rows[-1.0]["status"] == "ERROR" and "Invalid learning rate" in rows[-1.0]["error"]
+    assert rows[1.0]["stopped"] == "asha" and int(rows[1.0]["epochs"]) == 1  # early-stopped by ASHA
+    assert max(int(r["epochs"]) for r in rows.values()) == 3  # the best one ran to max_t
+    assert all(r["stopped"] in ("completed", "asha", "error") for r in rows.values())
+
+    # MLflow: the parent and 4 children with their params; metrics per epoch for the trained ones.
+    mlflow.set_tracking_uri(uri)
+    parent = summary["mlflow_parent_run_id"]
+    children = mlflow.search_runs(experiment_names=["emogen"], filter_string=f"tags.`mlflow.parentRunId` = '{parent}'")
+    assert len(children) == 4
+    assert set(children["params.train.lr"].astype(float)) == {2e-3, 1e-3, 1.0, -1.0}
+    assert set(children["status"]) == {"FINISHED", "FAILED"}
+    trained = children[children["status"] == "FINISHED"]
+    assert trained["metrics.val_loss"].notna().all() and len(trained) == 3
+    client = mlflow.tracking.MlflowClient()
+    steps = sorted(len(client.get_metric_history(rid, "val_loss")) for rid in trained["run_id"])
+    assert steps[0] == 1 and steps[-1] == 3
+    artifacts = {a.path for a in client.list_artifacts(parent)}
+    assert {"best_config.json", "results.csv"} <= artifacts
+
+    # best_config.json: override sections + best_metric; loads into a training job.
+    best = json.loads(Path(summary["best_config"]).read_text())
+    assert best["best_metric"]["name"] == "val_loss" and best["train"]["lr"] in (2e-3, 1e-3)
+    overrides = {k: v for k, v in best.items() if k != "best_metric"}
+    run = fit("ser", tiny_features, preset="tiny", overrides=overrides, epochs=1,
+              storage_path=tmp_path / "train", run_name="from-best", tracking_uri=uri)
+    assert run["epochs_completed"] == 1
+    assert mlflow.get_run(run["mlflow_run_id"]).data.params["train.lr"] == str(best["train"]["lr"])
+
+    # Re-running the same name restores the finished sweep: nothing is trained again.
+    again = run_sweep("ser", tiny_features, preset="tiny", space=space, num_samples=1, epochs=3,
+                      max_concurrent=2, storage_path=tmp_path / "tune", name="sweep", tracking_uri=uri)
+    assert again["trials"] == 4 and again["mlflow_parent_run_id"] == parent and again["seconds"] < 30
+    assert len(mlflow.search_runs(experiment_names=["emogen"], filter_string=f"tags.`mlflow.parentRunId` = '{parent}'")) == 4
