@@ -170,10 +170,11 @@ def read_features(path: str | Path, columns: list[str] | None = None) -> pd.Data
     return table.to_pandas().sort_values("clip_id", kind="stable").reset_index(drop=True)
 
 
-def decode_mels(table: pd.DataFrame) -> np.ndarray:
-    """The ``mel`` byte column -> float32 array [N, n_mels, n_frames]."""
-    if len(table) == 0:
+def decode_mels(table: pd.DataFrame | dict[str, np.ndarray]) -> np.ndarray:
+    """The ``mel`` byte column (of a DataFrame or a numpy batch) -> float32 [N, n_mels, n_frames]."""
+    count = len(table["mel"])
+    if count == 0:
         return np.zeros((0, 0, 0), dtype=np.float32)
-    n_mels, n_frames = int(table["n_mels"].iloc[0]), int(table["n_frames"].iloc[0])
+    n_mels, n_frames = int(np.asarray(table["n_mels"])[0]), int(np.asarray(table["n_frames"])[0])
     flat = np.frombuffer(b"".join(table["mel"]), dtype=np.float32)
-    return flat.reshape(len(table), n_mels, n_frames).copy()
+    return flat.reshape(count, n_mels, n_frames).copy()

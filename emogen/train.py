@@ -338,11 +338,12 @@ def _batches(shard: Any, batch_size: int, device: torch.device, shuffle: int = 0
     from emogen.data import decode_mels
 
     kwargs = {"local_shuffle_buffer_size": shuffle} if shuffle else {}
-    for batch in shard.iter_batches(batch_size=batch_size, batch_format="pandas", drop_last=False, **kwargs):
-        if len(batch) == 0:
+    # numpy batches: converting each batch to pandas cost ~50 ms (measured Ray Train overhead)
+    for batch in shard.iter_batches(batch_size=batch_size, batch_format="numpy", drop_last=False, **kwargs):
+        if len(batch["label"]) == 0:
             continue
         mel = torch.from_numpy(decode_mels(batch)).to(device, non_blocking=True)
-        yield mel, torch.tensor(batch["label"].to_numpy(np.int64), device=device)
+        yield mel, torch.tensor(np.asarray(batch["label"], dtype=np.int64), device=device)
 
 
 def _all_reduce(sums: dict[str, float], device: torch.device) -> dict[str, float]:
