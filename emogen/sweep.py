@@ -360,9 +360,20 @@ def results_table(results: Any, metric: str, mode: str, epochs: int) -> list[dic
         row = {"trial": _trial_id(result), "status": status, "epochs": done, f"best_{metric}": best,
                f"last_{metric}": values[-1] if values else math.nan, "stopped": stopped,
                "error": "" if result.error is None else _error_text(result.error)}
-        row.update({f"param.{k}": v for k, v in tracking.flatten(result.config or {}).items()})
+        row.update({f"param.{k}": v for k, v in tracking.flatten(_trial_config(result)).items()})
         rows.append(row)
     return sorted(rows, key=lambda r: r["trial"])
+
+
+def _trial_config(result: Any) -> dict[str, Any]:
+    """A trial's sampled config; a restored errored trial may come back without it, so
+    fall back to the params.json Tune wrote in the trial directory."""
+    if result.config:
+        return result.config
+    try:
+        return json.loads((Path(result.path) / "params.json").read_text())
+    except (OSError, TypeError, ValueError):
+        return {}
 
 
 def _error_text(error: BaseException) -> str:
@@ -532,7 +543,7 @@ def run_sweep(
     _write_csv(rows, sweep_dir / "results.csv")
     print(format_table(rows, metric), flush=True)
 
-    configs = {_trial_id(result): result.config or {} for result in results}
+    configs = {_trial_id(result): _trial_config(result) for result in results}
     ok = [r for r in rows if r["status"] != "ERROR" and not math.isnan(r[f"best_{metric}"])]
     best = None
     if ok:

@@ -62,7 +62,7 @@ def test_space_file_forms_grid_and_errors(tmp_path):
         to_param_space({"train": {"lr": {"uniform": [1, 2, 3]}}})
 
 
-def test_missing_search_library_is_a_clear_error(tiny_features, tmp_path):
+def test_missing_search_library_is_a_clear_error():
     from emogen.sweep import _searcher
 
     for name in ("optuna", "hyperopt"):
@@ -143,3 +143,49 @@ def test_sweep_asha_failing_trial_mlflow_and_best_config(tiny_features, tmp_path
                       max_concurrent=2, storage_path=tmp_path / "tune", name="sweep", tracking_uri=uri)
     assert again["trials"] == 4 and again["mlflow_parent_run_id"] == parent and again["seconds"] < 30
     assert len(mlflow.search_runs(experiment_names=["emogen"], filter_string=f"tags.`mlflow.parentRunId` = '{parent}'")) == 4
+
+
+def test_interrupted_sweep_resumes(tiny_features, tmp_path, ray_session):
+    """A sweep driver killed mid-sweep (second trial running) is resumed by re-running
+    the same name: the finished trial is kept, the interrupted one continues."""
+    import mlflow
+
+    from emogen.sweep import run_sweep
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    space = {"train": {"lr": {"grid": [2e-3, 1e-3]}}}
+    kwargs = dict(preset="tiny", space=space, num_samples=1, epochs=3, max_concurrent=1, scheduler="fifo",
+                  storage_path=str(tmp_path / "tune"), name="interrupted", tracking_uri=uri)
+    script = (
+        "import json, sys, ray\n"
+        "from emogen.sweep import run_sweep\n"
+        f"ray.init(address={ray_session.get_runtime_context().gcs_address!r}, log_to_driver=False)\n"
+        f"run_sweep('ser', {str(tiny_features)!r}, **json.loads(sys.argv[1]))\n"
+    )
+    driver = subprocess.Popen([sys.executable, "-c", script, json.dumps(kwargs)], cwd=ROOT,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    sweep_dir = tmp_path / "tune" / "interrupted"
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and driver.poll() is None:
+            if list(sweep_dir.glob("*_00001_*/checkpoint_*")):  # trial 0 done, trial 1 has an epoch
+                break
+            time.sleep(0.5)
+        assert driver.poll() is None, "the sweep finished before it could be interrupted"
+        assert list(sweep_dir.glob("*_00001_*/checkpoint_*")), "the second trial never checkpointed"
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, 9)
+        driver.wait()
+    assert not (sweep_dir / "results.csv").exists()
+
+    summary = run_sweep("ser", tiny_features, **kwargs)
+    assert summary["trials"] == 2 and summary["status"] == {"TERMINATED": 2}
+    with open(summary["results_csv"]) as f:
+        assert [int(r["epochs"]) for r in csv.DictReader(f)] == [3, 3]
+    mlflow.set_tracking_uri(uri)
+    children = mlflow.search_runs(experiment_names=["emogen"],
+                                  filter_string=f"tags.`mlflow.parentRunId` = '{summary['mlflow_parent_run_id']}'")
+    assert len(children) == 2 and set(children["status"]) == {"FINISHED"}  # the resumed trial kept its run
+    first = next(sweep_dir.glob("*_00000_*"))
+    assert len((first / "result.json").read_text().splitlines()) == 3  # the finished trial was not re-run
