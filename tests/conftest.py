@@ -26,6 +26,37 @@ def ray_session():
     ray.shutdown()
 
 
+@pytest.fixture(scope="session")
+def tiny_features(tmp_path_factory, ray_session):
+    """The tiny demo corpus, preprocessed once per session (84 files, 3 speakers per corpus)."""
+    from emogen.corpus import generate_corpus
+    from emogen.data import preprocess
+    from emogen.datasets import build_manifest
+
+    root = tmp_path_factory.mktemp("tiny")
+    generate_corpus(root / "corpus", preset="tiny", seed=0)
+    preprocess(build_manifest([root / "corpus"]), root / "data")
+    return root / "data"
+
+
+@pytest.fixture(scope="session")
+def tracking_uri(tmp_path_factory):
+    """A throwaway local MLflow store shared by the session's training runs."""
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny tensors: one intra-op thread avoids OpenMP oversubscription, which made model
+    tests ~8x slower on a shared 2-core machine. Restored for other test modules."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def tone(seconds: float, sample_rate: int, f0: float = 150.0, channels: int = 1, seed: int = 0) -> np.ndarray:
     """A harmonic-rich, speech-band test signal with a little noise, peak 0.5."""
     t = np.arange(int(round(seconds * sample_rate))) / sample_rate

@@ -28,14 +28,7 @@ N_MELS = 128
 NUM_CLASSES = len(EMOTIONS)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny tensors: one intra-op thread avoids OpenMP oversubscription, which made these
-    # tests ~8x slower on a shared 2-core machine. Restored for other test modules.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(autouse=True)

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,23 +13,6 @@ from emogen.train import TrainConfig, load_state, save_state, train_config
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def tiny_features(tmp_path_factory, ray_session):
-    from emogen.corpus import generate_corpus
-    from emogen.data import preprocess
-    from emogen.datasets import build_manifest
-
-    root = tmp_path_factory.mktemp("tiny")
-    generate_corpus(root / "corpus", preset="tiny", seed=0)
-    preprocess(build_manifest([root / "corpus"]), root / "data")
-    return root / "data"
-
-
-@pytest.fixture(scope="module")
-def tracking_uri(tmp_path_factory):
-    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
 
 
 def _fit(model, features, tmp_path, tracking_uri, **kw):
