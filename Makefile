@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= runs/demo
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench clean browser
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -13,14 +13,22 @@ $(STAMP): pyproject.toml
 	# torch first, alone: pip takes it from the local wheel (a range would pull a CUDA build)
 	$(PY) -m pip install -q torch==2.14.1 torchaudio==2.11.0
 	$(PY) -m pip install -q -e '.[test]'
+	# the web-page test (tests/test_serve.py) drives Debian's chromium with playwright (no `playwright install`)
+	$(PY) -m pip install -q playwright==1.65.2
 	touch $(STAMP)
+
+# idempotent; without apt (or root) it is skipped and the browser test skips with the reason
+browser:
+	@test -x /usr/bin/chromium || ! command -v apt-get >/dev/null || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } || \
+		echo "chromium not installed (apt-get failed); the browser test will skip"
 
 setup: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/emogen demo --out $(DEMO_DIR)
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(PY) -m pytest -q tests
 
 bench: $(STAMP)

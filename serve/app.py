@@ -216,14 +216,18 @@ class EmoGenService:
         return await loop.run_in_executor(None, self._run, jobs)
 
     def _run(self, jobs: list[svc.Job]) -> list[tuple]:
-        mel_list = svc.synthesize_mels(self.generator, jobs, stack_rows=self.stack_rows)
         import numpy as np
 
-        waves = self.renderer(np.concatenate(mel_list))
+        mel_list = svc.synthesize_mels(self.generator, jobs, stack_rows=self.stack_rows)
+        need = [m for m, j in zip(mel_list, jobs) if j.audio]  # Griffin-Lim only where audio is returned
+        waves = self.renderer(np.concatenate(need)) if need else None
         out, offset = [], 0
-        for mels in mel_list:
-            out.append((mels, waves[offset:offset + len(mels)]))
-            offset += len(mels)
+        for mels, job in zip(mel_list, jobs):
+            if job.audio:
+                out.append((mels, waves[offset:offset + len(mels)]))
+                offset += len(mels)
+            else:
+                out.append((mels, None))
         return out
 
 
