@@ -187,6 +187,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_arguments(p, model=None)
     p.set_defaults(func=cmd_train)
 
+    # Stages whose options live beside their code register themselves.
+    from emogen import service, sweep
+
+    sweep.add_subcommand(sub)
+    service.add_subcommand(sub)
+
     p = sub.add_parser("generate", help="synthesize clips of an emotion from a diffusion or VAE checkpoint")
     p.add_argument("--checkpoint", required=True, help="a `emogen train diffusion|vae` checkpoint directory")
     p.add_argument("--emotion", default="all", help="one of the 6 emotions, or all")
