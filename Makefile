@@ -7,7 +7,7 @@ DEMO_DIR ?= runs/demo
 
 .PHONY: setup demo test bench clean browser
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, alone: pip takes it from the local wheel (a range would pull a CUDA build)
