@@ -8,7 +8,11 @@ process*, under a `TuneTrialSession` (reports go to `ray.tune.report`, resume co
 `ray.tune.get_checkpoint`). No inner Ray Train run, so no second placement group: when
 ASHA stops a trial, Tune ends that one actor and its CPUs are free for the next trial.
 With `--num-workers N > 1` a trial drives an inner `TorchTrainer` (data-parallel
-workers), whose metrics reach Tune through `TuneReportCallback`.
+workers, `--cpus-per-trial`/`--gpus-per-trial` each), whose metrics reach Tune through
+`TuneReportCallback`; the trial itself then reserves only 0.01 CPU (Tune refuses 0), so
+on a 2-CPU machine use `--num-workers 2 --cpus-per-trial 0.9`. Such trials run with
+`--scheduler fifo` only: in Ray 2.60 a trial Tune stops early (ASHA, or max_t) leaves its
+inner Train run's workers reserved and the next trial waits forever (seen here).
 
 MLflow: one parent run per sweep (tag `emogen.run_name` = the sweep name), one child run
 per trial (tag `mlflow.parentRunId`) with the trial's params and per-epoch metrics.
@@ -310,7 +314,8 @@ def _run_multi_worker(loop: dict[str, Any], setup: dict[str, Any], trial_id: str
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop,
-        scaling_config=ray.train.ScalingConfig(num_workers=setup["num_workers"], use_gpu=setup["use_gpu"]),
+        scaling_config=ray.train.ScalingConfig(num_workers=setup["num_workers"], use_gpu=setup["use_gpu"],
+                                               resources_per_worker=setup["resources_per_worker"]),
         run_config=ray.train.RunConfig(
             name=f"{setup['name']}-{trial_id}",
             storage_path=setup["train_storage"],
@@ -465,6 +470,12 @@ def run_sweep(
 
         if model_configs(preset)["diffusion"].space == "latent":
             raise ValueError(f"preset {preset!r} runs latent diffusion: pass --vae-checkpoint (a trained VAE)")
+    if num_workers > 1 and scheduler != "fifo":
+        raise ValueError(
+            "multi-worker trials (--num-workers > 1) need --scheduler fifo: a trial stopped by ASHA "
+            "leaves its inner Ray Train workers reserved and the next trial would wait forever; "
+            "or keep one worker per trial (the default), which ASHA can stop safely"
+        )
     space_dict = space if isinstance(space, dict) else load_space(model, space)
     param_space = to_param_space(space_dict, search)
     searcher = _searcher(search, metric, mode)
@@ -497,7 +508,8 @@ def run_sweep(
     setup = {"model": model, "preset": preset, "epochs": max_epochs, "num_workers": num_workers,
              "use_gpu": gpus_per_trial > 0, "tracking_uri": uri, "experiment_id": experiment_id,
              "parent_run_id": parent_run_id, "name": name, "vae_checkpoint": vae_checkpoint,
-             "train_storage": f"{storage}/{name}/_train"}
+             "train_storage": f"{storage}/{name}/_train",
+             "resources_per_worker": {"CPU": cpus_per_trial, **({"GPU": gpus_per_trial} if gpus_per_trial > 0 else {})}}
 
     if num_workers <= 1:
         resources = {"cpu": cpus_per_trial, "gpu": gpus_per_trial}

@@ -73,6 +73,13 @@ def test_missing_search_library_is_a_clear_error():
                 _searcher(name, "val_loss", "min")
 
 
+def test_multi_worker_trials_refuse_asha(tmp_path):
+    from emogen.sweep import run_sweep
+
+    with pytest.raises(ValueError, match="need --scheduler fifo"):
+        run_sweep("ser", tmp_path, preset="tiny", num_workers=2, scheduler="asha", storage_path=tmp_path)
+
+
 def test_latent_size_keeps_the_unet_in_step():
     assert couple("vae", "demo", {"vae": {"latent_channels": 8}}) == {"vae": {"latent_channels": 8}, "unet": {"in_channels": 8}}
     assert couple("vae", "tiny", {"vae": {"latent_channels": 8}}) == {"vae": {"latent_channels": 8}}  # mel diffusion
