@@ -410,36 +410,48 @@ def cmd_serve(args: argparse.Namespace) -> dict:
         "batch_wait_timeout_s": args.batch_wait_timeout, "num_replicas": args.replicas,
         "step_budget": args.step_budget, "api_key": api_key,
     })
+    import signal
+
+    def _stop(signum, frame):  # SIGTERM (ray job stop, containers) stops cleanly like Ctrl-C
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     started = time.time()
     print(f"[serve] http://{args.host}:{args.port}/ (API docs at /docs); Ctrl-C to stop", flush=True)
     try:
-        serve.run(app, name="emogen", route_prefix="/", blocking=True)
+        serve.run(app, name="emogen", route_prefix="/")
+        while True:  # block until Ctrl-C / SIGTERM
+            time.sleep(1)
     except KeyboardInterrupt:
-        pass
+        print("[serve] stopping", flush=True)
     finally:
-        serve.shutdown()
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a repeated Ctrl-C must not abort the clean-up
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        try:
+            serve.shutdown()
+        finally:
+            ray.shutdown()
     return {"served": args.checkpoint, "host": args.host, "port": args.port, "seconds": round(time.time() - started, 1)}
 
 
 def _serve_app_builder():
-    """serve/app.py's build_app, importable whether or not the project root is on sys.path."""
-    try:
-        from serve.app import build_app
-    except ModuleNotFoundError:
-        import importlib.util
-        import sys
-        from pathlib import Path
+    """serve/app.py's build_app, importable whether or not the project root is on sys.path.
 
-        path = Path(__file__).resolve().parents[1] / "serve" / "app.py"
-        spec = importlib.util.spec_from_file_location("serve.app", path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["serve.app"] = module
-        spec.loader.exec_module(module)
-        build_app = module.build_app
+    serve/ is not an installed package: the project root goes on sys.path and PYTHONPATH
+    (inherited by Ray workers started afterwards), and the module is registered to be
+    pickled by value for workers of an already running Ray."""
+    import os
     import sys
+    from pathlib import Path
 
+    root = str(Path(__file__).resolve().parents[1])
+    if (Path(root) / "serve" / "app.py").exists() and root not in sys.path:
+        sys.path.insert(0, root)
+        os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
     from ray import cloudpickle
 
-    # serve/ is not an installed package: ship the deployment class by value to replicas.
+    from serve.app import build_app
+
     cloudpickle.register_pickle_by_value(sys.modules["serve.app"])
     return build_app
