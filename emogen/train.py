@@ -89,11 +89,20 @@ def save_state(directory: str | Path, state: dict[str, Any]) -> Path:
     return target
 
 
-def load_state(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """A checkpoint directory or state.pt -> the state dict, loaded with weights_only=True."""
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A state.pt, a checkpoint directory, or a run directory (its newest checkpoint_*)."""
     path = Path(path)
-    if path.is_dir():
-        path = path / STATE_FILE
+    if path.is_dir() and not (path / STATE_FILE).exists():
+        # Ray names checkpoints checkpoint_<timestamp>: the last in name order is the newest
+        candidates = sorted(p for p in path.glob("checkpoint_*") if (p / STATE_FILE).exists())
+        if candidates:
+            path = candidates[-1]
+    return path / STATE_FILE if path.is_dir() else path
+
+
+def load_state(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """A checkpoint (see resolve_checkpoint) -> the state dict, loaded with weights_only=True."""
+    path = resolve_checkpoint(path)
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint at {path}")
     return torch.load(path, map_location=map_location, weights_only=True)

@@ -260,8 +260,11 @@ def build_app(args: dict[str, Any]):
     if actor:
         options["ray_actor_options"] = actor
     deployment = EmoGenService.options(**options) if options else EmoGenService
+    checkpoint = args.get("checkpoint")
+    if checkpoint:  # replicas need not share this process's working directory
+        checkpoint = os.path.abspath(checkpoint)
     return deployment.bind(
-        checkpoint=args.get("checkpoint"),
+        checkpoint=checkpoint,
         max_batch_size=num("max_batch_size", int, 8),
         batch_wait_timeout_s=num("batch_wait_timeout_s", float, 0.05),
         step_budget=num("step_budget", int, svc.DEFAULT_STEP_BUDGET),

@@ -30,6 +30,15 @@ def test_state_round_trip_is_atomic(tmp_path):
     assert torch.equal(loaded["model"]["w"], state["model"]["w"]) and loaded["history"] == state["history"]
 
 
+def test_run_directory_resolves_to_its_newest_checkpoint(tmp_path):
+    for epoch, stamp in ((1, "2026-11-25_10-00-00.000001"), (2, "2026-11-25_10-05-00.000001")):
+        save_state(tmp_path / "run" / f"checkpoint_{stamp}", {"epoch": epoch})
+    assert load_state(tmp_path / "run")["epoch"] == 2
+    assert load_state(tmp_path / "run" / "checkpoint_2026-11-25_10-00-00.000001")["epoch"] == 1
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        load_state(tmp_path / "empty-run")
+
+
 def test_train_config_presets_and_overrides():
     assert TrainConfig().batch_size == 16 and TrainConfig().lr == 3e-4 and TrainConfig().grad_clip == 0.5
     assert train_config("ser", "tiny", {"lr": 1e-3}).lr == 1e-3
