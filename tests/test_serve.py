@@ -22,18 +22,6 @@ CHROMIUM = Path("/usr/bin/chromium")
 
 
 @pytest.fixture(scope="module")
-def tiny_features(tmp_path_factory, ray_session):
-    from emogen.corpus import generate_corpus
-    from emogen.data import preprocess
-    from emogen.datasets import build_manifest
-
-    root = tmp_path_factory.mktemp("tiny")
-    generate_corpus(root / "corpus", preset="tiny", seed=0)
-    preprocess(build_manifest([root / "corpus"]), root / "data")
-    return root / "data"
-
-
-@pytest.fixture(scope="module")
 def diffusion_checkpoint(tiny_features, tmp_path_factory):
     from emogen.train import fit
 

@@ -19,18 +19,6 @@ from emogen.sweep import add_subcommand, couple, load_space, to_param_space
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def tiny_features(tmp_path_factory, ray_session):
-    from emogen.corpus import generate_corpus
-    from emogen.data import preprocess
-    from emogen.datasets import build_manifest
-
-    root = tmp_path_factory.mktemp("tiny-tune")
-    generate_corpus(root / "corpus", preset="tiny", seed=0)
-    preprocess(build_manifest([root / "corpus"]), root / "data")
-    return root / "data"
-
-
 # ------------------------------------------------------------ spaces and the CLI (no Ray)
 
 
