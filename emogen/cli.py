@@ -102,33 +102,62 @@ def cmd_generate(args: argparse.Namespace) -> dict:
     return {"model": generator.kind, "files": [str(f) for f in files], "seconds": round(time.time() - started, 1)}
 
 
-def cmd_demo(args: argparse.Namespace) -> dict:
+def cmd_experiment(args: argparse.Namespace) -> dict:
+    import shlex
+    import time
+
+    from emogen.experiment import experiment_config, run_experiment
+    from emogen.runtime import init_ray
+
     out = Path(args.out)
-    corpus = cmd_corpus(argparse.Namespace(out=out / "corpus", preset=args.preset, seed=args.seed, workers=args.workers))
+    seconds = dict(getattr(args, "seconds_before", None) or {})
+    data = args.data
+    if data is None:
+        if not args.input and args.csv is None:
+            raise SystemExit("emogen experiment needs --data (preprocessed features) or --input/--csv (audio to preprocess)")
+        data = out / "data"
+        if not (data / "features").is_dir():
+            began = time.time()
+            cmd_preprocess(argparse.Namespace(input=args.input, csv=args.csv, dataset=args.dataset, output=data,
+                                              address=args.address, num_cpus=args.num_cpus, batch_size=16, concurrency=None))
+            seconds["preprocess"] = round(time.time() - began, 1)
+    overrides = {k: getattr(args, k) for k in ("seeds", "per_emotion", "ratio", "sampler", "steps", "guidance_scale",
+                                               "min_confidence", "ser_epochs", "vae_epochs", "diffusion_epochs",
+                                               "num_workers", "cpus_per_task")}
+    if args.use_gpu:
+        overrides["use_gpu"] = True
+    config = experiment_config(args.preset, overrides)
+    init_ray(args.address, args.num_cpus)
+    command = getattr(args, "command_line", None) or "emogen " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    results = run_experiment(data, out, preset=args.preset, config=config, name=args.name, tracking_uri=args.tracking_uri,
+                             command=command, seconds_before=seconds)
+    from emogen.report import results_table
+
+    print("\n" + results_table(results) + "\n", file=sys.stderr, flush=True)
+    print(f"[experiment] report: {results['report']['html']} (and report.md, results.json) in {out}", file=sys.stderr, flush=True)
+    return {
+        "experiment": results["name"],
+        "out": str(out),
+        "report": results["report"],
+        "unweighted_accuracy": {c: round(v["unweighted_accuracy"]["mean"], 4) for c, v in results["summary"].items()},
+        "clarity": {g: round(v["clarity"]["mean"], 4) for g, v in results["generated"].items()},
+        "targets": results["targets"],
+        "seconds": results["seconds"],
+    }
+
+
+def cmd_demo(args: argparse.Namespace) -> dict:
+    """The embedded demo corpus -> the full augmentation experiment, all under --out."""
+    import time
+
+    out = Path(args.out)
+    began = time.time()
+    corpus = cmd_corpus(argparse.Namespace(out=out / "corpus", preset=args.corpus, seed=args.seed, workers=args.workers))
     print(f"[demo] corpus: {corpus['files']} files in {corpus['corpus']}", file=sys.stderr, flush=True)
-    pre = cmd_preprocess(
-        argparse.Namespace(
-            input=[out / "corpus"], csv=None, dataset="auto", output=out / "data",
-            address=args.address, num_cpus=args.num_cpus, batch_size=16, concurrency=None,
-        )
-    )
-    summary = {"corpus": corpus, "preprocess": pre}
-    if args.skip_train:
-        return summary
-    common = dict(data=out / "data", preset=args.preset, config=None, epochs=None, num_workers=1, use_gpu=False,
-                  storage_path=str(out / "train"), tracking_uri=None, max_failures=1, fail_at_epoch=-1,
-                  address=args.address, num_cpus=args.num_cpus, vae_checkpoint=None, extra_train=None)
-    for model in ("ser", "vae", "diffusion"):
-        print(f"[demo] training {model} ...", file=sys.stderr, flush=True)
-        run = cmd_train(argparse.Namespace(model=model, run_name=f"{model}-{args.preset}", **common))
-        summary[model] = {k: run[k] for k in ("checkpoint", "epochs_completed", "metrics", "mlflow_run_id", "seconds")}
-        if model == "vae":
-            common["vae_checkpoint"] = run["checkpoint"]
-    samples = cmd_generate(argparse.Namespace(checkpoint=summary["diffusion"]["checkpoint"], emotion="all", num_samples=2,
-                                              sampler=None, steps=None, guidance_scale=None, seed=0, out=out / "samples"))
-    summary["samples"] = str(out / "samples")
-    print(f"[demo] {len(samples['files'])} generated clips in {out / 'samples'}", file=sys.stderr, flush=True)
-    return summary
+    args.seconds_before = {"corpus": round(time.time() - began, 1)}
+    args.input, args.csv, args.dataset, args.data = [out / "corpus"], None, "auto", None
+    args.command_line = f"emogen demo --out {out} --preset {args.preset}"
+    return cmd_experiment(args)
 
 
 # -------------------------------------------------------------------------- parser
@@ -159,6 +188,37 @@ def add_train_arguments(p: argparse.ArgumentParser, model: str | None) -> None:
                    help="features dataset added to training only (e.g. generated clips); repeatable")
     p.add_argument("--max-failures", type=int, default=1, help="worker-group restarts from the last checkpoint")
     p.add_argument("--fail-at-epoch", type=int, default=-1, help=argparse.SUPPRESS)  # fault-tolerance drills
+    _ray_options(p)
+
+
+def add_experiment_arguments(p: argparse.ArgumentParser, demo: bool = False) -> None:
+    """Options of `emogen experiment` (also `emogen demo` and jobs/augment.py); unset
+    experiment options take the preset's "experiment" section."""
+    if not demo:
+        src = p.add_argument_group("input (one of)")
+        src.add_argument("--data", type=Path, default=None, help="preprocessed features (emogen preprocess output)")
+        src.add_argument("--input", type=Path, action="append", help="corpus folder to preprocess into OUT/data; repeatable")
+        src.add_argument("--csv", type=Path, default=None, help="label CSV (path, emotion, speaker) to preprocess")
+        src.add_argument("--dataset", default="auto", choices=["auto", "emodb", "ravdess"])
+    p.add_argument("--out", type=Path, default=Path("runs/demo") if demo else Path("runs/experiment"),
+                   help="experiment folder (report, results.json, checkpoints); re-run to resume")
+    p.add_argument("--preset", default="demo", help="tiny | demo | paper: model sizes, epochs and experiment defaults")
+    p.add_argument("--name", default="demo" if demo else None, help="run name prefix (default: the --out folder name)")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="SER / sampling seeds (default: the preset's, 3)")
+    p.add_argument("--per-emotion", type=int, default=None, help="generated clips per emotion (default: --ratio)")
+    p.add_argument("--ratio", type=float, default=None, help="generated / real training clips, balanced over emotions (default 1)")
+    p.add_argument("--sampler", default=None, choices=["ddpm", "ddim", "dpm"], help="diffusion sampler (default: the preset's)")
+    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the preset's)")
+    p.add_argument("--guidance-scale", type=float, default=None, help="classifier-free guidance (default: the preset's)")
+    p.add_argument("--min-confidence", type=float, default=None,
+                   help="keep generated clips the seed's real-trained SER gives >= this probability for their emotion")
+    p.add_argument("--ser-epochs", type=int, default=None)
+    p.add_argument("--vae-epochs", type=int, default=None)
+    p.add_argument("--diffusion-epochs", type=int, default=None)
+    p.add_argument("--num-workers", type=int, default=None, help="Ray Train workers for the VAE and diffusion trainings")
+    p.add_argument("--cpus-per-task", type=float, default=None, help="CPUs per SER training / generation task")
+    p.add_argument("--use-gpu", action="store_true", help="GPUs for training, generation and evaluation")
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: local store in runs/mlflow)")
     _ray_options(p)
 
 
@@ -204,13 +264,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("runs/samples"))
     p.set_defaults(func=cmd_generate)
 
-    p = sub.add_parser("demo", help="the whole pipeline on the embedded demo corpus")
-    p.add_argument("--out", type=Path, default=Path("runs/demo"))
-    p.add_argument("--preset", default="demo")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--skip-train", action="store_true", help="stop after preprocessing")
-    _ray_options(p)
+    p = sub.add_parser("experiment", help="the augmentation experiment: does generated data improve the SER? (report + MLflow)")
+    add_experiment_arguments(p)
+    p.set_defaults(func=cmd_experiment)
+
+    p = sub.add_parser("demo", help="the embedded demo corpus -> the full augmentation experiment (what `make demo` runs)")
+    add_experiment_arguments(p, demo=True)
+    p.add_argument("--corpus", default="demo", help="embedded corpus size: tiny | demo | large")
+    p.add_argument("--seed", type=int, default=0, help="corpus seed")
+    p.add_argument("--workers", type=int, default=2, help="processes for corpus synthesis")
     p.set_defaults(func=cmd_demo)
     return parser
 

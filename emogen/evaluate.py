@@ -48,7 +48,8 @@ class SERClassifier:
         """mels [N, n_mels, frames] -> (probabilities [N, 6], embeddings [N, D])."""
         probs, embeds = [], []
         for start in range(0, len(mels), batch_size):
-            x = torch.as_tensor(mels[start : start + batch_size], dtype=torch.float32, device=self.device).unsqueeze(1)
+            # a copy: arrays from Ray's object store are read-only
+            x = torch.tensor(mels[start : start + batch_size], dtype=torch.float32, device=self.device).unsqueeze(1)
             emb = self.model.embed(x)
             probs.append(torch.softmax(self.model.head(emb), dim=1).cpu().numpy())
             embeds.append(emb.cpu().numpy())

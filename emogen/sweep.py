@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
-import dataclasses
 import json
 import math
 import re
@@ -38,9 +37,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
 
-from emogen.train import MODELS, RayTrainSession
+from emogen.train import MODELS, SingleProcessSession, loop_config
 
 SPACES_FILE = Path(__file__).resolve().parents[1] / "tune" / "spaces.yaml"
 SECTIONS = ("train", "ser", "vae", "unet", "diffusion")
@@ -166,66 +164,14 @@ def couple(model: str, preset: str, overrides: dict[str, Any]) -> dict[str, Any]
 # ---------------------------------------------------------------------- the trial
 
 
-def loop_config(model: str, preset: str, overrides: dict[str, Any], epochs: int | None,
-                vae_checkpoint: str | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The `train_loop_per_worker` config for a trial (as emogen.train.fit builds it),
-    and its params for MLflow."""
-    from emogen.config import AudioConfig
-    from emogen.presets import model_configs
-    from emogen.train import train_config
-
-    overrides = copy.deepcopy(overrides)
-    train_over = dict(overrides.pop("train", {}) or {})
-    if epochs is not None:
-        train_over["epochs"] = epochs
-    train_cfg = train_config(model, preset, train_over)
-    cfgs = model_configs(preset, overrides)
-    wanted = {"ser": ["ser"], "vae": ["vae"], "diffusion": ["unet", "diffusion"]}[model]
-    config = {
-        "model": model,
-        "configs": {k: dataclasses.asdict(cfgs[k]) for k in wanted},
-        "train": dataclasses.asdict(train_cfg),
-        "audio": dataclasses.asdict(AudioConfig()),
-        "extra": {"vae_checkpoint": str(Path(vae_checkpoint).resolve()) if vae_checkpoint else None},
-        "mlflow": None,
-        "run_dir": None,
-    }
-    params = {"model": model, "preset": preset, "train": config["train"], **config["configs"]}
-    return config, params
-
-
-class _SingleProcessContext:
-    def get_world_rank(self) -> int:
-        return 0
-
-    def get_world_size(self) -> int:
-        return 1
-
-
-class TuneTrialSession(RayTrainSession):
+class TuneTrialSession(SingleProcessSession):
     """Runs the training loop inside a Tune trial: reports and checkpoints go to Tune,
     the datasets are the sweep's materialized splits, one process, no DDP."""
-
-    def __init__(self, datasets: dict[str, Any], use_gpu: bool = False):
-        self.datasets = datasets
-        self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
-
-    def get_context(self):
-        return _SingleProcessContext()
 
     def get_checkpoint(self):
         from ray import tune
 
         return tune.get_checkpoint()
-
-    def get_dataset_shard(self, name):
-        return self.datasets[name]
-
-    def get_device(self):
-        return self.device
-
-    def prepare_model(self, model):
-        return model.to(self.device)
 
     def report(self, metrics, checkpoint_dir=None):
         from ray import tune

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -326,6 +327,90 @@ class RayTrainSession:
         ray.train.report(metrics, checkpoint=checkpoint)
 
 
+class _SingleProcessContext:
+    def get_world_rank(self) -> int:
+        return 0
+
+    def get_world_size(self) -> int:
+        return 1
+
+
+class SingleProcessSession(RayTrainSession):
+    """The loop in the current process (a Ray task, a Tune trial): one worker, no DDP,
+    the given (materialized) datasets as shards. Subclasses decide where reports go."""
+
+    def __init__(self, datasets: dict[str, Any], use_gpu: bool = False):
+        self.datasets = datasets
+        self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+
+    def get_context(self) -> Any:
+        return _SingleProcessContext()
+
+    def get_dataset_shard(self, name: str) -> Any:
+        return self.datasets[name]
+
+    def get_device(self) -> torch.device:
+        return self.device
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        return model.to(self.device)
+
+
+class DirectorySession(SingleProcessSession):
+    """Checkpoints to <run_dir>/state.pt (atomically, every epoch) and resumes from it:
+    a retried Ray task continues where the lost one stopped."""
+
+    def __init__(self, datasets: dict[str, Any], run_dir: str | Path, use_gpu: bool = False):
+        super().__init__(datasets, use_gpu)
+        self.run_dir = Path(run_dir)
+        self.last_metrics: dict[str, Any] = {}
+
+    def get_checkpoint(self) -> Any:
+        import ray.train
+
+        return ray.train.Checkpoint.from_directory(str(self.run_dir)) if (self.run_dir / STATE_FILE).exists() else None
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: str | None = None) -> None:
+        self.last_metrics = dict(metrics)
+        if checkpoint_dir:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.run_dir, prefix=".state-", suffix=".tmp")
+            os.close(fd)
+            try:
+                shutil.copyfile(Path(checkpoint_dir) / STATE_FILE, tmp)
+                os.replace(tmp, self.run_dir / STATE_FILE)
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+
+
+def train_in_process(loop: dict[str, Any], datasets: dict[str, Any], run_dir: str | Path, use_gpu: bool = False) -> dict[str, Any]:
+    """Run `train_loop_per_worker` here (e.g. inside a Ray task) with checkpoints in
+    run_dir; returns the final state's summary. Many small trainings (an experiment's
+    SERs) then run side by side as tasks instead of one Ray Train run after another."""
+    loop = {**loop, "run_dir": str(run_dir)}
+    session = DirectorySession(datasets, run_dir, use_gpu)
+    previous = use_session(session)
+    try:
+        train_loop_per_worker(loop)
+    finally:
+        use_session(previous)
+        if loop.get("mlflow"):
+            import mlflow
+
+            if mlflow.active_run() is not None:
+                mlflow.end_run()
+    final = load_state(run_dir)
+    return {
+        "checkpoint": str(Path(run_dir).resolve()),
+        "epochs_completed": final["epoch"],
+        "stopped_early": final["stopped_early"],
+        "resumed_from": final["resumes"],
+        "history": final["history"],
+        "metrics": final["history"][-1] if final["history"] else {},
+    }
+
+
 _SESSION: RayTrainSession | None = None
 
 
@@ -606,6 +691,59 @@ def read_clip_ids(features: str | Path) -> list[str]:
     return read_features(features, columns=["clip_id"])["clip_id"].tolist()
 
 
+def loop_config(
+    model: str,
+    preset: str,
+    overrides: dict[str, Any] | None = None,
+    epochs: int | None = None,
+    vae_checkpoint: str | Path | None = None,
+    train_overrides: dict[str, Any] | None = None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The `train_loop_per_worker` config for a model of a preset (+ override sections),
+    and the params to log for it. The caller fills in "mlflow" and "run_dir"."""
+    if model not in MODELS:
+        raise ValueError(f"unknown model {model!r}; expected one of {', '.join(MODELS)}")
+    overrides = {k: dict(v) if isinstance(v, dict) else v for k, v in (overrides or {}).items()}
+    train_over = {**dict(overrides.pop("train", None) or {}), **(train_overrides or {})}
+    if epochs is not None:
+        train_over["epochs"] = epochs
+    train_cfg = train_config(model, preset, train_over)
+    cfgs = model_configs(preset, overrides)
+    wanted = {"ser": ["ser"], "vae": ["vae"], "diffusion": ["unet", "diffusion"]}[model]
+    config = {
+        "model": model,
+        "configs": {k: dataclasses.asdict(cfgs[k]) for k in wanted},
+        "train": dataclasses.asdict(train_cfg),
+        "audio": dataclasses.asdict(AudioConfig()),
+        "extra": {"vae_checkpoint": str(Path(vae_checkpoint).resolve()) if vae_checkpoint else None},
+        "mlflow": None,
+        "run_dir": None,
+    }
+    params = {"model": model, "preset": preset, "train": config["train"], **config["configs"]}
+    return config, params
+
+
+def start_child_run(
+    run_name: str, model: str, params: dict[str, Any], tracking_uri: str | None = None, parent_run_id: str | None = None
+) -> str:
+    """The MLflow run of a training run name: found again on resume, else created with its
+    params (as a child of parent_run_id when given). Returns the run id."""
+    import mlflow
+
+    from emogen import tracking
+
+    tracking.configure(tracking_uri)
+    run_id = tracking.find_run(run_name, tracking_uri)
+    if run_id is not None:
+        return run_id
+    tags = {"emogen.run_name": run_name, "emogen.model": model}
+    if parent_run_id:
+        tags["mlflow.parentRunId"] = parent_run_id
+    with mlflow.start_run(run_name=run_name, tags=tags) as run:
+        mlflow.log_params(tracking.flatten(params))
+        return run.info.run_id
+
+
 def fit(
     model: str,
     features: str | Path,
@@ -621,12 +759,14 @@ def fit(
     max_failures: int = 1,
     fail_at_epoch: int = -1,
     extra_train: list[str | Path] | None = None,
+    parent_run_id: str | None = None,
 ) -> dict[str, Any]:
     """Train one model with Ray Train and return a summary (metrics, checkpoint, MLflow run).
 
     overrides: {"train": {...}, "ser": {...}, ...} on top of the preset. Re-running with
     the same storage_path and run_name resumes from the run's latest checkpoint.
     extra_train: features datasets added to the training split only (generated clips).
+    parent_run_id: make the MLflow run a child of this one (an experiment's parent run).
     """
     import mlflow
     import ray.train
@@ -636,15 +776,9 @@ def fit(
 
     if model not in MODELS:
         raise ValueError(f"unknown model {model!r}; expected one of {', '.join(MODELS)}")
-    overrides = dict(overrides or {})
-    train_over = dict(overrides.pop("train", {}))
-    if epochs is not None:
-        train_over["epochs"] = epochs
-    if fail_at_epoch >= 0:
-        train_over["fail_at_epoch"] = fail_at_epoch
-    train_cfg = train_config(model, preset, train_over)
-    cfgs = model_configs(preset, overrides)
-    wanted = {"ser": ["ser"], "vae": ["vae"], "diffusion": ["unet", "diffusion"]}[model]
+    train_over = {"fail_at_epoch": fail_at_epoch} if fail_at_epoch >= 0 else {}
+    loop, params = loop_config(model, preset, overrides, epochs, vae_checkpoint, train_over)
+    train_cfg = TrainConfig(**loop["train"])
     run_name = run_name or f"{model}-{preset}"
     storage = str(Path(storage_path).resolve()) if "://" not in str(storage_path) else str(storage_path)
     run_dir = f"{storage}/{run_name}"
@@ -656,28 +790,13 @@ def fit(
     if counts["train"] == 0:
         raise ValueError("the speaker split left no training clips")
 
-    tracking.configure(tracking_uri)
-    run_id = tracking.find_run(run_name, tracking_uri)
-    params = {"model": model, "preset": preset, "train": dataclasses.asdict(train_cfg), "extra_train": ",".join(extra_train),
-              **{k: dataclasses.asdict(cfgs[k]) for k in wanted}, "split_counts": counts, "num_workers": num_workers}
-    if run_id is None:
-        with mlflow.start_run(run_name=run_name, tags={"emogen.run_name": run_name, "emogen.model": model}) as run:
-            mlflow.log_params(tracking.flatten(params))
-            run_id = run.info.run_id
-
-    extra: dict[str, Any] = {"vae_checkpoint": str(Path(vae_checkpoint).resolve()) if vae_checkpoint else None}
-    loop_config = {
-        "model": model,
-        "configs": {k: dataclasses.asdict(cfgs[k]) for k in wanted},
-        "train": dataclasses.asdict(train_cfg),
-        "audio": dataclasses.asdict(AudioConfig()),
-        "extra": extra,
-        "mlflow": {"tracking_uri": tracking.resolve_tracking_uri(tracking_uri), "run_id": run_id},
-        "run_dir": run_dir,
-    }
+    params.update(extra_train=",".join(extra_train), split_counts=counts, num_workers=num_workers)
+    run_id = start_child_run(run_name, model, params, tracking_uri, parent_run_id)
+    loop["mlflow"] = {"tracking_uri": tracking.resolve_tracking_uri(tracking_uri), "run_id": run_id}
+    loop["run_dir"] = run_dir
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=loop_config,
+        train_loop_config=loop,
         scaling_config=ray.train.ScalingConfig(num_workers=num_workers, use_gpu=use_gpu),
         run_config=ray.train.RunConfig(
             name=run_name,

@@ -1,0 +1,294 @@
+"""The experiment report on a synthetic results.json: files, numbers, verdicts, robustness."""
+
+from __future__ import annotations
+
+import base64
+import re
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from emogen.config import EMOTIONS
+from emogen.metrics import classification_report
+from emogen.report import results_table, write_report
+
+SEEDS = (0, 1)
+PER_CLASS = 10  # test clips per emotion, so one more hit in one class is +1/60 UA
+# correct predictions per class on the real-only SER, per seed
+REAL_HITS = {0: [7, 6, 5, 8, 4, 6], 1: [8, 6, 6, 7, 5, 5]}
+EXPECTED_PLOTS = {
+    "ser_scores",
+    "confusion_real",
+    "confusion_real_vae",
+    "confusion_real_diffusion",
+    "mel_grid",
+    "training_curves",
+    "clarity",
+}
+
+
+def _confusion(hits: list[int]) -> np.ndarray:
+    """Hits on the diagonal, every miss predicted as the next emotion."""
+    cm = np.zeros((6, 6), dtype=np.int64)
+    for i, h in enumerate(hits):
+        cm[i, i] = h
+        cm[i, (i + 1) % 6] = PER_CLASS - h
+    return cm
+
+
+def _metrics(cm: np.ndarray) -> dict:
+    labels = np.concatenate([np.full(cm[i, j], i) for i in range(6) for j in range(6)])
+    preds = np.concatenate([np.full(cm[i, j], j) for i in range(6) for j in range(6)])
+    return classification_report(labels, preds)
+
+
+def _stat(values: list[float]) -> dict:
+    return {"mean": float(np.mean(values)), "std": float(np.std(values, ddof=1)), "values": list(values)}
+
+
+def make_results(diffusion_extra: list[int], vae_extra: list[int], clarity: tuple[float, float], name: str = "demo") -> dict:
+    """A results.json dict whose metrics are consistent with its confusion matrices."""
+    extras = {"real": [0] * 6, "real+vae": vae_extra, "real+diffusion": diffusion_extra}
+    runs: dict[str, list] = {}
+    for cond, extra in extras.items():
+        runs[cond] = []
+        for seed in SEEDS:
+            hits = [min(PER_CLASS, max(0, h + e)) for h, e in zip(REAL_HITS[seed], extra)]
+            m = _metrics(_confusion(hits))
+            history = [
+                {"epoch": e, "train_loss": 1.8 - 0.2 * e, "val_loss": 1.7 - 0.15 * e, "val_accuracy": 0.2 * e, "val_uar": 0.18 * e + 0.01 * seed}
+                for e in (1, 2, 3)
+            ]
+            runs[cond].append(
+                {"seed": seed, "checkpoint": f"runs/x/{cond}/{seed}", "n_train": 284, "n_generated": 0 if cond == "real" else 120,
+                 "train_seconds": 40.0, "epochs": 3, "metrics": m, "history": history}
+            )
+    metric_names = ("weighted_accuracy", "unweighted_accuracy", "macro_f1")
+    summary = {c: {m: _stat([r["metrics"][m] for r in rs]) for m in metric_names} for c, rs in runs.items()}
+    gains = {
+        c: {m: _stat([r["metrics"][m] - b["metrics"][m] for r, b in zip(runs[c], runs["real"])]) for m in metric_names}
+        for c in ("real+vae", "real+diffusion")
+    }
+    vae_clarity, diffusion_clarity = clarity
+
+    def generated(c: float) -> dict:
+        return {
+            "n_per_emotion": 50, "n_clips": 300, "n_kept": 280,
+            "clarity": _stat([c - 0.01, c + 0.01]),
+            "clarity_per_emotion": {e: c for e in EMOTIONS},
+            "fid": _stat([12.0, 12.6]), "inception_score": _stat([3.0, 3.2]), "real_fid_reference": 3.2,
+        }
+
+    return {
+        "name": name, "preset": "demo", "created": "2026-11-25T15:30:00Z",
+        "command": "emogen experiment --preset demo --out runs/demo",
+        "config": {"preset": "demo", "ser": {"epochs": 3, "lr": 0.001}, "seeds": [0, 1]},
+        "data": {"features": "runs/demo/data", "split_counts": {"train": 284, "val": 80, "test": 60},
+                 "test_speakers": ["emodb:03", "emodb:08", "ravdess:12"],
+                 "class_counts": {"train": {e: 47 for e in EMOTIONS}, "test": {e: PER_CLASS for e in EMOTIONS}}},
+        "seeds": list(SEEDS),
+        "conditions": ["real", "real+vae", "real+diffusion"],
+        "runs": runs, "summary": summary, "gains": gains,
+        "generated": {"vae": generated(vae_clarity), "diffusion": generated(diffusion_clarity)},
+        "generators": {
+            "vae": {"checkpoint": "runs/x/vae", "epochs": 3, "seconds": 290.0,
+                    "metrics": {"val_loss": 0.5, "val_recon": 0.4, "val_kl": 1.0},
+                    "history": [{"epoch": e, "train_loss": 10.0 / e, "val_loss": 11.0 / e} for e in (1, 2, 3)]},
+            "diffusion": {"checkpoint": "runs/x/diffusion", "epochs": 3, "seconds": 220.0, "space": "latent",
+                          "metrics": {"val_loss": 0.2},
+                          "history": [{"epoch": e, "train_loss": 0.5 / e, "val_loss": 0.6 / e} for e in (1, 2, 3)]},
+        },
+        "samples": {"mels": "samples/mels.npz", "wavs": [
+            {"source": "real", "emotion": "anger", "path": "samples/real_anger_0.wav"},
+            {"source": "diffusion", "emotion": "anger", "path": "samples/diffusion_anger_0.wav"},
+        ]},
+        "seconds": {"corpus": 20.0, "preprocess": 15.0, "train_vae": 290.0, "train_diffusion": 220.0,
+                    "train_ser": 300.0, "generate": 40.0, "evaluate": 10.0, "total": 900.0},
+        "targets": {"ua_gain_points": 3.0, "diffusion_ua_gain_met": False, "clarity_met": True},
+        "mlflow": {"tracking_uri": "sqlite:///runs/mlflow.db", "experiment_id": "1", "parent_run_id": "abc123"},
+    }
+
+
+def write_samples(out_dir, missing: str = "diffusion/fear") -> None:
+    samples = out_dir / "samples"
+    samples.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    mels = {f"{s}/{e}": rng.uniform(-1, 1, (16, 20)).astype(np.float32) for s in ("real", "vae", "diffusion") for e in EMOTIONS}
+    del mels[missing]
+    np.savez(samples / "mels.npz", **mels)
+    t = np.arange(int(0.2 * 22050)) / 22050
+    for name in ("real_anger_0", "diffusion_anger_0"):
+        sf.write(samples / f"{name}.wav", 0.3 * np.sin(2 * np.pi * 220 * t), 22050)
+
+
+def section(md: str, title: str) -> str:
+    """The text of one '## title' section of the markdown."""
+    match = re.search(rf"^## {re.escape(title)}\n(.*?)(?=^## |\Z)", md, flags=re.S | re.M)
+    assert match, f"no section {title!r}"
+    return match.group(1)
+
+
+def table_row(md: str, first_cell: str) -> list[str]:
+    for line in md.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("|") and cells[0] == first_cell:
+            return cells
+    raise AssertionError(f"no table row starting with {first_cell!r}")
+
+
+def pm(values: list[float]) -> str:
+    return f"{np.mean(values) * 100:.1f} ± {np.std(values, ddof=1) * 100:.1f}"
+
+
+NOT_MET = dict(diffusion_extra=[1, 0, 0, 0, 0, 0], vae_extra=[-1, 0, 0, 0, 0, 0], clarity=(0.70, 0.60))  # +1.7 UA points
+MET = dict(diffusion_extra=[1, 1, 1, 0, 0, 0], vae_extra=[0, 1, 0, 0, 0, 0], clarity=(0.60, 0.75))  # +5.0 UA points
+
+
+@pytest.fixture(scope="module")
+def full_report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("report")
+    write_samples(out)
+    results = make_results(**NOT_MET)
+    paths = write_report(results, out)
+    return results, paths, paths["md"].read_text(encoding="utf-8"), paths["html"].read_text(encoding="utf-8")
+
+
+def test_files_and_plots_exist(full_report):
+    _, paths, _, _ = full_report
+    assert paths["md"].is_file() and paths["html"].is_file()
+    assert set(paths["plots"]) == EXPECTED_PLOTS
+    for name, path in paths["plots"].items():
+        assert path.parent.name == "plots" and path.name == f"{name}.png"
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_html_is_self_contained(full_report):
+    _, paths, _, page = full_report
+    assert "http://" not in page and "https://" not in page
+    assert not re.search(r"""(?:src|href)\s*=\s*["']?\s*(?:[a-z]+:)?//""", page, flags=re.I)
+    assert not re.search(r"<(?:link|script)\b", page, flags=re.I)
+    images = re.findall(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    assert len(images) == len(paths["plots"]) == len(EXPECTED_PLOTS)
+    assert all(base64.b64decode(img)[:4] == b"\x89PNG" for img in images)
+    audio = re.findall(r'<audio controls src="data:audio/wav;base64,([A-Za-z0-9+/=]+)"', page)
+    assert len(audio) == 2 and base64.b64decode(audio[0])[:4] == b"RIFF"
+    assert 'href="samples/real_anger_0.wav"' in page
+
+
+def test_markdown_links_plots_and_wavs_relatively(full_report):
+    _, paths, md, _ = full_report
+    for name in EXPECTED_PLOTS:
+        assert f"](plots/{name}.png)" in md
+    assert "](samples/real_anger_0.wav)" in md and "](samples/diffusion_anger_0.wav)" in md
+    assert "base64" not in md
+
+
+def test_results_table_numbers(full_report):
+    results, _, md, _ = full_report
+    assert results_table(results) in md
+    runs = results["runs"]
+    ua = {c: [r["metrics"]["unweighted_accuracy"] for r in runs[c]] for c in runs}
+    for cond, label in (("real", "real"), ("real+vae", "real+VAE"), ("real+diffusion", "real+diffusion")):
+        row = table_row(results_table(results), label)
+        wa = [r["metrics"]["weighted_accuracy"] for r in runs[cond]]
+        f1 = [r["metrics"]["macro_f1"] for r in runs[cond]]
+        assert row[1:4] == [pm(wa), pm(ua[cond]), pm(f1)]
+        assert row[5] == "2"
+    assert table_row(results_table(results), "real")[4] == "—"
+    diffusion_gain = (np.mean(ua["real+diffusion"]) - np.mean(ua["real"])) * 100
+    assert table_row(results_table(results), "real+diffusion")[4] == f"+{diffusion_gain:.1f}" == "+1.7"
+    vae_gain = (np.mean(ua["real+vae"]) - np.mean(ua["real"])) * 100
+    assert table_row(results_table(results), "real+VAE")[4] == f"\u2212{abs(vae_gain):.1f}" == "\u22121.7"
+
+
+def test_results_table_recomputed_from_runs_without_summary(full_report):
+    results = full_report[0]
+    bare = {k: v for k, v in results.items() if k not in ("summary", "gains")}
+    assert results_table(bare) == results_table(results)
+
+
+def test_per_seed_generated_and_timing_tables(full_report):
+    results, _, md, _ = full_report
+    seed1 = results["runs"]["real+diffusion"][1]["metrics"]
+    expected = ["1", "real+diffusion", *(f"{seed1[m] * 100:.1f}" for m in ("weighted_accuracy", "unweighted_accuracy", "macro_f1")), "284", "120"]
+    assert any(line.strip("| ").split(" | ") == expected for line in md.splitlines())
+    assert table_row(md, "diffusion")[1:] == ["60.0 ± 1.4", "12.3 ± 0.4", "3.10 ± 0.14", "300", "280"]
+    timing = section(md, "Time per stage")
+    assert table_row(timing, "total")[1] == "900.0" and table_row(timing, "train_vae")[1] == "290.0"
+    assert "| report |" not in timing  # the caller measures report time; it is not invented here
+    assert "abc123" in section(md, "MLflow") and "emogen experiment --preset demo" in section(md, "Reproduce")
+
+
+@pytest.mark.parametrize(
+    ("case", "ua_phrase", "clarity_phrase"),
+    [
+        (NOT_MET, "≥ +3.0 UA points over real is not met: the gain is +1.7 points", "diffusion clarity > VAE clarity is not met"),
+        (MET, "≥ +3.0 UA points over real is met (+5.0 points)", "diffusion clarity > VAE clarity is met"),
+    ],
+)
+def test_what_this_run_shows(tmp_path, case, ua_phrase, clarity_phrase):
+    md = write_report(make_results(**case), tmp_path)["md"].read_text(encoding="utf-8")
+    text = section(md, "What this run shows")
+    assert ua_phrase in text and clarity_phrase in text
+    assert "2 seeds" in text and "60 real test clips from 3 held-out speakers" in text
+    assert "not significance" in text and "significant" not in text
+
+
+def test_gain_just_below_target_is_not_rounded_up(tmp_path):
+    results = make_results(**NOT_MET)
+    results["gains"]["real+diffusion"]["unweighted_accuracy"] = {"mean": 0.0296, "std": 0.001, "values": [0.0286, 0.0306]}
+    text = section(write_report(results, tmp_path)["md"].read_text(encoding="utf-8"), "What this run shows")
+    assert "is not met: the gain is +2.96 points" in text
+
+
+def test_mel_grid_notes_blank_cells(full_report):
+    _, _, md, _ = full_report
+    assert "Blank cells (no sample): 1 of 18." in section(md, "Plots")
+
+
+def test_missing_optional_sections(tmp_path):
+    results = make_results(**MET)
+    for key in ("generated", "samples", "generators"):
+        del results[key]
+    paths = write_report(results, tmp_path)
+    md, page = paths["md"].read_text(encoding="utf-8"), paths["html"].read_text(encoding="utf-8")
+    assert results_table(results) in md
+    assert set(paths["plots"]) == EXPECTED_PLOTS - {"mel_grid", "clarity"}
+    assert page.count("data:image/png;base64,") == len(paths["plots"])
+    assert "## Generated data quality" not in md and "## Audio samples" not in md
+    assert "Mel grid skipped" in md and "clarity > VAE clarity cannot be judged" in md
+
+
+def test_missing_mels_file_skips_grid_with_a_note(tmp_path):
+    results = make_results(**MET)
+    paths = write_report(results, tmp_path)  # no samples written
+    md = paths["md"].read_text(encoding="utf-8")
+    assert "mel_grid" not in paths["plots"]
+    assert "Mel grid skipped: samples/mels.npz not found." in md
+    assert "missing: samples/real_anger_0.wav" in md
+
+
+def test_nearly_empty_results_still_give_a_report(tmp_path):
+    paths = write_report({"name": "empty"}, tmp_path)
+    md = paths["md"].read_text(encoding="utf-8")
+    assert paths["plots"] == {} and paths["html"].is_file()
+    assert md.startswith("# EmoGen experiment: empty") and "| real | n/a | n/a | n/a | — | n/a |" in md
+
+
+def test_html_escapes_names_and_values(tmp_path):
+    results = make_results(**NOT_MET, name="<script>alert(1)</script>")
+    results["config"]["note"] = 'a <b>bold</b> & "quoted" value'
+    page = write_report(results, tmp_path)["html"].read_text(encoding="utf-8")
+    assert "<script>" not in page and "<b>" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "a &lt;b&gt;bold&lt;/b&gt; &amp; &quot;quoted&quot; value" in page
+
+
+def test_only_audio_files_are_inlined(tmp_path):
+    results = make_results(**MET)
+    (tmp_path / "secret.txt").write_text("not for the page")
+    results["samples"] = {"wavs": [{"source": "real", "emotion": "anger", "path": "secret.txt"}]}
+    page = write_report(results, tmp_path)["html"].read_text(encoding="utf-8")
+    assert "not an audio file: secret.txt" in page
+    assert base64.b64encode(b"not for the page").decode() not in page and "<audio" not in page
