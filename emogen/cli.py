@@ -123,14 +123,16 @@ def cmd_experiment(args: argparse.Namespace) -> dict:
             seconds["preprocess"] = round(time.time() - began, 1)
     overrides = {k: getattr(args, k) for k in ("seeds", "per_emotion", "ratio", "sampler", "steps", "guidance_scale",
                                                "min_confidence", "ser_epochs", "vae_epochs", "diffusion_epochs",
-                                               "num_workers", "cpus_per_task")}
+                                               "num_workers", "cpus_per_worker", "cpus_per_task")}
     if args.use_gpu:
         overrides["use_gpu"] = True
     config = experiment_config(args.preset, overrides)
     init_ray(args.address, args.num_cpus)
     command = getattr(args, "command_line", None) or "emogen " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    from emogen.config import load_overrides
+
     results = run_experiment(data, out, preset=args.preset, config=config, name=args.name, tracking_uri=args.tracking_uri,
-                             command=command, seconds_before=seconds)
+                             command=command, seconds_before=seconds, overrides=load_overrides(args.config))
     from emogen.report import results_table
 
     print("\n" + results_table(results) + "\n", file=sys.stderr, flush=True)
@@ -203,6 +205,8 @@ def add_experiment_arguments(p: argparse.ArgumentParser, demo: bool = False) -> 
     p.add_argument("--out", type=Path, default=Path("runs/demo") if demo else Path("runs/experiment"),
                    help="experiment folder (report, results.json, checkpoints); re-run to resume")
     p.add_argument("--preset", default="demo", help="tiny | demo | paper: model sizes, epochs and experiment defaults")
+    p.add_argument("--config", type=Path, default=None,
+                   help='JSON/YAML preset overrides, e.g. {"ser": {"dropout": 0.2}, "train_ser": {"epochs": 10}, "train": {"lr": 1e-3}}')
     p.add_argument("--name", default="demo" if demo else None, help="run name prefix (default: the --out folder name)")
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="SER / sampling seeds (default: the preset's, 3)")
     p.add_argument("--per-emotion", type=int, default=None, help="generated clips per emotion (default: --ratio)")
@@ -216,6 +220,7 @@ def add_experiment_arguments(p: argparse.ArgumentParser, demo: bool = False) -> 
     p.add_argument("--vae-epochs", type=int, default=None)
     p.add_argument("--diffusion-epochs", type=int, default=None)
     p.add_argument("--num-workers", type=int, default=None, help="Ray Train workers for the VAE and diffusion trainings")
+    p.add_argument("--cpus-per-worker", type=float, default=None, help="CPUs (torch threads) per VAE / diffusion worker")
     p.add_argument("--cpus-per-task", type=float, default=None, help="CPUs per SER training / generation task")
     p.add_argument("--use-gpu", action="store_true", help="GPUs for training, generation and evaluation")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: local store in runs/mlflow)")

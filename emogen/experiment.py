@@ -65,6 +65,7 @@ class ExperimentConfig:
     vae_epochs: int | None = None
     diffusion_epochs: int | None = None
     num_workers: int = 1  # Ray Train workers for the generators
+    cpus_per_worker: float | None = None  # None: Ray Train's default (1)
     use_gpu: bool = False
     cpus_per_task: float = 1.0  # each SER training / generation task
     wavs_per_emotion: int = 1  # Griffin-Lim clips per emotion and source in the report
@@ -82,6 +83,15 @@ class ExperimentConfig:
 def experiment_config(preset: str, overrides: dict[str, Any] | None = None) -> ExperimentConfig:
     values = {**preset_sections(preset).get("experiment", {}), **{k: v for k, v in (overrides or {}).items() if v is not None}}
     return replace(ExperimentConfig(), values)
+
+
+def model_overrides(overrides: dict[str, dict[str, Any]] | None, model: str) -> dict[str, dict[str, Any]]:
+    """One model's overrides from an experiment's: the model sections as they are, and
+    "train" merged with "train_<model>" (e.g. {"train_ser": {"epochs": 10}})."""
+    overrides = overrides or {}
+    out = {k: dict(v) for k, v in overrides.items() if not k.startswith("train")}
+    out["train"] = {**overrides.get("train", {}), **overrides.get(f"train_{model}", {})}
+    return out
 
 
 # -------------------------------------------------------------------- bookkeeping
@@ -142,15 +152,22 @@ def _condition_dir(condition: str) -> str:
 
 
 def _set_threads() -> None:
-    """Torch threads = the CPUs Ray gave this task (oversubscribing 2 cores costs ~2x);
-    no Ray Data progress bars per epoch in the task logs (the epoch lines are the progress)."""
-    import logging
-
+    """Torch threads = the CPUs Ray gave this task (oversubscribing 2 cores costs ~2x)."""
     import ray
     import torch
 
     cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
     torch.set_num_threads(max(1, int(cpus)))
+    _quiet_ray_data()
+
+
+def _quiet_ray_data() -> None:
+    """No Ray Data progress bars: datasets carry this context into the training tasks,
+    whose per-epoch lines are the progress (a bar per epoch and split is noise)."""
+    import logging
+
+    import ray
+
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     context.print_on_execution_start = False
@@ -221,7 +238,7 @@ def _griffin_lim_task(mels: np.ndarray) -> np.ndarray:
     from emogen.config import AudioConfig
 
     _set_threads()
-    return MelInverter(AudioConfig())(np.asarray(mels, dtype=np.float32))
+    return MelInverter(AudioConfig())(np.array(mels, dtype=np.float32))  # a writable copy of the object-store array
 
 
 # ------------------------------------------------------------------- the experiment
@@ -236,9 +253,11 @@ def run_experiment(
     tracking_uri: str | None = None,
     command: str | None = None,
     seconds_before: dict[str, float] | None = None,
+    overrides: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) the whole experiment; returns the results dict also written to
-    <out_dir>/results.json. seconds_before: stages the caller ran first (corpus, preprocess)."""
+    <out_dir>/results.json. seconds_before: stages the caller ran first (corpus, preprocess).
+    overrides: preset sections ({"ser": {...}, "train_ser": {...}, "train": {...}, ...})."""
     import mlflow
     import ray
 
@@ -252,10 +271,11 @@ def run_experiment(
     out.mkdir(parents=True, exist_ok=True)
     name = name or out.name
     stages = Stages(out / "stages.json")
-    progress = Progress(total_stages=6)
+    progress = Progress(total_stages=8)
     uri = tracking.resolve_tracking_uri(tracking_uri)
     experiment_id = tracking.configure(tracking_uri)
     cpu_task = {"num_cpus": cfg.cpus_per_task, "num_gpus": 1 if cfg.use_gpu else 0}
+    _quiet_ray_data()
 
     # ---- the split, the held-out clips, the parent run
     train_cfg = train_config("ser", preset)
@@ -268,15 +288,17 @@ def run_experiment(
         raise ValueError(f"the speaker split of {features} left no validation or test speakers; the experiment needs both")
     test_mels, test_labels = decode_mels(test), test["label"].to_numpy()
     per_emotion = cfg.per_emotion or max(1, round(cfg.ratio * counts["train"] / len(EMOTIONS)))
-    diffusion_cfg = model_configs(preset)["diffusion"]
+    diffusion_cfg = model_configs(preset, overrides)["diffusion"]
     gen_options = {"sampler": cfg.sampler, "steps": cfg.steps, "guidance_scale": cfg.guidance_scale}
     params = {"preset": preset, "features": str(features), "experiment": dataclasses.asdict(cfg), "per_emotion": per_emotion,
-              "split_counts": counts, "diffusion_space": diffusion_cfg.space}
+              "split_counts": counts, "diffusion_space": diffusion_cfg.space, "overrides": overrides or {}}
     parent = stages.run("parent_run", lambda: _parent_run(name, params, tracking_uri))
     storage = out / "train"
 
     def ser_loop(condition: str, seed: int) -> tuple[dict[str, Any], str]:
-        loop, run_params = loop_config("ser", preset, {"train": {"seed": seed}}, cfg.ser_epochs)
+        ser_over = model_overrides(overrides, "ser")
+        ser_over["train"]["seed"] = seed
+        loop, run_params = loop_config("ser", preset, ser_over, cfg.ser_epochs)
         run_name = f"ser-{_condition_dir(condition)}-s{seed}-{name}"
         run_params.update(condition=condition, seed=seed)
         loop["mlflow"] = {"tracking_uri": uri, "run_id": start_child_run(run_name, "ser", run_params, tracking_uri, parent)}
@@ -284,29 +306,31 @@ def run_experiment(
 
     train_ser = ray.remote(max_retries=2)(_train_ser_task).options(**cpu_task)
 
-    # ---- 1+2. baseline SERs (as tasks) while the generators train (Ray Train)
-    def baselines_and_generators() -> dict[str, Any]:
+    # ---- 1. baseline SERs (Ray tasks, side by side)
+    def train_baselines() -> None:
         base = split_datasets(features, assignment)
         pending = {}
         for seed in cfg.seeds:
             if f"ser/real/{seed}" not in stages.done:
                 loop, run_dir = ser_loop("real", seed)
                 pending[seed] = train_ser.remote(loop, base, run_dir, cfg.use_gpu)
-        common = dict(preset=preset, num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, storage_path=storage,
-                      tracking_uri=tracking_uri, parent_run_id=parent)
-        vae = stages.run("vae", lambda: fit("vae", features, epochs=cfg.vae_epochs, run_name=f"vae-{name}", **common))
-        diffusion = stages.run("diffusion", lambda: fit(
-            "diffusion", features, epochs=cfg.diffusion_epochs, run_name=f"diffusion-{name}",
-            vae_checkpoint=vae["checkpoint"] if diffusion_cfg.space == "latent" else None, **common))
         for seed, ref in pending.items():
             stages.run(f"ser/real/{seed}", lambda ref=ref: ray.get(ref))
-        return {"vae": vae, "diffusion": diffusion}
 
-    generators = progress.stage(
-        "train_generators_and_baselines",
-        f"training the VAE and the {diffusion_cfg.space}-space diffusion model (Ray Train) and {len(cfg.seeds)} baseline SERs (Ray tasks)",
-        baselines_and_generators,
-    )
+    progress.stage("train_ser_real", f"training {len(cfg.seeds)} baseline SERs on real clips (Ray tasks)", train_baselines)
+
+    # ---- 2. the generators (Ray Train), one after the other: latent diffusion needs the VAE
+    common = dict(preset=preset, num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, storage_path=storage,
+                  tracking_uri=tracking_uri, parent_run_id=parent, cpus_per_worker=cfg.cpus_per_worker)
+    generators = {"vae": progress.stage("train_vae", "training the VAE (Ray Train)", lambda: stages.run(
+        "vae", lambda: fit("vae", features, overrides=model_overrides(overrides, "vae"), epochs=cfg.vae_epochs,
+                           run_name=f"vae-{name}", **common)))}
+    generators["diffusion"] = progress.stage(
+        "train_diffusion", f"training the {diffusion_cfg.space}-space diffusion U-Net (Ray Train)", lambda: stages.run(
+            "diffusion", lambda: fit("diffusion", features, overrides=model_overrides(overrides, "diffusion"),
+                                     epochs=cfg.diffusion_epochs, run_name=f"diffusion-{name}",
+                                     vae_checkpoint=generators["vae"]["checkpoint"] if diffusion_cfg.space == "latent" else None,
+                                     **common)))
 
     # ---- 3. generation + scoring by the seed's baseline SER
     def generate_all() -> None:

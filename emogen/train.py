@@ -511,8 +511,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     train_shard = session.get_dataset_shard("train")
     val_shard = session.get_dataset_shard("val")
     stopped_early = state is not None and state.get("stopped_early", False)
-    if rank == 0 and start_epoch:
-        print(f"[{task.name}] resuming from the checkpoint of epoch {start_epoch}", flush=True)
+    if rank == 0:
+        print(f"[{task.name}] {world} worker(s) on {device.type}, {torch.get_num_threads()} torch thread(s) each", flush=True)
+        if start_epoch:
+            print(f"[{task.name}] resuming from the checkpoint of epoch {start_epoch}", flush=True)
 
     for epoch in range(start_epoch, train_cfg.epochs):
         if stopped_early:
@@ -760,6 +762,7 @@ def fit(
     fail_at_epoch: int = -1,
     extra_train: list[str | Path] | None = None,
     parent_run_id: str | None = None,
+    cpus_per_worker: float | None = None,
 ) -> dict[str, Any]:
     """Train one model with Ray Train and return a summary (metrics, checkpoint, MLflow run).
 
@@ -767,6 +770,7 @@ def fit(
     the same storage_path and run_name resumes from the run's latest checkpoint.
     extra_train: features datasets added to the training split only (generated clips).
     parent_run_id: make the MLflow run a child of this one (an experiment's parent run).
+    cpus_per_worker: CPUs (= torch threads) per worker; default Ray Train's 1.
     """
     import mlflow
     import ray.train
@@ -797,7 +801,10 @@ def fit(
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop,
-        scaling_config=ray.train.ScalingConfig(num_workers=num_workers, use_gpu=use_gpu),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=num_workers, use_gpu=use_gpu,
+            resources_per_worker={"CPU": cpus_per_worker, **({"GPU": 1} if use_gpu else {})} if cpus_per_worker else None,
+        ),
         run_config=ray.train.RunConfig(
             name=run_name,
             storage_path=storage,
