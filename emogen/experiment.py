@@ -78,6 +78,10 @@ class ExperimentConfig:
             raise ValueError("per_emotion and ratio must be >= 0")
         if not 0.0 <= self.min_confidence < 1.0:
             raise ValueError("min_confidence must be in [0, 1)")
+        if self.wavs_per_emotion < 1 or self.num_workers < 1:
+            raise ValueError("wavs_per_emotion and num_workers must be >= 1")
+        if self.cpus_per_task <= 0 or (self.cpus_per_worker is not None and self.cpus_per_worker <= 0):
+            raise ValueError("cpus_per_task and cpus_per_worker must be > 0")
 
 
 def experiment_config(preset: str, overrides: dict[str, Any] | None = None) -> ExperimentConfig:
@@ -217,6 +221,7 @@ def _generate_task(generator_checkpoint: str, ser_checkpoint: str, per_emotion: 
         "clarity": emotional_clarity(labels, probs.argmax(axis=1)),
         "clarity_per_emotion": report["recall"],
         "fid": frechet_distance(real_eval["embeddings"], embeddings)["fid"],
+        "fid_counts": {"n_real": int(len(real_eval["embeddings"])), "n_generated": int(len(embeddings))},
         "inception_score": inception_score(probs)["is"],
         "mean_confidence": float(confidence.mean()),
         "examples": {e: mels[labels == k][:4].astype(np.float16) for k, e in enumerate(EMOTIONS)},
@@ -263,6 +268,7 @@ def run_experiment(
 
     from emogen import tracking
     from emogen.data import decode_mels, read_features
+    from emogen.metrics import frechet_distance
     from emogen.presets import model_configs
     from emogen.train import fit, loop_config, split_assignment, split_datasets, start_child_run, train_config
 
@@ -302,18 +308,19 @@ def run_experiment(
         run_name = f"ser-{_condition_dir(condition)}-s{seed}-{name}"
         run_params.update(condition=condition, seed=seed)
         loop["mlflow"] = {"tracking_uri": uri, "run_id": start_child_run(run_name, "ser", run_params, tracking_uri, parent)}
+        loop["label"] = f"ser {condition} seed {seed}"
         return loop, str(out / "ser" / f"{_condition_dir(condition)}-s{seed}")
 
     train_ser = ray.remote(max_retries=2)(_train_ser_task).options(**cpu_task)
 
     # ---- 1. baseline SERs (Ray tasks, side by side)
     def train_baselines() -> None:
-        base = split_datasets(features, assignment)
+        todo = [seed for seed in cfg.seeds if f"ser/real/{seed}" not in stages.done]
+        base = split_datasets(features, assignment) if todo else {}
         pending = {}
-        for seed in cfg.seeds:
-            if f"ser/real/{seed}" not in stages.done:
-                loop, run_dir = ser_loop("real", seed)
-                pending[seed] = train_ser.remote(loop, base, run_dir, cfg.use_gpu)
+        for seed in todo:
+            loop, run_dir = ser_loop("real", seed)
+            pending[seed] = train_ser.remote(loop, base, run_dir, cfg.use_gpu)
         for seed, ref in pending.items():
             stages.run(f"ser/real/{seed}", lambda ref=ref: ray.get(ref))
 
@@ -337,10 +344,20 @@ def run_experiment(
         evaluate = ray.remote(_evaluate_task).options(**cpu_task)
         generate = ray.remote(max_retries=2)(_generate_task).options(**cpu_task)
         test_ref, labels_ref = ray.put(test_mels), ray.put(test_labels)
+        train_rows = table[table["split"] == "train"]
+        train_ref, train_labels_ref = ray.put(decode_mels(train_rows)), ray.put(train_rows["label"].to_numpy())
         launched = {}
         for seed in cfg.seeds:
             ser_checkpoint = stages.done[f"ser/real/{seed}"]["checkpoint"]
+            keys = [f"generated/{gen}/{seed}" for gen in GENERATORS] + [f"fid_reference/{seed}"]
+            if all(key in stages.done for key in keys):
+                continue
             real_eval = evaluate.remote(ser_checkpoint, test_ref, labels_ref)  # held-out embeddings for FID
+            if f"fid_reference/{seed}" not in stages.done:
+                # FID of real training clips against the held-out ones: the scale of "real-like"
+                train_eval = evaluate.remote(ser_checkpoint, train_ref, train_labels_ref)
+                stages.run(f"fid_reference/{seed}", lambda a=real_eval, b=train_eval: frechet_distance(
+                    ray.get(a)["embeddings"], ray.get(b)["embeddings"]))
             for gen in GENERATORS:
                 if f"generated/{gen}/{seed}" not in stages.done:
                     launched[(gen, seed)] = generate.remote(
@@ -484,7 +501,8 @@ def _results(name, preset, cfg, command, features, table, counts, test, per_emot
             "n_kept": int(sum(p["n_kept"] for p in per_seed) / len(per_seed)),
             "clarity": _spread([p["clarity"] for p in per_seed]),
             "clarity_per_emotion": {e: float(np.mean([p["clarity_per_emotion"][e] for p in per_seed])) for e in EMOTIONS},
-            "fid": _spread([p["fid"] for p in per_seed]),
+            "fid": {**_spread([p["fid"] for p in per_seed]), **per_seed[0]["fid_counts"]},
+            "real_fid_reference": float(np.mean([stages.done[f"fid_reference/{s}"]["fid"] for s in cfg.seeds])),
             "inception_score": _spread([p["inception_score"] for p in per_seed]),
             "mean_confidence": _spread([p["mean_confidence"] for p in per_seed]),
             "generate_seconds": _spread([p["generate_seconds"] for p in per_seed]),

@@ -473,6 +473,10 @@ def _quality_section(results: dict) -> list[Block]:
         reference = _num(_get(results, "generated", "diffusion", "real_fid_reference"))
     if reference is not None:
         blocks.append(Para(f"For scale: FID of held-out real clips against training real clips is {reference:.1f}."))
+    fid = _get(results, "generated", "diffusion", "fid")
+    if isinstance(fid, dict) and _num(fid.get("n_real")) is not None and _num(fid.get("n_generated")) is not None:
+        # FID is biased upward for small sets: the counts say how comparable values are
+        blocks.append(Para(f"FID sample sizes: {int(fid['n_real'])} held-out real clips vs {int(fid['n_generated'])} generated clips per seed."))
     per_emotion = _clarity_per_emotion(results)
     if per_emotion:
         gens = list(per_emotion)

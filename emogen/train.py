@@ -52,6 +52,14 @@ class TrainConfig:
     early_stopping_patience: int = 0
     kl_warmup_epochs: int = 0  # VAE: KL weight ramps 0 -> 1 over these epochs
     label_smoothing: float = 0.0  # SER
+    # SER input augmentation (training batches only; `augment_mels`): shift along the mel
+    # axis by up to freq_shift bins (speaker / vocal-tract variation), roll in time, and
+    # spec_masks frequency and time masks (SpecAugment) up to the given widths.
+    freq_shift: int = 0
+    time_roll: bool = False
+    spec_masks: int = 0
+    freq_mask_width: int = 12
+    time_mask_width: int = 20
     seed: int = 0
     # The speaker-independent split (emogen.datasets.speaker_split), same for all models.
     split_seed: int = 0
@@ -152,6 +160,38 @@ class Task:
         return {}
 
 
+def augment_mels(mel: torch.Tensor, cfg: TrainConfig, generator: torch.Generator | None = None) -> torch.Tensor:
+    """A training batch of scaled log-mels [B, n_mels, frames] with random, per-clip
+    frequency shift (edge-padded), time roll and SpecAugment masks (filled with the clip's
+    minimum, i.e. silence). The SER overfits a few training speakers without them."""
+    batch, n_mels, frames = mel.shape
+    device = mel.device
+
+    def randint(high: torch.Tensor | int, size: tuple[int, ...]) -> torch.Tensor:
+        u = torch.rand(size, generator=generator, device="cpu").to(device)
+        return (u * high).long()
+
+    if cfg.freq_shift > 0:
+        shift = randint(2 * cfg.freq_shift + 1, (batch, 1)) - cfg.freq_shift
+        index = (torch.arange(n_mels, device=device)[None] - shift).clamp(0, n_mels - 1)
+        mel = mel.gather(1, index[:, :, None].expand(batch, n_mels, frames))
+    if cfg.time_roll:
+        roll = randint(frames, (batch, 1))
+        index = (torch.arange(frames, device=device)[None] - roll) % frames
+        mel = mel.gather(2, index[:, None, :].expand(batch, n_mels, frames))
+    if cfg.spec_masks > 0:
+        floor = mel.amin(dim=(1, 2), keepdim=True)
+        for axis, size, width in ((1, n_mels, cfg.freq_mask_width), (2, frames, cfg.time_mask_width)):
+            positions = torch.arange(size, device=device)[None]
+            for _ in range(cfg.spec_masks):
+                w = randint(min(width, size) + 1, (batch, 1))
+                start = (torch.rand((batch, 1), generator=generator).to(device) * (size - w + 1)).long()
+                hit = (positions >= start) & (positions < start + w)  # [B, size]
+                hit = hit[:, :, None] if axis == 1 else hit[:, None, :]
+                mel = torch.where(hit, floor, mel)
+    return mel
+
+
 class SERTask(Task):
     name = "ser"
 
@@ -161,6 +201,8 @@ class SERTask(Task):
         return ResNetSER(self.cfgs["ser"])
 
     def loss(self, model, mel, label, epoch):
+        if model.training:  # validation batches go through `evaluate`, never augmented
+            mel = augment_mels(mel, self.train)
         logits = model(mel.unsqueeze(1))
         loss = F.cross_entropy(logits, label, label_smoothing=self.train.label_smoothing)
         return loss, {}
@@ -462,7 +504,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     config: model ("ser" | "vae" | "diffusion"), configs (model config dicts),
     train (TrainConfig dict), audio (AudioConfig dict), extra (e.g. vae_checkpoint),
-    mlflow ({"tracking_uri", "run_id"} or None), run_dir (for the failure drill).
+    mlflow ({"tracking_uri", "run_id"} or None), run_dir (for the failure drill), and
+    optionally label (the log prefix, default the model name).
     """
     from emogen.models.ser import SERConfig
     from emogen.models.unet import UNetConfig
@@ -511,10 +554,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     train_shard = session.get_dataset_shard("train")
     val_shard = session.get_dataset_shard("val")
     stopped_early = state is not None and state.get("stopped_early", False)
+    log_name = config.get("label") or task.name  # names the run in interleaved logs
     if rank == 0:
-        print(f"[{task.name}] {world} worker(s) on {device.type}, {torch.get_num_threads()} torch thread(s) each", flush=True)
+        print(f"[{log_name}] {world} worker(s) on {device.type}, {torch.get_num_threads()} torch thread(s) each", flush=True)
         if start_epoch:
-            print(f"[{task.name}] resuming from the checkpoint of epoch {start_epoch}", flush=True)
+            print(f"[{log_name}] resuming from the checkpoint of epoch {start_epoch}", flush=True)
 
     for epoch in range(start_epoch, train_cfg.epochs):
         if stopped_early:
@@ -524,7 +568,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             if not marker.exists():
                 marker.parent.mkdir(parents=True, exist_ok=True)
                 marker.touch()
-                print(f"[{task.name}] failure drill: worker exits at the start of epoch {epoch}", flush=True)
+                print(f"[{log_name}] failure drill: worker exits at the start of epoch {epoch}", flush=True)
                 os._exit(1)
         started = time.time()
         model.train()
@@ -593,13 +637,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "extra": task.checkpoint_extra(),
         }
         if rank == 0:  # log before reporting: a Tune scheduler may end the trial at the report
-            _log_epoch(task.name, metrics, train_cfg.epochs)
+            _log_epoch(log_name, metrics, train_cfg.epochs)
             if mlflow is not None:
                 mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=epoch + 1)
         _report(metrics, state if rank == 0 else None)
         if stopped_early:
             if rank == 0:
-                print(f"[{task.name}] early stop: no improvement for {bad_epochs} epochs", flush=True)
+                print(f"[{log_name}] early stop: no improvement for {bad_epochs} epochs", flush=True)
             break
     else:
         if state is not None and start_epoch >= train_cfg.epochs and history:

@@ -75,3 +75,17 @@ def write_wav():
         return path
 
     return _write
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "cluster: starts a second local Ray head and submits a job to it; runs after every other test"
+    )
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `cluster` run last, after every training in this session's Ray: a
+    second Ray head on the machine must not overlap them."""
+    items[:] = [i for i in items if i.get_closest_marker("cluster") is None] + [
+        i for i in items if i.get_closest_marker("cluster") is not None
+    ]

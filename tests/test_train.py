@@ -160,3 +160,62 @@ def test_ser_with_generated_training_data_and_test_evaluation(tiny_features, tmp
     assert report["count"] == summary["split_counts"]["test"] and 0 <= report["unweighted_accuracy"] <= 1
     probs, embeddings = classifier.predict(np.zeros((3, 128, 173), np.float32))
     assert probs.shape == (3, 6) and np.allclose(probs.sum(axis=1), 1) and embeddings.shape[0] == 3
+
+
+# ----------------------------------------------------------- SER input augmentation
+
+
+def test_augment_mels_is_identity_by_default_and_keeps_shapes():
+    from emogen.train import TrainConfig, augment_mels
+
+    x = torch.randn(4, 16, 20)
+    assert torch.equal(augment_mels(x, TrainConfig()), x)
+    cfg = TrainConfig(freq_shift=3, time_roll=True, spec_masks=2, freq_mask_width=4, time_mask_width=5)
+    assert augment_mels(x, cfg).shape == x.shape
+
+
+def test_augment_mels_shifts_rolls_and_masks_per_clip():
+    from emogen.train import TrainConfig, augment_mels
+
+    n_mels, frames = 16, 20
+    # value = 100 * mel bin + frame: any output cell tells where it came from
+    x = (100 * torch.arange(n_mels)[:, None] + torch.arange(frames)[None]).float().expand(6, n_mels, frames).clone()
+    gen = torch.Generator().manual_seed(0)
+    shifted = augment_mels(x, TrainConfig(freq_shift=3), gen)
+    for clip in shifted:
+        source_bins = (clip[:, 0] // 100).long()
+        offsets = torch.arange(n_mels) - source_bins
+        inner = offsets[3:-3]  # away from the edge padding every row moved by one shift
+        assert (inner == inner[0]).all() and -3 <= int(inner[0]) <= 3
+    assert len({int((c[8, 0] // 100)) for c in shifted}) > 1  # shifts differ between clips
+
+    rolled = augment_mels(x, TrainConfig(time_roll=True), gen)
+    for clip in rolled:
+        frames_seen = (clip[0] % 100).long()
+        assert sorted(frames_seen.tolist()) == list(range(frames))  # a permutation ...
+        assert ((frames_seen - frames_seen[0]) % frames == torch.arange(frames)).all()  # ... that is a roll
+
+    masked = augment_mels(x, TrainConfig(spec_masks=1, freq_mask_width=4, time_mask_width=5), gen)
+    floor = x.amin()
+    for clip in masked:
+        hit = clip == floor
+        full_rows = int(hit.all(dim=1).sum())
+        full_cols = int(hit.all(dim=0).sum())
+        assert full_rows <= 4 + 1 and full_cols <= 5 + 1  # +1: the original minimum cell's row/col
+    assert (masked == floor).sum() > (x == floor).sum()
+
+
+def test_ser_training_batches_are_augmented_but_validation_is_not():
+    from emogen.models.ser import SERConfig
+    from emogen.train import SERTask, TrainConfig
+
+    task = SERTask({"ser": SERConfig(widths=(4,), blocks_per_stage=(1,))}, TrainConfig(spec_masks=2, time_roll=True), {})
+    model = task.build()
+    seen = []
+    model.register_forward_pre_hook(lambda m, args: seen.append(args[0].clone()))
+    mel = torch.randn(2, 16, 20)
+    model.train()
+    task.loss(model, mel, torch.tensor([0, 1]), epoch=0)
+    model.eval()
+    task.evaluate(model, mel, torch.tensor([0, 1]), epoch=0)
+    assert not torch.equal(seen[0][:, 0], mel) and torch.equal(seen[1][:, 0], mel)

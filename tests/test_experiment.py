@@ -1,0 +1,441 @@
+"""The augmentation experiment end to end: the tiny job in the session's Ray (numbers,
+report, WAVs, MLflow), resume without retraining, config errors, and the same job
+submitted with `ray job submit` to a separate local Ray head (the cluster path)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from emogen.config import EMOTIONS
+from emogen.experiment import CONDITIONS, GENERATORS, SCORES, ExperimentConfig, experiment_config
+
+ROOT = Path(__file__).resolve().parents[1]
+NAME = "tiny-e2e"
+PER_EMOTION = 3
+# emogen.experiment's progress stages, each timed in results["seconds"]
+STAGES = {"train_ser_real", "train_vae", "train_diffusion", "generate", "train_ser_augmented", "evaluate", "samples", "report"}
+
+
+def _run(features, out, tracking_uri):
+    from emogen.experiment import run_experiment
+
+    config = experiment_config("tiny", {"seeds": [0], "per_emotion": PER_EMOTION})
+    return run_experiment(features, out, preset="tiny", config=config, name=NAME, tracking_uri=tracking_uri)
+
+
+@pytest.fixture(scope="module")
+def tiny_experiment(tiny_features, tracking_uri, tmp_path_factory):
+    """One tiny experiment (1 seed, 3 clips per emotion) in the session's 2-CPU Ray, shared by this module."""
+    out = tmp_path_factory.mktemp("experiment") / "exp"
+    return out, _run(tiny_features, out, tracking_uri)
+
+
+def _jsonable(data):
+    return json.loads(json.dumps(data, default=float))
+
+
+# ------------------------------------------------------------------ the tiny job
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1500)
+def test_tiny_experiment_end_to_end(tiny_experiment, tiny_features):
+    from emogen.data import read_features
+
+    out, results = tiny_experiment
+
+    # results.json holds exactly the returned numbers (the report paths are added after)
+    saved = json.loads((out / "results.json").read_text())
+    assert saved == _jsonable({k: v for k, v in results.items() if k != "report"})
+    assert results["seeds"] == [0] and results["preset"] == "tiny" and results["conditions"] == list(CONDITIONS)
+
+    # the split: every accepted clip in exactly one of train / val / test, class counts add up
+    counts = results["data"]["split_counts"]
+    accepted = json.loads((tiny_features / "summary.json").read_text())["accepted"]
+    assert sum(counts.values()) == accepted and min(counts.values()) > 0
+    class_counts = results["data"]["class_counts"]
+    assert {s: sum(class_counts[s].values()) for s in counts} == counts
+
+    # every SER: scores in [0, 1] and consistent with its confusion matrix on the held-out speakers
+    stages = json.loads((out / "stages.json").read_text())
+    for condition in CONDITIONS:
+        runs = results["runs"][condition]
+        assert [r["seed"] for r in runs] == [0]
+        for run in runs:
+            m = run["metrics"]
+            assert all(0.0 <= m[s] <= 1.0 for s in SCORES), m
+            cm = np.asarray(m["confusion"])
+            assert cm.shape == (6, 6) and cm.sum() == m["count"] == counts["test"]
+            assert cm.sum(axis=1).tolist() == [class_counts["test"][e] for e in EMOTIONS]
+            assert m["weighted_accuracy"] == pytest.approx(np.trace(cm) / cm.sum())
+            present = cm.sum(axis=1) > 0
+            assert m["unweighted_accuracy"] == pytest.approx((np.diag(cm)[present] / cm.sum(axis=1)[present]).mean())
+            assert run["epochs"] >= 1 and len(run["history"]) == run["epochs"] and Path(run["checkpoint"]).is_dir()
+            if condition == "real":
+                assert run["n_generated"] == 0 and run["n_train"] == counts["train"]
+            else:
+                gen = stages[f"generated/{condition[5:]}/{run['seed']}"]
+                # the augmented SER trained on the real split plus the generated clips that were kept
+                assert run["n_generated"] == gen["n_kept"] == len(read_features(gen["dir"])) > 0
+                assert run["n_train"] == counts["train"] + gen["n_kept"]
+        for score in SCORES:
+            values = [r["metrics"][score] for r in runs]
+            assert results["summary"][condition][score]["values"] == values
+            assert results["summary"][condition][score]["mean"] == pytest.approx(np.mean(values))
+
+    # gains are per seed against that seed's real-only baseline
+    real_ua = {r["seed"]: r["metrics"]["unweighted_accuracy"] for r in results["runs"]["real"]}
+    for condition in CONDITIONS[1:]:
+        expected = [r["metrics"]["unweighted_accuracy"] - real_ua[r["seed"]] for r in results["runs"][condition]]
+        assert results["gains"][condition]["unweighted_accuracy"]["values"] == pytest.approx(expected)
+    ua_gain = results["gains"]["real+diffusion"]["unweighted_accuracy"]["mean"]
+    assert results["targets"]["diffusion_ua_gain_met"] == (ua_gain * 100 >= 3.0)
+
+    # generated sets: sizes, clarity, FID, IS
+    for gen in GENERATORS:
+        info = results["generated"][gen]
+        assert info["n_per_emotion"] == PER_EMOTION and info["n_clips"] == PER_EMOTION * len(EMOTIONS)
+        assert 0 < info["n_kept"] <= info["n_clips"]
+        assert 0.0 <= info["clarity"]["mean"] <= 1.0 and set(info["clarity_per_emotion"]) == set(EMOTIONS)
+        assert math.isfinite(info["fid"]["mean"]) and info["fid"]["mean"] >= -1e-6
+        assert 1.0 - 1e-6 <= info["inception_score"]["mean"] <= len(EMOTIONS) + 1e-6
+        assert Path(results["generators"][gen]["checkpoint"]).exists() and results["generators"][gen]["epochs"] >= 1
+    assert results["generators"]["diffusion"]["space"] == "mel"  # the tiny preset
+
+    # report, plots, samples
+    assert results["report"] == {"md": str(out / "report.md"), "html": str(out / "report.html")}
+    html = (out / "report.html").read_text()
+    assert "real+diffusion" in html and "real+diffusion" in (out / "report.md").read_text()
+    plots = {p.stem for p in (out / "plots").glob("*.png")}
+    assert {"ser_scores", "mel_grid", "confusion_real", "confusion_real_diffusion"} <= plots
+    wavs = results["samples"]["wavs"]
+    real_emotions = {e for e in EMOTIONS if class_counts["test"][e] > 0}
+    assert {(w["source"], w["emotion"]) for w in wavs} == {("real", e) for e in real_emotions} | {
+        (g, e) for g in GENERATORS for e in EMOTIONS
+    }
+    for wav in wavs:
+        data, rate = sf.read(out / wav["path"])
+        assert rate == 22050 and data.ndim == 1 and len(data) == 4 * 22050
+        assert np.isfinite(data).all() and np.abs(data).max() > 0
+    assert len(np.load(out / results["samples"]["mels"]).files) == len(wavs)
+
+    # seconds per stage and the total
+    seconds = results["seconds"]
+    assert set(seconds) == STAGES | {"total"} and all(v >= 0 for v in seconds.values())
+    for gen in GENERATORS:  # a generator's stage includes its Ray Train run
+        assert seconds[f"train_{gen}"] >= results["generators"][gen]["seconds"] - 0.1
+    assert seconds["total"] == pytest.approx(sum(v for k, v in seconds.items() if k != "total"), abs=0.2)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1500)
+def test_experiment_mlflow_parent_and_children(tiny_experiment):
+    from mlflow.tracking import MlflowClient
+
+    _, results = tiny_experiment
+    client = MlflowClient(tracking_uri=results["mlflow"]["tracking_uri"])
+    parent_id = results["mlflow"]["parent_run_id"]
+    parent = client.get_run(parent_id)
+    assert parent.data.tags["emogen.run_name"] == f"experiment-{NAME}"
+    assert parent.data.params["preset"] == "tiny" and parent.data.params["per_emotion"] == str(PER_EMOTION)
+    assert parent.data.metrics["real.unweighted_accuracy.mean"] == pytest.approx(
+        results["summary"]["real"]["unweighted_accuracy"]["mean"])
+    assert parent.data.metrics["real_diffusion.ua_gain.mean"] == pytest.approx(
+        results["gains"]["real+diffusion"]["unweighted_accuracy"]["mean"])
+    assert "vae.clarity" in parent.data.metrics and "seconds.total" in parent.data.metrics
+    report = {a.path for a in client.list_artifacts(parent_id, "report")}
+    assert {"report/results.json", "report/report.html", "report/report.md"} <= report
+
+    children = client.search_runs([results["mlflow"]["experiment_id"]], f"tags.mlflow.parentRunId = '{parent_id}'")
+    by_name = {r.data.tags["emogen.run_name"]: r for r in children}
+    assert set(by_name) == {
+        f"vae-{NAME}", f"diffusion-{NAME}", f"ser-real-s0-{NAME}", f"ser-real_vae-s0-{NAME}", f"ser-real_diffusion-s0-{NAME}"
+    }
+    for name, run in by_name.items():
+        assert "val_loss" in run.data.metrics, name  # per-epoch metrics reached the child run
+    assert by_name[f"vae-{NAME}"].info.run_id == results["generators"]["vae"]["mlflow_run_id"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_rerun_resumes_without_training(tiny_experiment, tiny_features, tracking_uri, monkeypatch):
+    """A second run on the same folder retrains and regenerates nothing and gives the same numbers."""
+    from mlflow.tracking import MlflowClient
+
+    out, first = tiny_experiment
+    stages_before = json.loads((out / "stages.json").read_text())
+    checkpoints = {p: p.stat().st_mtime_ns for p in out.rglob("*.pt")}
+    assert len(checkpoints) >= 5  # VAE, diffusion and 3 SERs
+
+    def retrained(*args, **kwargs):
+        raise AssertionError("the resumed experiment trained or generated again")
+
+    monkeypatch.setattr("emogen.train.fit", retrained)
+    monkeypatch.setattr("emogen.train.start_child_run", retrained)
+    monkeypatch.setattr("emogen.experiment._train_ser_task", retrained)
+    monkeypatch.setattr("emogen.experiment._generate_task", retrained)
+
+    again = _run(tiny_features, out, tracking_uri)
+
+    assert json.loads((out / "stages.json").read_text()) == stages_before
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*.pt")} == checkpoints
+    assert again["summary"] == first["summary"] and again["gains"] == first["gains"]
+    assert again["generated"] == first["generated"]
+    for condition in CONDITIONS:
+        assert [r["metrics"]["confusion"] for r in again["runs"][condition]] == [
+            r["metrics"]["confusion"] for r in first["runs"][condition]]
+    assert again["mlflow"]["parent_run_id"] == first["mlflow"]["parent_run_id"]
+    assert set(again["seconds"]) == STAGES | {"total"}  # every stage ran, the trainings as no-ops
+    assert all(again["seconds"][s] < 5 for s in ("train_vae", "train_diffusion", "generate", "train_ser_augmented"))
+    assert json.loads((out / "results.json").read_text())["summary"] == _jsonable(first["summary"])
+
+    client = MlflowClient(tracking_uri=first["mlflow"]["tracking_uri"])
+    children = client.search_runs([first["mlflow"]["experiment_id"]],
+                                  f"tags.mlflow.parentRunId = '{first['mlflow']['parent_run_id']}'")
+    assert len(children) == 5  # no duplicate child runs
+
+
+# ------------------------------------------------------------------ config errors
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"seeds": ()}, "seed"),
+        ({"min_confidence": 1.5}, "min_confidence"),
+        ({"min_confidence": -0.1}, "min_confidence"),
+        ({"ratio": -0.5}, "ratio"),
+        ({"per_emotion": -1}, "per_emotion"),
+    ],
+)
+def test_config_rejects_bad_values_naming_the_field(kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        ExperimentConfig(**kwargs)
+
+
+def test_preset_defaults_and_overrides():
+    assert experiment_config("tiny").seeds == (0,) and experiment_config("tiny").per_emotion == PER_EMOTION
+    demo = experiment_config("demo", {"seeds": [4, 5], "ratio": None, "min_confidence": 0.4})
+    assert demo.seeds == (4, 5) and demo.ratio == 1.0 and demo.min_confidence == 0.4  # None keeps the preset's
+    with pytest.raises(ValueError, match="unknown ExperimentConfig field"):
+        experiment_config("tiny", {"seed": 1})
+    with pytest.raises(ValueError, match="unknown preset"):
+        experiment_config("huge")
+
+
+def test_cli_needs_data_or_input(tmp_path):
+    from emogen.cli import main
+
+    with pytest.raises(SystemExit, match="needs --data .* or --input"):
+        main(["experiment", "--out", str(tmp_path / "exp"), "--preset", "tiny"])
+    assert not (tmp_path / "exp").exists()
+    with pytest.raises(ValueError, match="min_confidence"):
+        main(["experiment", "--data", str(tmp_path), "--out", str(tmp_path / "exp"), "--min-confidence", "1.5"])
+
+
+# ------------------------------------------------------------------ the cluster path
+
+
+def _free_ports(n: int) -> list[int]:
+    sockets = []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        sockets.append(s)
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+class LocalHead:
+    """A separate local Ray head (`ray start --head --block` in its own process group),
+    stopped without `ray stop`, which would stop every Ray instance on the machine
+    (this test session's and other users'): SIGTERM to the blocking `ray start` makes it
+    shut down the processes it started; anything of ours left after that is killed."""
+
+    def __init__(self, ray_exe: Path, env: dict[str, str]):
+        import psutil
+
+        self.psutil = psutil
+        # short: Ray's unix sockets live under it (107-character limit)
+        self.temp_dir = Path(tempfile.mkdtemp(prefix="rayc-", dir="/tmp"))
+        ports = _free_ports(9)
+        self.gcs_port, self.dashboard_port = ports[0], ports[1]
+        self.address = f"127.0.0.1:{self.gcs_port}"
+        self.dashboard = f"http://127.0.0.1:{self.dashboard_port}"
+        self.command = [
+            str(ray_exe), "start", "--head", "--block",
+            "--node-ip-address", "127.0.0.1", "--port", str(self.gcs_port),
+            "--dashboard-host", "127.0.0.1", "--dashboard-port", str(self.dashboard_port),
+            "--num-cpus", "2", "--temp-dir", str(self.temp_dir),
+            # every port of its own, so nothing collides with other Ray instances on the machine
+            "--ray-client-server-port", str(ports[2]), "--dashboard-agent-listen-port", str(ports[3]),
+            "--dashboard-agent-grpc-port", str(ports[4]), "--runtime-env-agent-port", str(ports[5]),
+            "--metrics-export-port", str(ports[6]), "--node-manager-port", str(ports[7]),
+            "--object-manager-port", str(ports[8]),
+        ]
+        # Its workers (Ray Train's PlacementGroupCleaner, the train state actor) query the
+        # state API of "the local cluster": with several on one machine, RAY_ADDRESS in the
+        # head's environment (inherited by every worker) pins it to this one.
+        self.env = {**env, "RAY_ADDRESS": self.address}
+        self.log = self.temp_dir / "ray-start.log"
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 180) -> None:
+        with open(self.log, "wb") as log:
+            self.process = subprocess.Popen(self.command, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                            start_new_session=True)
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"ray start exited with {self.process.returncode}:\n{self.log.read_text()}")
+            if "block forever" in self.log.read_text():
+                return
+            time.sleep(1)
+        raise TimeoutError(f"the Ray head did not start in {timeout} s:\n{self.log.read_text()}")
+
+    def ours(self) -> list:
+        """The processes of this head: `ray start`'s descendants (raylet, GCS, dashboard,
+        workers, job drivers) and anything whose command line names its temp dir."""
+        found = {}
+        if self.process is not None:
+            try:
+                root = self.psutil.Process(self.process.pid)
+                for p in [root, *root.children(recursive=True)]:
+                    found[p.pid] = p
+            except self.psutil.NoSuchProcess:
+                pass
+        for p in self.psutil.process_iter(["cmdline"]):
+            try:
+                if any(str(self.temp_dir) in arg for arg in (p.info["cmdline"] or [])):
+                    found[p.pid] = p
+            except self.psutil.Error:
+                pass
+        found.pop(os.getpid(), None)
+        return list(found.values())
+
+    def stop(self, grace: float = 60) -> list[str]:
+        """Stop this head only; returns the processes that had to be killed."""
+        processes = self.ours()
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                pass
+        _, alive = self.psutil.wait_procs(processes, timeout=10)
+        alive = [p for p in {p.pid: p for p in alive + self.ours()}.values() if p.is_running()]
+        killed = []
+        for p in alive:
+            try:
+                killed.append(" ".join(p.cmdline())[:120])
+                p.kill()
+            except self.psutil.Error:
+                pass
+        self.psutil.wait_procs(alive, timeout=10)
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+        return killed
+
+
+@pytest.mark.slow
+@pytest.mark.cluster
+@pytest.mark.timeout(1800)
+def test_augment_job_on_a_separate_ray_head(ray_session, tmp_path):
+    """`ray job submit --working-dir .` of jobs/augment.py (tiny preset, 1 seed) to a second
+    local Ray head: the job succeeds and writes its report; this session's Ray survives."""
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    from emogen.corpus import generate_corpus
+
+    corpus = tmp_path / "corpus"
+    generate_corpus(corpus, "tiny", seed=0)
+    out = tmp_path / "exp"
+    venv_bin = Path(sys.executable).parent
+    ray_exe = venv_bin / "ray"  # the venv's, so the job's `python` is the venv's too
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")}
+    env.update(RAY_AUTH_MODE="token", RAY_USAGE_STATS_ENABLED="0", PATH=f"{venv_bin}{os.pathsep}{env.get('PATH', '')}")
+    session_resources = ray_session.cluster_resources()
+
+    head = LocalHead(ray_exe, env)
+    submission_id = f"emogen-test-{uuid.uuid4().hex[:8]}"
+    client = None
+    try:
+        head.start()
+        submit = subprocess.run(
+            [str(ray_exe), "job", "submit", "--address", head.dashboard, "--working-dir", str(ROOT),
+             "--submission-id", submission_id, "--no-wait", "--",
+             "python", "jobs/augment.py", "--input", str(corpus), "--out", str(out), "--preset", "tiny",
+             "--ser-epochs", "1", "--vae-epochs", "1", "--diffusion-epochs", "1",
+             "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"],
+            env=env, capture_output=True, text=True, timeout=300, cwd=ROOT,
+        )
+        assert submit.returncode == 0, submit.stdout + submit.stderr
+        upload = re.search(r"Uploading package (gcs://\S+\.zip)", submit.stdout + submit.stderr)
+        assert upload, submit.stdout + submit.stderr
+
+        client = JobSubmissionClient(head.dashboard)
+        deadline = time.time() + 1200
+        status = client.get_job_status(submission_id)
+        while not status.is_terminal() and time.time() < deadline:
+            time.sleep(10)
+            status = client.get_job_status(submission_id)
+        logs = client.get_job_logs(submission_id)
+        if status != JobStatus.SUCCEEDED:
+            print(logs[-20000:])
+            pytest.fail(f"job {submission_id} ended {status}: {client.get_job_info(submission_id).message}\n{logs[-5000:]}")
+
+        # the job's last line is the experiment summary; its files exist
+        summary = json.loads(logs.strip().splitlines()[-1])
+        assert summary["out"] == str(out) and set(summary["unweighted_accuracy"]) == set(CONDITIONS)
+        results = json.loads((out / "results.json").read_text())
+        assert results["seeds"] == [0] and results["preset"] == "tiny"
+        assert all(r["epochs"] == 1 for runs in results["runs"].values() for r in runs)  # the CLI's --ser-epochs
+        assert results["generators"]["vae"]["epochs"] == results["generators"]["diffusion"]["epochs"] == 1
+        assert (out / "report.html").stat().st_size > 1000 and (out / "report.md").exists()
+        assert "preprocess" in results["seconds"] and (out / "data" / "features").is_dir()
+        from mlflow.tracking import MlflowClient
+
+        mlflow_client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")  # the job's own store
+        parent_id = results["mlflow"]["parent_run_id"]
+        assert "real.unweighted_accuracy.mean" in mlflow_client.get_run(parent_id).data.metrics
+        assert len(mlflow_client.search_runs([results["mlflow"]["experiment_id"]],
+                                             f"tags.mlflow.parentRunId = '{parent_id}'")) == 5
+
+        # the uploaded working dir is the project, without .venv or runs/ (.gitignore)
+        unpacked = [p for p in (head.temp_dir / "session_latest" / "runtime_resources" / "working_dir_files").iterdir()
+                    if p.is_dir()]
+        assert len(unpacked) == 1 and (unpacked[0] / "jobs" / "augment.py").exists()
+        assert not (unpacked[0] / ".venv").exists() and not (unpacked[0] / "runs").exists()
+        size = sum(p.stat().st_size for p in unpacked[0].rglob("*") if p.is_file())
+        assert size < 20_000_000, f"working dir upload of {size} bytes"
+    finally:
+        if client is not None:
+            try:
+                if not client.get_job_status(submission_id).is_terminal():
+                    client.stop_job(submission_id)
+            except Exception:  # the head may already be gone
+                pass
+        killed = head.stop()
+        print(f"stopped the Ray head in {head.temp_dir}; had to kill: {killed}")
+
+    assert not head.ours(), "processes of the second Ray head are still running"
+    # this session's Ray is untouched
+    assert ray_session.cluster_resources().get("CPU") == session_resources.get("CPU") == 2
+    assert ray_session.get(ray_session.remote(lambda: 41).remote()) + 1 == 42
