@@ -284,8 +284,8 @@ def run_experiment(
     _quiet_ray_data()
 
     # ---- the split, the held-out clips, the parent run
-    train_cfg = train_config("ser", preset)
-    assignment = split_assignment(features, train_cfg)
+    # every model trains on this split (TrainConfig.split_seed and fractions)
+    assignment = split_assignment(features, train_config("ser", preset, model_overrides(overrides, "ser")["train"]))
     table = read_features(features)
     table = table.assign(split=table["clip_id"].map(assignment))
     counts = {s: int((table["split"] == s).sum()) for s in ("train", "val", "test")}
