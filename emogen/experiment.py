@@ -422,6 +422,8 @@ def run_experiment(
     def report() -> dict[str, Any]:
         from emogen.report import write_report
 
+        # the report shows the total up to here; results.json gets the report's seconds too
+        results["seconds"]["total"] = round(sum(results["seconds"].values()), 1)
         _write_json(out / "results.json", results)
         return {k: str(v) for k, v in write_report(results, out).items() if k in ("md", "html")}
 

@@ -432,9 +432,29 @@ def _findings_section(results: dict) -> list[Block]:
         *_gain_sentences(results, threshold),
         _ua_target_sentence(results, threshold),
         _clarity_target_sentence(results),
+        *_steps_sentence(results),
         "These are means and spreads over seeds, not significance tests.",
     ]
     return [Heading("What this run shows"), Para(" ".join(sentences))]
+
+
+def _steps_sentence(results: dict) -> list[str]:
+    """Equal epochs on more clips means more optimizer steps: say how many more, since an
+    undertrained baseline gains from extra steps whatever the extra clips contain."""
+    runs = results.get("runs")
+    if not isinstance(runs, dict):
+        return []
+    base = [_num(r.get("n_train")) for r in runs.get("real") or [] if isinstance(r, dict)]
+    more = [_num(r.get("n_train")) for c, rs in runs.items() if c != "real" and isinstance(rs, list) for r in rs if isinstance(r, dict)]
+    base, more = [b for b in base if b], [m for m in more if m]
+    if not base or not more or max(more) <= max(base):
+        return []
+    ratio = max(more) / max(base)
+    return [
+        f"Every SER trains for the same number of epochs, so the augmented ones take up to {ratio:.2f}x the "
+        "baseline's optimizer steps; part of a gain can come from the extra steps rather than from what the "
+        "generated clips contain (compare the clarity per emotion of the kept clips)."
+    ]
 
 
 def _ser_section(results: dict) -> list[Block]:

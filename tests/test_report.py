@@ -292,3 +292,19 @@ def test_only_audio_files_are_inlined(tmp_path):
     page = write_report(results, tmp_path)["html"].read_text(encoding="utf-8")
     assert "not an audio file: secret.txt" in page
     assert base64.b64encode(b"not for the page").decode() not in page and "<audio" not in page
+
+
+def test_what_this_run_shows_names_the_extra_optimizer_steps():
+    from emogen.report import _findings_section
+
+    results = make_results([1] * 6, [0] * 6, (0.6, 0.3))
+    for cond in results["runs"]:
+        for run in results["runs"][cond]:
+            run["n_train"] = 284 if cond == "real" else 374
+    text = " ".join(block.text for block in _findings_section(results) if hasattr(block, "text"))
+    assert "1.32x the baseline's optimizer steps" in text
+    for cond in results["runs"]:
+        for run in results["runs"][cond]:
+            run["n_train"] = 284
+    text = " ".join(block.text for block in _findings_section(results) if hasattr(block, "text"))
+    assert "optimizer steps" not in text
