@@ -106,7 +106,9 @@ def cmd_experiment(args: argparse.Namespace) -> dict:
     import shlex
     import time
 
+    from emogen.config import load_overrides
     from emogen.experiment import experiment_config, run_experiment
+    from emogen.report import results_table
     from emogen.runtime import init_ray
 
     out = Path(args.out)
@@ -129,12 +131,8 @@ def cmd_experiment(args: argparse.Namespace) -> dict:
     config = experiment_config(args.preset, overrides)
     init_ray(args.address, args.num_cpus)
     command = getattr(args, "command_line", None) or "emogen " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    from emogen.config import load_overrides
-
     results = run_experiment(data, out, preset=args.preset, config=config, name=args.name, tracking_uri=args.tracking_uri,
                              command=command, seconds_before=seconds, overrides=load_overrides(args.config))
-    from emogen.report import results_table
-
     print("\n" + results_table(results) + "\n", file=sys.stderr, flush=True)
     print(f"[experiment] report: {results['report']['html']} (and report.md, results.json) in {out}", file=sys.stderr, flush=True)
     return {
