@@ -30,9 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,12 +100,13 @@ def model_overrides(overrides: dict[str, dict[str, Any]] | None, model: str) -> 
 
 
 def _write_json(path: Path, data: Any) -> None:
-    """Atomic JSON write: a crash never leaves half a results file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2, default=float)
-    os.replace(tmp, path)
+    from emogen.train import atomic_write
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w") as f:
+            json.dump(data, f, indent=2, default=float)
+
+    atomic_write(path, write)
 
 
 class Stages:
@@ -292,7 +291,7 @@ def run_experiment(
     test = table[table["split"] == "test"].reset_index(drop=True)
     if test.empty or counts["val"] == 0:
         raise ValueError(f"the speaker split of {features} left no validation or test speakers; the experiment needs both")
-    test_mels, test_labels = decode_mels(test), test["label"].to_numpy()
+    test_ref, test_labels_ref = ray.put(decode_mels(test)), ray.put(test["label"].to_numpy())  # every SER is scored on them
     per_emotion = cfg.per_emotion or max(1, round(cfg.ratio * counts["train"] / len(EMOTIONS)))
     diffusion_cfg = model_configs(preset, overrides)["diffusion"]
     gen_options = {"sampler": cfg.sampler, "steps": cfg.steps, "guidance_scale": cfg.guidance_scale}
@@ -343,27 +342,27 @@ def run_experiment(
     def generate_all() -> None:
         evaluate = ray.remote(_evaluate_task).options(**cpu_task)
         generate = ray.remote(max_retries=2)(_generate_task).options(**cpu_task)
-        test_ref, labels_ref = ray.put(test_mels), ray.put(test_labels)
         train_rows = table[table["split"] == "train"]
         train_ref, train_labels_ref = ray.put(decode_mels(train_rows)), ray.put(train_rows["label"].to_numpy())
-        launched = {}
+        launched, references = {}, {}
         for seed in cfg.seeds:
             ser_checkpoint = stages.done[f"ser/real/{seed}"]["checkpoint"]
             keys = [f"generated/{gen}/{seed}" for gen in GENERATORS] + [f"fid_reference/{seed}"]
             if all(key in stages.done for key in keys):
                 continue
-            real_eval = evaluate.remote(ser_checkpoint, test_ref, labels_ref)  # held-out embeddings for FID
+            real_eval = evaluate.remote(ser_checkpoint, test_ref, test_labels_ref)  # held-out embeddings for FID
             if f"fid_reference/{seed}" not in stages.done:
                 # FID of real training clips against the held-out ones: the scale of "real-like"
-                train_eval = evaluate.remote(ser_checkpoint, train_ref, train_labels_ref)
-                stages.run(f"fid_reference/{seed}", lambda a=real_eval, b=train_eval: frechet_distance(
-                    ray.get(a)["embeddings"], ray.get(b)["embeddings"]))
+                references[seed] = (real_eval, evaluate.remote(ser_checkpoint, train_ref, train_labels_ref))
             for gen in GENERATORS:
                 if f"generated/{gen}/{seed}" not in stages.done:
                     launched[(gen, seed)] = generate.remote(
                         generators[gen]["checkpoint"], ser_checkpoint, per_emotion, seed,
                         gen_options if gen == "diffusion" else {}, cfg.min_confidence,
                         str(out / "generated" / f"{gen}-s{seed}"), real_eval)
+        for seed, (held_out, training) in references.items():
+            stages.run(f"fid_reference/{seed}", lambda a=held_out, b=training: frechet_distance(
+                ray.get(a)["embeddings"], ray.get(b)["embeddings"]))
         for (gen, seed), ref in launched.items():
             result = ray.get(ref)
             gen_dir = out / "generated" / f"{gen}-s{seed}"
@@ -394,8 +393,7 @@ def run_experiment(
     # ---- 5. evaluation on the held-out speakers
     def evaluate_all() -> dict[str, list[dict[str, Any]]]:
         evaluate = ray.remote(_evaluate_task).options(**cpu_task)
-        test_ref, labels_ref = ray.put(test_mels), ray.put(test_labels)
-        refs = {(c, s): evaluate.remote(stages.done[f"ser/{c}/{s}"]["checkpoint"], test_ref, labels_ref)
+        refs = {(c, s): evaluate.remote(stages.done[f"ser/{c}/{s}"]["checkpoint"], test_ref, test_labels_ref)
                 for c in CONDITIONS for s in cfg.seeds}
         runs: dict[str, list[dict[str, Any]]] = {c: [] for c in CONDITIONS}
         for (condition, seed), ref in refs.items():

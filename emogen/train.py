@@ -19,7 +19,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -82,20 +82,25 @@ def train_config(model: str, preset: str, overrides: dict[str, Any] | None = Non
 # --------------------------------------------------------------------- checkpoints
 
 
-def save_state(directory: str | Path, state: dict[str, Any]) -> Path:
-    """Write state.pt atomically (temp file + rename): a crash never leaves half a file."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    target = directory / STATE_FILE
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".state-", suffix=".tmp")
+def atomic_write(target: str | Path, write: Callable[[str], None]) -> Path:
+    """write(tmp_path) into a temp file beside target, then rename it over target: a crash
+    never leaves half a file (checkpoints, results.json)."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}-", suffix=".tmp")
     os.close(fd)
     try:
-        torch.save(state, tmp)
+        write(tmp)
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return target
+
+
+def save_state(directory: str | Path, state: dict[str, Any]) -> Path:
+    """Write <directory>/state.pt atomically."""
+    return atomic_write(Path(directory) / STATE_FILE, lambda tmp: torch.save(state, tmp))
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -405,7 +410,6 @@ class DirectorySession(SingleProcessSession):
     def __init__(self, datasets: dict[str, Any], run_dir: str | Path, use_gpu: bool = False):
         super().__init__(datasets, use_gpu)
         self.run_dir = Path(run_dir)
-        self.last_metrics: dict[str, Any] = {}
 
     def get_checkpoint(self) -> Any:
         import ray.train
@@ -413,17 +417,9 @@ class DirectorySession(SingleProcessSession):
         return ray.train.Checkpoint.from_directory(str(self.run_dir)) if (self.run_dir / STATE_FILE).exists() else None
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: str | None = None) -> None:
-        self.last_metrics = dict(metrics)
         if checkpoint_dir:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.run_dir, prefix=".state-", suffix=".tmp")
-            os.close(fd)
-            try:
-                shutil.copyfile(Path(checkpoint_dir) / STATE_FILE, tmp)
-                os.replace(tmp, self.run_dir / STATE_FILE)
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
+            source = Path(checkpoint_dir) / STATE_FILE
+            atomic_write(self.run_dir / STATE_FILE, lambda tmp: shutil.copyfile(source, tmp))
 
 
 def train_in_process(loop: dict[str, Any], datasets: dict[str, Any], run_dir: str | Path, use_gpu: bool = False) -> dict[str, Any]:
