@@ -46,6 +46,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from common import write_result
+
 from emogen.config import AudioConfig
 
 RAY_CPUS = 2
@@ -444,8 +446,7 @@ def main() -> None:
 
     result["work"] = str(work)
     line = json.dumps(result)
-    if args.json_out:
-        Path(args.json_out).write_text(json.dumps(result, indent=2) + "\n")
+    write_result(result, args.json_out)
     log("")
     log(line)
 

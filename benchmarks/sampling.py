@@ -24,19 +24,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 
 import torch
 
+from common import load_avg, write_result
+
 FRAMES = 173
 LABELS = [0, 1, 2, 3, 4, 5, 0, 1]
 SAMPLERS = (("ddpm", 1000), ("ddim", 50), ("dpm", 20))
-
-
-def load_avg() -> str:
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def load_generator(path: str):
@@ -252,9 +249,7 @@ def main(argv: list[str] | None = None) -> int:
               "rows": rows, "interleaved_ms_per_step": per_step, "vae_decode_s": round(vae_s, 4), "griffin_lim_s": round(gl_s, 3),
               "griffin_lim_iters": args.griffin_lim_iters, "paper_mel_unet": paper, "clarity": clar,
               "load_avg_start": start_load, "load_avg_end": end_load}
-    if args.json_out:
-        with open(args.json_out, "w") as f:
-            json.dump(result, f, indent=2)
+    write_result(result, args.json_out)
     print(json.dumps(result))
     return 0
 

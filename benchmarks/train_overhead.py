@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
@@ -41,6 +40,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from common import load_avg, write_result
 
 _WORKER_INFO_FILE = "worker_info.json"
 
@@ -201,10 +202,6 @@ def steady(epoch_s: list[float]) -> float:
     return float(np.mean(rest))
 
 
-def load_average() -> str:
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", help="preprocessed features (an `emogen preprocess` output); default: generate the demo corpus")
@@ -219,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
 
     work = Path(args.work or tempfile.mkdtemp(prefix="train_overhead_"))
     work.mkdir(parents=True, exist_ok=True)
-    print(f"load average at start: {load_average()}", flush=True)
+    print(f"load average at start: {load_avg()}", flush=True)
     t = time.time()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=True)
     init_s = time.time() - t
@@ -235,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         ray_res = run_ray_train(features, args.model, args.epochs, work)
     finally:
         ray.shutdown()
-    print(f"load average after Ray Train: {load_average()}", flush=True)
+    print(f"load average after Ray Train: {load_avg()}", flush=True)
 
     threads = int(ray_res["worker"]["torch_threads"])
     if threads != probed:
@@ -244,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     print("plain loop after Ray Train (Ray shut down):", flush=True)
     after = run_plain(features, args.model, args.epochs, threads)
     plains = [before, after]
-    print(f"load average at end: {load_average()}", flush=True)
+    print(f"load average at end: {load_avg()}", flush=True)
 
     if args.also_threads and args.also_threads != threads:
         plains.append(run_plain(features, args.model, args.epochs, args.also_threads))
@@ -281,10 +278,9 @@ def main(argv: list[str] | None = None) -> int:
         "ratio_epoch_steady": round(ratio_epoch, 3), "ratio_end_to_end": round(ratio_wall, 3),
         "plain_before_epoch_s": [round(x, 2) for x in before["epoch_s"]], "plain_after_epoch_s": [round(x, 2) for x in after["epoch_s"]],
         "extra_plain": [{"threads": p["threads"], "wall_s": round(p["wall_s"], 2), "epoch_s": [round(x, 2) for x in p["epoch_s"]]} for p in plains[2:]],
-        "n_train": base["n_train"], "n_val": base["n_val"], "load_avg_end": load_average(),
+        "n_train": base["n_train"], "n_val": base["n_val"], "load_avg_end": load_avg(),
     }
-    if args.json_out:
-        Path(args.json_out).write_text(json.dumps(result, indent=2) + "\n")
+    write_result(result, args.json_out)
     print(json.dumps(result))
     return 0
 

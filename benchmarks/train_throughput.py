@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from collections.abc import Callable
 
 import torch
+
+from common import load_avg, write_result
 
 N_MELS, FRAMES = 128, 173
 
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    load_start = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    load_start = load_avg()
     print(f"load average at start: {load_start}; torch threads {torch.get_num_threads()}", flush=True)
     cfgs = model_configs("demo")
     b = args.batch_size
@@ -139,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
                "mels 1x128x173, 1 warm-up step")
         del punet
 
-    load_end = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    load_end = load_avg()
     print()
     print(f"training throughput, {args.threads} threads, random mels (B, 1, {N_MELS}, {FRAMES}), warm-up excluded")
     print(f"{'model':<56} {'params':>8} {'batch':>5} {'s/step':>8} {'min':>7} {'clips/s':>8}")
@@ -148,9 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"load average: start {load_start}, end {load_end}")
     result = {"benchmark": "train_throughput", "threads": args.threads, "load_avg_start": load_start,
               "load_avg_end": load_end, "rows": rows}
-    if args.json_out:
-        with open(args.json_out, "w") as f:
-            json.dump(result, f, indent=2)
+    write_result(result, args.json_out)
     print(json.dumps(result))
     return 0
 
