@@ -32,6 +32,7 @@ import copy
 import csv
 import json
 import math
+import os
 import re
 import time
 from pathlib import Path
@@ -284,6 +285,36 @@ def _trial_id(result: Any) -> str:
     return match.group(1) if match else Path(str(result.path)).name
 
 
+def repair_lost_checkpoints(results: Any) -> list[str]:
+    """Point every unfinished trial back at a checkpoint that exists; returns the moves made.
+
+    With `num_to_keep`, Tune deletes a trial's previous checkpoint as soon as it registers
+    a new one, but snapshots the experiment state (which names the latest checkpoint) up to
+    ~10 s later. A driver killed in between leaves a state naming a deleted checkpoint, and
+    restoring that trial fails. The checkpoint that replaced it is the next one on disk,
+    complete (it was registered); move it where the state looks. The trial then resumes
+    from one epoch further than Tune's own counter says, which is why the table and ASHA
+    count the loop's `epoch`, not `training_iteration`."""
+    from pyarrow.fs import LocalFileSystem
+
+    moves = []
+    for result in results:
+        checkpoint = result.checkpoint
+        if checkpoint is None or result.path is None or not isinstance(checkpoint.filesystem, LocalFileSystem):
+            continue  # on cloud storage Tune's race is the same, but a move is not one rename
+        wanted = Path(checkpoint.path)
+        if wanted.exists():
+            continue
+        newer = sorted(p for p in Path(result.path).glob("checkpoint_*") if p.name > wanted.name)
+        if not newer:
+            continue
+        os.replace(newer[0], wanted)
+        moves.append(f"{newer[0]} -> {wanted}")
+        print(f"[tune] {Path(result.path).name}: its latest checkpoint {wanted.name} was deleted before the "
+              f"sweep state was saved; resuming from {newer[0].name} instead", flush=True)
+    return moves
+
+
 def results_table(results: Any, metric: str, mode: str, epochs: int) -> list[dict[str, Any]]:
     """One row per trial: trial, status, epochs, the metric (best over epochs and last),
     how it stopped, and the sampled params (flattened)."""
@@ -296,7 +327,8 @@ def results_table(results: Any, metric: str, mode: str, epochs: int) -> list[dic
         if history is not None and metric in history:
             values = [float(v) for v in history[metric].dropna().tolist()]
         last = result.metrics or {}
-        done = int(last.get("training_iteration", 0) or 0)
+        # the loop's own epoch count: Tune's training_iteration lags it after a repaired resume
+        done = int(last.get("epoch", last.get("training_iteration", 0)) or 0)
         if result.error is not None:
             status, stopped = "ERROR", "error"
         else:
@@ -466,7 +498,7 @@ def run_sweep(
     trainable = tune.with_resources(tune.with_parameters(_run_trial, setup=setup, datasets=datasets), resources)
 
     if scheduler == "asha":
-        sched = ASHAScheduler(time_attr="training_iteration", max_t=max_epochs,
+        sched = ASHAScheduler(time_attr="epoch", max_t=max_epochs,
                               grace_period=min(grace_period, max_epochs), reduction_factor=reduction_factor)
     elif scheduler == "fifo":
         sched = FIFOScheduler()
@@ -477,6 +509,7 @@ def run_sweep(
         print(f"[tune] resuming the sweep in {sweep_dir}", flush=True)
         tuner = tune.Tuner.restore(str(sweep_dir), trainable=trainable, resume_unfinished=True,
                                    resume_errored=False, restart_errored=False, param_space=param_space)
+        repair_lost_checkpoints(tuner.get_results())
     else:
         tuner = tune.Tuner(
             trainable,

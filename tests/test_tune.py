@@ -73,6 +73,35 @@ def test_latent_size_keeps_the_unet_in_step():
     assert couple("vae", "tiny", {"vae": {"latent_channels": 8}}) == {"vae": {"latent_channels": 8}}  # mel diffusion
 
 
+def test_resume_repairs_a_checkpoint_tune_deleted_before_saving_its_state(tmp_path):
+    """The state names checkpoint_000001, Tune already replaced it by checkpoint_000002:
+    the newer one moves into place; finished or intact trials are left alone."""
+    from types import SimpleNamespace
+
+    from pyarrow.fs import LocalFileSystem
+
+    from emogen.sweep import repair_lost_checkpoints
+
+    def trial(name, on_disk, wanted):
+        path = tmp_path / name
+        for index in on_disk:
+            (path / f"checkpoint_{index:06d}").mkdir(parents=True)
+            (path / f"checkpoint_{index:06d}" / "state.pt").write_text(str(index))
+        checkpoint = SimpleNamespace(path=str(path / f"checkpoint_{wanted:06d}"), filesystem=LocalFileSystem())
+        return SimpleNamespace(path=str(path), checkpoint=checkpoint)
+
+    lost = trial("lost", on_disk=[2, 3], wanted=1)  # 3 half-written when the driver died
+    intact = trial("intact", on_disk=[4], wanted=4)
+    fresh = SimpleNamespace(path=str(tmp_path / "fresh"), checkpoint=None)
+    moves = repair_lost_checkpoints([lost, intact, fresh])
+
+    assert len(moves) == 1
+    assert (tmp_path / "lost" / "checkpoint_000001" / "state.pt").read_text() == "2"
+    assert sorted(p.name for p in (tmp_path / "lost").iterdir()) == ["checkpoint_000001", "checkpoint_000003"]
+    assert (tmp_path / "intact" / "checkpoint_000004").exists()
+    assert repair_lost_checkpoints([lost, intact, fresh]) == []  # idempotent
+
+
 def test_add_subcommand_registers_emogen_tune():
     parser = argparse.ArgumentParser(prog="emogen")
     add_subcommand(parser.add_subparsers(dest="command", required=True))
@@ -173,6 +202,17 @@ def test_interrupted_sweep_resumes(tiny_features, tmp_path, ray_session):
             os.killpg(driver.pid, 9)
         driver.wait()
     assert not (sweep_dir / "results.csv").exists()
+
+    # Make Tune's deletion race certain (see repair_lost_checkpoints): as if the trial had
+    # registered its next checkpoint, and Tune deleted this one, just before the kill.
+    from ray.tune import ExperimentAnalysis
+
+    second = next(t for t in ExperimentAnalysis(str(sweep_dir)).trials if t.trial_id.endswith("00001"))
+    named = Path(second.checkpoint.path) if second.checkpoint is not None else None
+    if named is not None and named.exists():
+        index = int(named.name.split("_")[1])
+        if not named.with_name(f"checkpoint_{index + 1:06d}").exists():
+            os.replace(named, named.with_name(f"checkpoint_{index + 1:06d}"))
 
     summary = run_sweep("ser", tiny_features, **kwargs)
     assert summary["trials"] == 2 and summary["status"] == {"TERMINATED": 2}
