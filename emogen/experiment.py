@@ -9,6 +9,9 @@ One job, on one speaker-independent split (train / val / held-out test speakers)
 2. per seed: a baseline SER on real training clips; N generated clips per emotion from
    each generator (optionally kept only if the seed's baseline SER gives the requested
    emotion at least `min_confidence`); an SER on real+VAE and one on real+diffusion;
+   and a control: an SER on the real clips alone trained for as many optimizer steps as
+   the real+diffusion one (more clips per epoch at equal epochs means more steps, and an
+   undertrained baseline gains from steps whatever the extra clips contain);
 3. every SER evaluated on the same held-out speakers (WA, UA, macro F1, confusion);
    the generated sets scored by the baseline SER (clarity, FID on its embeddings against
    the held-out real clips, Inception Score on its probabilities);
@@ -19,7 +22,7 @@ Seeds vary the SER initialization and data order and the generated samples; the 
 and the two generators are shared across seeds (training a generator pair per seed
 would triple the cost, and the question is whether a given generator's data helps).
 The SER trainings, generation, scoring and Griffin-Lim run as Ray tasks: on a cluster
-the nine SERs of three seeds train side by side.
+the twelve SERs of three seeds train side by side.
 
 Every stage records its result in <out>/stages.json when it finishes, so re-running the
 same command resumes after the last finished stage (trainings also resume from their
@@ -41,8 +44,11 @@ import numpy as np
 from emogen.config import EMOTIONS, replace
 from emogen.presets import preset_sections
 
-CONDITIONS = ("real", "real+vae", "real+diffusion")
+CONDITIONS = ("real", "real-matched", "real+vae", "real+diffusion")
 GENERATORS = ("vae", "diffusion")
+GENERATED_FROM = {"real+vae": "vae", "real+diffusion": "diffusion"}  # the conditions with generated clips
+# the control: real clips only, for as many optimizer steps as CONTROL_MATCHES's SER takes
+CONTROL, CONTROL_MATCHES = "real-matched", "real+diffusion"
 SCORES = ("weighted_accuracy", "unweighted_accuracy", "macro_f1")
 
 
@@ -300,10 +306,14 @@ def run_experiment(
     parent = stages.run("parent_run", lambda: _parent_run(name, params, tracking_uri))
     storage = out / "train"
 
-    def ser_loop(condition: str, seed: int) -> tuple[dict[str, Any], str]:
+    ser_train = train_config("ser", preset, {**model_overrides(overrides, "ser")["train"],
+                                             **({"epochs": cfg.ser_epochs} if cfg.ser_epochs else {})})
+
+    def ser_loop(condition: str, seed: int, scale: float = 1.0) -> tuple[dict[str, Any], str]:
+        """scale: epochs (and early-stopping patience) x scale, for the matched-steps control."""
         ser_over = model_overrides(overrides, "ser")
-        ser_over["train"]["seed"] = seed
-        loop, run_params = loop_config("ser", preset, ser_over, cfg.ser_epochs)
+        ser_over["train"].update(seed=seed, early_stopping_patience=round(ser_train.early_stopping_patience * scale))
+        loop, run_params = loop_config("ser", preset, ser_over, max(1, round(ser_train.epochs * scale)))
         run_name = f"ser-{_condition_dir(condition)}-s{seed}-{name}"
         run_params.update(condition=condition, seed=seed)
         loop["mlflow"] = {"tracking_uri": uri, "run_id": start_child_run(run_name, "ser", run_params, tracking_uri, parent)}
@@ -373,22 +383,30 @@ def run_experiment(
 
     progress.stage("generate", f"generating {per_emotion} clips per emotion per seed with each generator (Ray tasks)", generate_all)
 
-    # ---- 4. augmented SERs
+    # ---- 4. augmented SERs and the matched-steps control
+    def n_generated(condition: str, seed: int) -> int:
+        return stages.done[f"generated/{GENERATED_FROM[condition]}/{seed}"]["n_kept"] if condition in GENERATED_FROM else 0
+
     def train_augmented() -> None:
-        pending = {}
+        pending, real = {}, None
         for seed in cfg.seeds:
-            for gen in GENERATORS:
-                condition = f"real+{gen}"
+            for condition in CONDITIONS[1:]:
                 key = f"ser/{condition}/{seed}"
                 if key in stages.done:
                     continue
-                data = split_datasets(features, assignment, extra_train=[stages.done[f"generated/{gen}/{seed}"]["dir"]])
-                loop, run_dir = ser_loop(condition, seed)
+                if condition in GENERATED_FROM:
+                    generated = stages.done[f"generated/{GENERATED_FROM[condition]}/{seed}"]["dir"]
+                    data, scale = split_datasets(features, assignment, extra_train=[generated]), 1.0
+                else:
+                    real = real or split_datasets(features, assignment)
+                    data, scale = real, (counts["train"] + n_generated(CONTROL_MATCHES, seed)) / counts["train"]
+                loop, run_dir = ser_loop(condition, seed, scale)
                 pending[key] = train_ser.remote(loop, data, run_dir, cfg.use_gpu)
         for key, ref in pending.items():
             stages.run(key, lambda ref=ref: ray.get(ref))
 
-    progress.stage("train_ser_augmented", f"training {len(cfg.seeds) * 2} SERs on real+generated clips (Ray tasks)", train_augmented)
+    progress.stage("train_ser_augmented", f"training {len(cfg.seeds) * 3} SERs: real+VAE, real+diffusion, and real "
+                   "alone for real+diffusion's optimizer steps (Ray tasks)", train_augmented)
 
     # ---- 5. evaluation on the held-out speakers
     def evaluate_all() -> dict[str, list[dict[str, Any]]]:
@@ -400,10 +418,10 @@ def run_experiment(
             metrics = ray.get(ref)
             metrics.pop("embeddings")
             trained = stages.done[f"ser/{condition}/{seed}"]
-            n_generated = stages.done[f"generated/{condition[5:]}/{seed}"]["n_kept"] if condition != "real" else 0
             runs[condition].append({
-                "seed": seed, "checkpoint": trained["checkpoint"], "n_train": counts["train"] + n_generated,
-                "n_generated": n_generated, "train_seconds": trained.get("seconds"), "epochs": trained["epochs_completed"],
+                "seed": seed, "checkpoint": trained["checkpoint"], "n_train": counts["train"] + n_generated(condition, seed),
+                "n_generated": n_generated(condition, seed), "train_steps": int(trained["history"][-1]["steps"]),
+                "train_seconds": trained.get("seconds"), "epochs": trained["epochs_completed"],
                 "stopped_early": trained["stopped_early"], "metrics": metrics, "history": trained["history"],
             })
         return runs
@@ -487,11 +505,11 @@ def _samples(out: Path, test: Any, cfg: ExperimentConfig, cpu_task: dict[str, An
 def _results(name, preset, cfg, command, features, table, counts, test, per_emotion, runs, generators, stages, samples,
              parent, uri, experiment_id) -> dict[str, Any]:
     summary = {c: {m: _spread([r["metrics"][m] for r in runs[c]]) for m in SCORES} for c in CONDITIONS}
-    baseline = {r["seed"]: r["metrics"] for r in runs["real"]}
-    gains = {
-        c: {m: _spread([r["metrics"][m] - baseline[r["seed"]][m] for r in runs[c]]) for m in SCORES}
-        for c in CONDITIONS[1:]
-    }
+    def paired_gains(condition: str, reference: str) -> dict[str, Any]:
+        base = {r["seed"]: r["metrics"] for r in runs[reference]}
+        return {m: _spread([r["metrics"][m] - base[r["seed"]][m] for r in runs[condition]]) for m in SCORES}
+
+    gains = {c: paired_gains(c, "real") for c in CONDITIONS[1:]}
     generated = {}
     for gen in GENERATORS:
         per_seed = [stages.done[f"generated/{gen}/{s}"] for s in cfg.seeds]
@@ -538,6 +556,8 @@ def _results(name, preset, cfg, command, features, table, counts, test, per_emot
         "runs": runs,
         "summary": summary,
         "gains": gains,
+        # what the generated clips add beyond the optimizer steps they bring
+        "gains_over_matched": {CONTROL_MATCHES: paired_gains(CONTROL_MATCHES, CONTROL)},
         "generated": generated,
         "generators": gen_summary,
         "samples": samples,
@@ -563,6 +583,8 @@ def _log_parent(results: dict[str, Any], out: Path, tracking_uri: str | None) ->
             metrics[f"{_condition_dir(condition)}.{metric}.std"] = spread["std"]
     for condition, scores in results["gains"].items():
         metrics[f"{_condition_dir(condition)}.ua_gain.mean"] = scores["unweighted_accuracy"]["mean"]
+    for condition, scores in results["gains_over_matched"].items():
+        metrics[f"{_condition_dir(condition)}.ua_gain_over_matched.mean"] = scores["unweighted_accuracy"]["mean"]
     for gen, info in results["generated"].items():
         for key in ("clarity", "fid", "inception_score"):
             metrics[f"{gen}.{key}"] = info[key]["mean"]

@@ -550,6 +550,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     train_shard = session.get_dataset_shard("train")
     val_shard = session.get_dataset_shard("val")
     stopped_early = state is not None and state.get("stopped_early", False)
+    steps = int(history[-1].get("steps", 0)) if history else 0  # optimizer steps so far, per worker
     log_name = config.get("label") or task.name  # names the run in interleaved logs
     if rank == 0:
         print(f"[{log_name}] {world} worker(s) on {device.type}, {torch.get_num_threads()} torch thread(s) each", flush=True)
@@ -578,6 +579,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
             scaler.step(optimizer)
             scaler.update()
+            steps += 1
             n = mel.shape[0]
             train_sums["loss"] += loss.item() * n
             for k, v in parts.items():
@@ -609,7 +611,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             bad_epochs += 1
         stopped_early = 0 < train_cfg.early_stopping_patience <= bad_epochs
         metrics.update(
-            epoch=epoch + 1, lr=optimizer.param_groups[0]["lr"], seconds=time.time() - started,
+            epoch=epoch + 1, steps=steps, lr=optimizer.param_groups[0]["lr"], seconds=time.time() - started,
             best_val=best, stopped_early=stopped_early,
         )
         history.append({k: float(v) for k, v in metrics.items()})

@@ -23,7 +23,7 @@ import pytest
 import soundfile as sf
 
 from emogen.config import EMOTIONS
-from emogen.experiment import CONDITIONS, GENERATORS, SCORES, ExperimentConfig, experiment_config
+from emogen.experiment import CONDITIONS, GENERATED_FROM, GENERATORS, SCORES, ExperimentConfig, experiment_config
 
 ROOT = Path(__file__).resolve().parents[1]
 NAME = "tiny-e2e"
@@ -87,10 +87,11 @@ def test_tiny_experiment_end_to_end(tiny_experiment, tiny_features):
             present = cm.sum(axis=1) > 0
             assert m["unweighted_accuracy"] == pytest.approx((np.diag(cm)[present] / cm.sum(axis=1)[present]).mean())
             assert run["epochs"] >= 1 and len(run["history"]) == run["epochs"] and Path(run["checkpoint"]).is_dir()
-            if condition == "real":
+            assert run["train_steps"] == run["history"][-1]["steps"] >= run["epochs"]
+            if condition in ("real", "real-matched"):
                 assert run["n_generated"] == 0 and run["n_train"] == counts["train"]
             else:
-                gen = stages[f"generated/{condition[5:]}/{run['seed']}"]
+                gen = stages[f"generated/{GENERATED_FROM[condition]}/{run['seed']}"]
                 # the augmented SER trained on the real split plus the generated clips that were kept
                 assert run["n_generated"] == gen["n_kept"] == len(read_features(gen["dir"])) > 0
                 assert run["n_train"] == counts["train"] + gen["n_kept"]
@@ -98,6 +99,13 @@ def test_tiny_experiment_end_to_end(tiny_experiment, tiny_features):
             values = [r["metrics"][score] for r in runs]
             assert results["summary"][condition][score]["values"] == values
             assert results["summary"][condition][score]["mean"] == pytest.approx(np.mean(values))
+
+    # the control: real clips only, epochs scaled to real+diffusion's clips per epoch (tiny: 2 epochs, no early stop)
+    (real,), (matched,), (diffused,) = (results["runs"][c] for c in ("real", "real-matched", "real+diffusion"))
+    assert matched["epochs"] == round(real["epochs"] * diffused["n_train"] / real["n_train"]) > real["epochs"]
+    assert matched["train_steps"] > real["train_steps"]
+    control = diffused["metrics"]["unweighted_accuracy"] - matched["metrics"]["unweighted_accuracy"]
+    assert results["gains_over_matched"]["real+diffusion"]["unweighted_accuracy"]["values"] == pytest.approx([control])
 
     # gains are per seed against that seed's real-only baseline
     real_ua = {r["seed"]: r["metrics"]["unweighted_accuracy"] for r in results["runs"]["real"]}
@@ -406,7 +414,11 @@ def test_augment_job_on_a_separate_ray_head(ray_session, tmp_path):
         assert summary["out"] == str(out) and set(summary["unweighted_accuracy"]) == set(CONDITIONS)
         results = json.loads((out / "results.json").read_text())
         assert results["seeds"] == [0] and results["preset"] == "tiny"
-        assert all(r["epochs"] == 1 for runs in results["runs"].values() for r in runs)  # the CLI's --ser-epochs
+        # the CLI's --ser-epochs; the control scales it by real+diffusion's clips per epoch
+        runs = results["runs"]
+        assert all(r["epochs"] == 1 for c in CONDITIONS if c != "real-matched" for r in runs[c])
+        scale = runs["real+diffusion"][0]["n_train"] / runs["real"][0]["n_train"]
+        assert runs["real-matched"][0]["epochs"] == max(1, round(scale))
         assert results["generators"]["vae"]["epochs"] == results["generators"]["diffusion"]["epochs"] == 1
         assert (out / "report.html").stat().st_size > 1000 and (out / "report.md").exists()
         assert "preprocess" in results["seconds"] and (out / "data" / "features").is_dir()
@@ -416,7 +428,7 @@ def test_augment_job_on_a_separate_ray_head(ray_session, tmp_path):
         parent_id = results["mlflow"]["parent_run_id"]
         assert "real.unweighted_accuracy.mean" in mlflow_client.get_run(parent_id).data.metrics
         assert len(mlflow_client.search_runs([results["mlflow"]["experiment_id"]],
-                                             f"tags.mlflow.parentRunId = '{parent_id}'")) == 5
+                                             f"tags.mlflow.parentRunId = '{parent_id}'")) == 6
 
         # the uploaded working dir is the project, without .venv or runs/ (.gitignore)
         unpacked = [p for p in (head.temp_dir / "session_latest" / "runtime_resources" / "working_dir_files").iterdir()

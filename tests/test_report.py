@@ -62,7 +62,7 @@ def make_results(diffusion_extra: list[int], vae_extra: list[int], clarity: tupl
             ]
             runs[cond].append(
                 {"seed": seed, "checkpoint": f"runs/x/{cond}/{seed}", "n_train": 284, "n_generated": 0 if cond == "real" else 120,
-                 "train_seconds": 40.0, "epochs": 3, "metrics": m, "history": history}
+                 "train_seconds": 40.0, "epochs": 3, "train_steps": 54, "metrics": m, "history": history}
             )
     metric_names = ("weighted_accuracy", "unweighted_accuracy", "macro_f1")
     summary = {c: {m: _stat([r["metrics"][m] for r in rs]) for m in metric_names} for c, rs in runs.items()}
@@ -211,7 +211,7 @@ def test_results_table_recomputed_from_runs_without_summary(full_report):
 def test_per_seed_generated_and_timing_tables(full_report):
     results, _, md, _ = full_report
     seed1 = results["runs"]["real+diffusion"][1]["metrics"]
-    expected = ["1", "real+diffusion", *(f"{seed1[m] * 100:.1f}" for m in ("weighted_accuracy", "unweighted_accuracy", "macro_f1")), "284", "120"]
+    expected = ["1", "real+diffusion", *(f"{seed1[m] * 100:.1f}" for m in ("weighted_accuracy", "unweighted_accuracy", "macro_f1")), "284", "120", "3", "54"]
     assert any(line.strip("| ").split(" | ") == expected for line in md.splitlines())
     assert table_row(md, "diffusion")[1:] == ["60.0 ± 1.4", "12.3 ± 0.4", "3.10 ± 0.14", "300", "280"]
     timing = section(md, "Time per stage")
@@ -308,3 +308,33 @@ def test_what_this_run_shows_names_the_extra_optimizer_steps():
             run["n_train"] = 284
     text = " ".join(block.text for block in _findings_section(results) if hasattr(block, "text"))
     assert "optimizer steps" not in text
+
+
+def test_matched_steps_control_is_a_row_and_a_finding(tmp_path):
+    """With the real-only control trained for real+diffusion's steps, the report shows it
+    as a row, and says what real+diffusion adds over it, per seed, instead of the hedge."""
+    from emogen.report import _findings_section, results_table
+
+    results = make_results([2] * 6, [0] * 6, (0.6, 0.3))
+    metric_names = ("weighted_accuracy", "unweighted_accuracy", "macro_f1")
+    results["runs"]["real-matched"] = [
+        {**run, "checkpoint": f"runs/x/real-matched/{run['seed']}", "epochs": 4, "train_steps": 72,
+         "metrics": _metrics(_confusion([min(PER_CLASS, h + 1) for h in REAL_HITS[run["seed"]]]))}
+        for run in results["runs"]["real"]
+    ]
+    results["conditions"] = ["real", "real-matched", "real+vae", "real+diffusion"]
+    real, matched, diffused = (results["runs"][c] for c in ("real", "real-matched", "real+diffusion"))
+    ua = "unweighted_accuracy"
+    results["gains"]["real-matched"] = {m: _stat([r["metrics"][m] - b["metrics"][m] for r, b in zip(matched, real)]) for m in metric_names}
+    results["summary"]["real-matched"] = {m: _stat([r["metrics"][m] for r in matched]) for m in metric_names}
+    over = [d["metrics"][ua] - c["metrics"][ua] for d, c in zip(diffused, matched)]
+    results["gains_over_matched"] = {"real+diffusion": {ua: _stat(over)}}
+
+    row = table_row(results_table(results), "real, matched steps")
+    assert row[2] == pm([r["metrics"][ua] for r in matched])
+    text = " ".join(block.text for block in _findings_section(results) if hasattr(block, "text"))
+    assert f"changes UA by +{np.mean(over) * 100:.1f} points over that control" in text
+    assert "per seed " + ", ".join(f"+{v * 100:.1f}" for v in over) in text
+    assert "1.32x" not in text and "Every SER trains for the same number of epochs" not in text
+    md = write_report(results, tmp_path)["md"].read_text()
+    assert "Confusion matrix: real, matched steps" in md
