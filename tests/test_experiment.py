@@ -166,6 +166,8 @@ def test_experiment_mlflow_parent_and_children(tiny_experiment):
         results["summary"]["real"]["unweighted_accuracy"]["mean"])
     assert parent.data.metrics["real_diffusion.ua_gain.mean"] == pytest.approx(
         results["gains"]["real+diffusion"]["unweighted_accuracy"]["mean"])
+    assert parent.data.metrics["real_diffusion.ua_gain_over_matched.mean"] == pytest.approx(
+        results["gains_over_matched"]["real+diffusion"]["unweighted_accuracy"]["mean"])
     assert "vae.clarity" in parent.data.metrics and "seconds.total" in parent.data.metrics
     report = {a.path for a in client.list_artifacts(parent_id, "report")}
     assert {"report/results.json", "report/report.html", "report/report.md"} <= report
@@ -173,7 +175,7 @@ def test_experiment_mlflow_parent_and_children(tiny_experiment):
     children = client.search_runs([results["mlflow"]["experiment_id"]], f"tags.mlflow.parentRunId = '{parent_id}'")
     by_name = {r.data.tags["emogen.run_name"]: r for r in children}
     assert set(by_name) == {
-        f"vae-{NAME}", f"diffusion-{NAME}", f"ser-real-s0-{NAME}", f"ser-real_vae-s0-{NAME}", f"ser-real_diffusion-s0-{NAME}"
+        f"vae-{NAME}", f"diffusion-{NAME}", f"ser-real-s0-{NAME}", f"ser-real-matched-s0-{NAME}", f"ser-real_vae-s0-{NAME}", f"ser-real_diffusion-s0-{NAME}"
     }
     for name, run in by_name.items():
         assert "val_loss" in run.data.metrics, name  # per-epoch metrics reached the child run
@@ -189,7 +191,7 @@ def test_rerun_resumes_without_training(tiny_experiment, tiny_features, tracking
     out, first = tiny_experiment
     stages_before = json.loads((out / "stages.json").read_text())
     checkpoints = {p: p.stat().st_mtime_ns for p in out.rglob("*.pt")}
-    assert len(checkpoints) >= 5  # VAE, diffusion and 3 SERs
+    assert len(checkpoints) >= 6  # VAE, diffusion and 4 SERs
 
     def retrained(*args, **kwargs):
         raise AssertionError("the resumed experiment trained or generated again")
@@ -216,7 +218,7 @@ def test_rerun_resumes_without_training(tiny_experiment, tiny_features, tracking
     client = MlflowClient(tracking_uri=first["mlflow"]["tracking_uri"])
     children = client.search_runs([first["mlflow"]["experiment_id"]],
                                   f"tags.mlflow.parentRunId = '{first['mlflow']['parent_run_id']}'")
-    assert len(children) == 5  # no duplicate child runs
+    assert len(children) == 6  # no duplicate child runs
 
 
 # ------------------------------------------------------------------ config errors
