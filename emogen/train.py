@@ -286,7 +286,7 @@ class DiffusionTask(Task):
 
         path = self.extra.get("vae_checkpoint")
         if not path:
-            raise ValueError("latent diffusion needs a trained VAE: pass --vae-checkpoint (a `emogen train vae` checkpoint)")
+            raise ValueError(NEEDS_VAE)
         state = load_state(path)
         if state.get("model_name") != "vae":
             raise ValueError(f"{path} is a {state.get('model_name')!r} checkpoint, not a VAE")
@@ -735,6 +735,9 @@ def read_clip_ids(features: str | Path) -> list[str]:
     return read_features(features, columns=["clip_id"])["clip_id"].tolist()
 
 
+NEEDS_VAE = "latent diffusion needs a trained VAE: pass --vae-checkpoint (a `emogen train vae` checkpoint)"
+
+
 def loop_config(
     model: str,
     preset: str,
@@ -753,6 +756,8 @@ def loop_config(
         train_over["epochs"] = epochs
     train_cfg = train_config(model, preset, train_over)
     cfgs = model_configs(preset, overrides)
+    if model == "diffusion" and cfgs["diffusion"].space == "latent" and not vae_checkpoint:
+        raise ValueError(NEEDS_VAE)  # here, before a cluster starts workers only to fail
     wanted = {"ser": ["ser"], "vae": ["vae"], "diffusion": ["unet", "diffusion"]}[model]
     config = {
         "model": model,

@@ -80,10 +80,16 @@ def test_rerun_by_name_resumes(tiny_features, tmp_path, tracking_uri):
     assert again["epochs_completed"] == 3 and load_state(again["checkpoint"])["history"] == load_state(second["checkpoint"])["history"]
 
 
-def test_mel_and_latent_diffusion(tiny_features, tmp_path, tracking_uri):
+@pytest.fixture(scope="module")
+def tiny_vae(tiny_features, tracking_uri, tmp_path_factory):
+    """One 1-epoch VAE run for the tests that only need a VAE checkpoint (a fit costs ~25 s)."""
+    return _fit("vae", tiny_features, tmp_path_factory.mktemp("vae"), tracking_uri, epochs=1, run_name="vae-1-epoch")
+
+
+def test_mel_and_latent_diffusion(tiny_features, tiny_vae, tmp_path, tracking_uri):
     mel = _fit("diffusion", tiny_features, tmp_path, tracking_uri, epochs=1, run_name="diff-mel")
     assert load_state(mel["checkpoint"])["extra"]["vae"] is None
-    vae = _fit("vae", tiny_features, tmp_path, tracking_uri, epochs=1, run_name="vae-for-latent")
+    vae = tiny_vae
     latent = _fit(
         "diffusion", tiny_features, tmp_path, tracking_uri, epochs=1, run_name="diff-latent",
         overrides={"diffusion": {"space": "latent"}, "unet": {"in_channels": 4}}, vae_checkpoint=vae["checkpoint"],
@@ -107,27 +113,18 @@ def test_mel_and_latent_diffusion(tiny_features, tmp_path, tracking_uri):
         generator.generate("boredom")
 
 
-def test_generate_cli_writes_wavs(tiny_features, tmp_path, tracking_uri):
+def test_generate_cli_writes_wavs(tiny_vae, tmp_path):
     from emogen.cli import main
 
-    vae = _fit("vae", tiny_features, tmp_path, tracking_uri, epochs=1, run_name="vae-cli")
-    main(["generate", "--checkpoint", vae["checkpoint"], "--emotion", "all", "--num-samples", "1", "--out", str(tmp_path / "wav")])
+    main(["generate", "--checkpoint", tiny_vae["checkpoint"], "--emotion", "all", "--num-samples", "1", "--out", str(tmp_path / "wav")])
     files = sorted(p.name for p in (tmp_path / "wav").iterdir())
     assert files == sorted(f"{e}_0_0.wav" for e in ("anger", "sadness", "happiness", "neutral", "fear", "disgust"))
     data, sr = sf.read(tmp_path / "wav" / "fear_0_0.wav")
     assert sr == 22050 and data.shape == (88200,)
 
 
-def test_ser_checkpoint_is_not_a_generator(tiny_features, tmp_path, tracking_uri):
-    from emogen.generate import EmotionGenerator
-
-    ser = _fit("ser", tiny_features, tmp_path, tracking_uri, epochs=1, run_name="ser-not-gen")
-    with pytest.raises(ValueError, match="not a generator"):
-        EmotionGenerator.from_checkpoint(ser["checkpoint"])
-
-
 def test_latent_diffusion_without_vae_is_a_clear_error(tiny_features, tmp_path, tracking_uri):
-    with pytest.raises(Exception, match="latent diffusion needs a trained VAE"):
+    with pytest.raises(ValueError, match="latent diffusion needs a trained VAE"):  # before any worker starts
         _fit("diffusion", tiny_features, tmp_path, tracking_uri, epochs=1, run_name="diff-novae", max_failures=0,
              overrides={"diffusion": {"space": "latent"}, "unet": {"in_channels": 4}})
 
@@ -160,6 +157,11 @@ def test_ser_with_generated_training_data_and_test_evaluation(tiny_features, tmp
     assert report["count"] == summary["split_counts"]["test"] and 0 <= report["unweighted_accuracy"] <= 1
     probs, embeddings = classifier.predict(np.zeros((3, 128, 173), np.float32))
     assert probs.shape == (3, 6) and np.allclose(probs.sum(axis=1), 1) and embeddings.shape[0] == 3
+
+    from emogen.generate import EmotionGenerator
+
+    with pytest.raises(ValueError, match="not a generator"):  # an SER checkpoint
+        EmotionGenerator.from_checkpoint(summary["checkpoint"])
 
 
 # ----------------------------------------------------------- SER input augmentation
