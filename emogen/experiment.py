@@ -505,6 +505,7 @@ def _samples(out: Path, test: Any, cfg: ExperimentConfig, cpu_task: dict[str, An
 def _results(name, preset, cfg, command, features, table, counts, test, per_emotion, runs, generators, stages, samples,
              parent, uri, experiment_id) -> dict[str, Any]:
     summary = {c: {m: _spread([r["metrics"][m] for r in runs[c]]) for m in SCORES} for c in CONDITIONS}
+
     def paired_gains(condition: str, reference: str) -> dict[str, Any]:
         base = {r["seed"]: r["metrics"] for r in runs[reference]}
         return {m: _spread([r["metrics"][m] - base[r["seed"]][m] for r in runs[condition]]) for m in SCORES}
