@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 
-from emogen.train import MODELS, SingleProcessSession, loop_config
+from emogen.train import MODELS, SingleProcessSession, loop_config, require_vae
 
 SPACES_FILE = Path(__file__).resolve().parents[1] / "tune" / "spaces.yaml"
 SECTIONS = ("train", "ser", "vae", "unet", "diffusion")
@@ -443,11 +443,10 @@ def run_sweep(
         raise ValueError(f"--mode must be min or max, got {mode!r}")
     if search not in SEARCHERS:
         raise ValueError(f"unknown search algorithm {search!r}; expected one of {', '.join(SEARCHERS)}")
-    if model == "diffusion" and vae_checkpoint is None:
+    if model == "diffusion":
         from emogen.presets import model_configs
 
-        if model_configs(preset)["diffusion"].space == "latent":
-            raise ValueError(f"preset {preset!r} runs latent diffusion: pass --vae-checkpoint (a trained VAE)")
+        require_vae(model, model_configs(preset)["diffusion"], vae_checkpoint)
     if num_workers > 1 and scheduler != "fifo":
         raise ValueError(
             "multi-worker trials (--num-workers > 1) need --scheduler fifo: a trial stopped by ASHA "

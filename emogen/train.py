@@ -738,6 +738,12 @@ def read_clip_ids(features: str | Path) -> list[str]:
 NEEDS_VAE = "latent diffusion needs a trained VAE: pass --vae-checkpoint (a `emogen train vae` checkpoint)"
 
 
+def require_vae(model: str, diffusion: Any, vae_checkpoint: str | Path | None) -> None:
+    """Fail before any worker starts when latent diffusion (a DiffusionConfig) has no VAE."""
+    if model == "diffusion" and diffusion.space == "latent" and not vae_checkpoint:
+        raise ValueError(NEEDS_VAE)
+
+
 def loop_config(
     model: str,
     preset: str,
@@ -756,8 +762,7 @@ def loop_config(
         train_over["epochs"] = epochs
     train_cfg = train_config(model, preset, train_over)
     cfgs = model_configs(preset, overrides)
-    if model == "diffusion" and cfgs["diffusion"].space == "latent" and not vae_checkpoint:
-        raise ValueError(NEEDS_VAE)  # here, before a cluster starts workers only to fail
+    require_vae(model, cfgs["diffusion"], vae_checkpoint)
     wanted = {"ser": ["ser"], "vae": ["vae"], "diffusion": ["unet", "diffusion"]}[model]
     config = {
         "model": model,
