@@ -453,17 +453,9 @@ def run_experiment(
 
 
 def _parent_run(name: str, params: dict[str, Any], tracking_uri: str | None) -> str:
-    import mlflow
-
     from emogen import tracking
 
-    found = tracking.find_run(f"experiment-{name}", tracking_uri)
-    if found:
-        return found
-    tags = {"emogen.run_name": f"experiment-{name}", "emogen.model": "experiment"}
-    with mlflow.start_run(run_name=f"experiment-{name}", tags=tags) as run:
-        mlflow.log_params(tracking.flatten(params))
-        return run.info.run_id
+    return tracking.get_or_create_run(f"experiment-{name}", {"emogen.model": "experiment"}, params, tracking_uri)
 
 
 def _samples(out: Path, test: Any, cfg: ExperimentConfig, cpu_task: dict[str, Any]) -> dict[str, Any]:

@@ -386,16 +386,10 @@ def format_table(rows: list[dict[str, Any]], metric: str) -> str:
 
 
 def _parent_run(name: str, tracking_uri: str | None, params: dict[str, Any]) -> tuple[str, str]:
-    import mlflow
-
     from emogen import tracking
 
     experiment_id = tracking.configure(tracking_uri)
-    run_id = tracking.find_run(name, tracking_uri)
-    if run_id is None:
-        with mlflow.start_run(run_name=name, tags={"emogen.run_name": name, "emogen.sweep": name, "emogen.kind": "sweep"}) as run:
-            mlflow.log_params(tracking.flatten(params))
-            run_id = run.info.run_id
+    run_id = tracking.get_or_create_run(name, {"emogen.sweep": name, "emogen.kind": "sweep"}, params, tracking_uri)
     return run_id, experiment_id
 
 

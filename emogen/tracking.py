@@ -69,3 +69,29 @@ def find_run(run_name: str, tracking_uri: str | None = None, experiment: str = D
         filter_string=f"tags.`emogen.run_name` = '{run_name}'", order_by=["start_time DESC"], max_results=1
     )
     return None if runs.empty else str(runs["run_id"].iloc[0])
+
+
+def get_or_create_run(
+    run_name: str,
+    tags: dict[str, str] | None = None,
+    params: dict[str, Any] | None = None,
+    tracking_uri: str | None = None,
+    parent_run_id: str | None = None,
+    experiment: str = DEFAULT_EXPERIMENT,
+) -> str:
+    """The id of the MLflow run named `run_name` (tag `emogen.run_name`): found again when a
+    resumed job asks for it, else created with its tags and flattened params, as a child of
+    parent_run_id when given. The run is left closed; workers reopen it by id."""
+    import mlflow
+
+    configure(tracking_uri, experiment)
+    found = find_run(run_name, tracking_uri, experiment)
+    if found is not None:
+        return found
+    all_tags = {"emogen.run_name": run_name, **(tags or {})}
+    if parent_run_id:
+        all_tags["mlflow.parentRunId"] = parent_run_id
+    with mlflow.start_run(run_name=run_name, tags=all_tags) as run:
+        if params:
+            mlflow.log_params(flatten(params))
+        return run.info.run_id

@@ -782,20 +782,9 @@ def start_child_run(
 ) -> str:
     """The MLflow run of a training run name: found again on resume, else created with its
     params (as a child of parent_run_id when given). Returns the run id."""
-    import mlflow
-
     from emogen import tracking
 
-    tracking.configure(tracking_uri)
-    run_id = tracking.find_run(run_name, tracking_uri)
-    if run_id is not None:
-        return run_id
-    tags = {"emogen.run_name": run_name, "emogen.model": model}
-    if parent_run_id:
-        tags["mlflow.parentRunId"] = parent_run_id
-    with mlflow.start_run(run_name=run_name, tags=tags) as run:
-        mlflow.log_params(tracking.flatten(params))
-        return run.info.run_id
+    return tracking.get_or_create_run(run_name, {"emogen.model": model}, params, tracking_uri, parent_run_id)
 
 
 def fit(
