@@ -1,7 +1,7 @@
 """Evaluation metrics: SER accuracy measures, emotional clarity, FID and Inception Score.
 
-All functions are pure numpy/scipy on predictions, labels, embeddings or probabilities,
-so they are tested against hand-computed and scikit-learn values.
+Functions of predictions, labels, embeddings or probabilities: the SER measures come
+from scikit-learn, FID and Inception Score are numpy/scipy (scikit-learn has neither).
 
 Vocabulary (the paper's and ours, kept apart):
 - weighted accuracy (WA): overall accuracy on real held-out speakers;
@@ -14,16 +14,17 @@ from __future__ import annotations
 
 import numpy as np
 from scipy import linalg
+from sklearn import metrics as sk_metrics
 
 from emogen.config import EMOTIONS
 
 
 def confusion_matrix(labels: np.ndarray, preds: np.ndarray, num_classes: int = len(EMOTIONS)) -> np.ndarray:
-    """counts[true, predicted]."""
+    """counts[true, predicted], every class a row and a column even when absent."""
     labels, preds = np.asarray(labels, dtype=np.int64), np.asarray(preds, dtype=np.int64)
-    counts = np.zeros((num_classes, num_classes), dtype=np.int64)
-    np.add.at(counts, (labels, preds), 1)
-    return counts
+    if labels.size == 0:  # scikit-learn refuses empty input
+        return np.zeros((num_classes, num_classes), dtype=np.int64)
+    return sk_metrics.confusion_matrix(labels, preds, labels=range(num_classes)).astype(np.int64)
 
 
 def classification_report(labels: np.ndarray, preds: np.ndarray, num_classes: int = len(EMOTIONS)) -> dict:
@@ -31,22 +32,22 @@ def classification_report(labels: np.ndarray, preds: np.ndarray, num_classes: in
 
     Classes absent from `labels` are left out of UA and macro F1 (their recall is undefined).
     """
+    labels, preds = np.asarray(labels, dtype=np.int64), np.asarray(preds, dtype=np.int64)
+    classes = list(range(num_classes))
     cm = confusion_matrix(labels, preds, num_classes)
-    support = cm.sum(axis=1)
-    predicted = cm.sum(axis=0)
-    hits = np.diag(cm)
-    present = support > 0
-    recall = np.divide(hits, support, out=np.zeros(num_classes), where=present)
-    precision = np.divide(hits, predicted, out=np.zeros(num_classes), where=predicted > 0)
-    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(num_classes), where=(precision + recall) > 0)
-    total = int(cm.sum())
+    if labels.size:
+        _, recall, f1, support = sk_metrics.precision_recall_fscore_support(
+            labels, preds, labels=classes, zero_division=0)
+    else:
+        recall = f1 = support = np.zeros(num_classes)
+    present = np.asarray(support) > 0
     return {
-        "weighted_accuracy": float(hits.sum() / total) if total else 0.0,
+        "weighted_accuracy": float(sk_metrics.accuracy_score(labels, preds)) if labels.size else 0.0,
         "unweighted_accuracy": float(recall[present].mean()) if present.any() else 0.0,
         "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
-        "recall": {EMOTIONS[k] if num_classes == len(EMOTIONS) else str(k): float(recall[k]) for k in range(num_classes)},
+        "recall": {EMOTIONS[k] if num_classes == len(EMOTIONS) else str(k): float(recall[k]) for k in classes},
         "confusion": cm.tolist(),
-        "count": total,
+        "count": int(labels.size),
     }
 
 
