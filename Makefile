@@ -12,9 +12,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, alone: pip takes it from the local wheel (a range would pull a CUDA build)
 	$(PY) -m pip install -q torch==2.14.1 torchaudio==2.11.0
-	$(PY) -m pip install -q -e '.[test]'
-	# the web-page test (tests/test_serve.py) drives Debian's chromium with playwright (no `playwright install`)
-	$(PY) -m pip install -q playwright==1.65.2
+	$(PY) -m pip install -q -e '.[test,bench]'
 	touch $(STAMP)
 
 # idempotent; without apt (or root) it is skipped and the browser test skips with the reason
