@@ -42,7 +42,7 @@ def load_generator(path: str):
     from emogen.diffusion import DiffusionConfig
     from emogen.models.unet import UNet, UNetConfig
     from emogen.models.vae import ConditionalVAE, VAEConfig
-    from emogen.train import load_state
+    from emogen.checkpoint import load_state
 
     state = load_state(path)
     if state.get("model_name") != "diffusion":
@@ -63,7 +63,7 @@ def load_generator(path: str):
 def load_ser(path: str):
     from emogen.config import replace
     from emogen.models.ser import ResNetSER, SERConfig
-    from emogen.train import load_state
+    from emogen.checkpoint import load_state
 
     state = load_state(path)
     if state.get("model_name") != "ser":

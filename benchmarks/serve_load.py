@@ -34,7 +34,7 @@ def tiny_checkpoint(work: Path) -> str:
     from emogen.corpus import generate_corpus
     from emogen.data import preprocess
     from emogen.datasets import build_manifest
-    from emogen.train import fit
+    from emogen.training import fit
 
     generate_corpus(work / "corpus", preset="tiny", seed=0)
     preprocess(build_manifest([work / "corpus"]), work / "data")

@@ -1,9 +1,9 @@
-"""Ray Train overhead: emogen.train.fit (TorchTrainer, 1 CPU worker) vs a plain torch loop.
+"""Ray Train overhead: emogen.training.fit (TorchTrainer, 1 CPU worker) vs a plain torch loop.
 
 Same model (the demo-preset SER ResNet, or the demo VAE with --model vae), same
 speaker-independent train/val split of the same preprocessed demo corpus, same
 optimizer/LR schedule/gradient clipping/batch size, same number of epochs. The plain
-loop reuses emogen.train's Task objects (build, loss, evaluate), so the arithmetic per
+loop reuses emogen.training's Task objects (build, loss, evaluate), so the arithmetic per
 batch is identical; what differs is everything Ray Train adds: the worker actor, DDP
 wrapping (prepare_model), streaming the shards from Ray Data (decode per batch, local
 shuffle buffer), all-reduce of metric sums, the per-epoch checkpoint written through
@@ -63,19 +63,19 @@ def prepare_data(work: Path) -> Path:
 
 
 def make_recording_loop(info_path: str):
-    """A wrapper around emogen.train.train_loop_per_worker that records the worker's threads."""
-    import emogen.train as train_mod
+    """A wrapper around emogen.training.train_loop_per_worker that records the worker's threads."""
+    import emogen.training.driver as driver
 
-    original = train_mod.train_loop_per_worker
+    original = driver.train_loop_per_worker
 
     def recording_loop(config):
-        # Runs in the worker process, where emogen.train is imported unpatched: the
+        # Runs in the worker process, where emogen.training is imported unpatched: the
         # original loop is looked up there (not captured, so it pickles by reference).
         import json as _json
         import os as _os
         import time as _time
 
-        import emogen.train as _train
+        import emogen.training.loop as _loop
         import torch as _torch
 
         with open(info_path, "w") as f:
@@ -86,28 +86,28 @@ def make_recording_loop(info_path: str):
                 "loop_started_at": _time.time(),
                 "pid": _os.getpid(),
             }, f)
-        return _train.train_loop_per_worker(config)
+        return _loop.train_loop_per_worker(config)
 
     return original, recording_loop
 
 
 def run_ray_train(features: Path, model: str, epochs: int, work: Path) -> dict:
-    import emogen.train as train_mod
-    from emogen.train import load_state
+    import emogen.training.driver as driver
+    from emogen.checkpoint import load_state
 
     info_path = str(work / _WORKER_INFO_FILE)
     original, recording = make_recording_loop(info_path)
-    train_mod.train_loop_per_worker = recording  # fit() looks the name up at call time
+    driver.train_loop_per_worker = recording  # fit() looks the name up at call time
     try:
         started = time.time()
-        summary = train_mod.fit(
+        summary = driver.fit(
             model, features, preset="demo", epochs=epochs, num_workers=1,
             storage_path=work / "runs", run_name=f"overhead-{model}-{int(started)}",
             tracking_uri=f"sqlite:///{work / 'mlflow' / 'mlflow.db'}",
         )
         wall = time.time() - started
     finally:
-        train_mod.train_loop_per_worker = original
+        driver.train_loop_per_worker = original
     info = json.loads(Path(info_path).read_text())
     history = load_state(summary["checkpoint"])["history"]
     return {
@@ -142,7 +142,7 @@ def run_plain(features: Path, model: str, epochs: int, threads: int) -> dict:
     """The worker loop without Ray: same Task, optimizer, schedule, clipping and batches."""
     from emogen.data import decode_mels, read_features
     from emogen.presets import model_configs
-    from emogen.train import TASKS, split_assignment, train_config
+    from emogen.training import MODELS, split_assignment, train_config
 
     torch.set_num_threads(threads)
     train_cfg = train_config(model, "demo", {"epochs": epochs})
@@ -158,7 +158,7 @@ def run_plain(features: Path, model: str, epochs: int, threads: int) -> dict:
 
     started = time.time()
     torch.manual_seed(train_cfg.seed)
-    task = TASKS[model](model_configs("demo"), train_cfg, {})
+    task = MODELS[model].task(model_configs("demo"), train_cfg, {})
     net = task.build()
     optimizer = torch.optim.AdamW(net.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
     plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=train_cfg.lr_factor, patience=train_cfg.lr_patience)

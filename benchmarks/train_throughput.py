@@ -2,7 +2,7 @@
 
 Each model gets random mels in [-1, 1] of shape (batch, 1, 128, 173) with random labels and
 does full training steps (forward, loss, backward, gradient clipping 0.5, AdamW) with the
-same loss code as emogen.train's Tasks:
+same loss code as emogen.training's Tasks:
 
 - SER: demo ResNetSER, cross-entropy (SERTask.loss);
 - VAE: demo ConditionalVAE, recon + spectral + beta*KL (VAETask.loss);
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     from emogen.models.unet import UNet
     from emogen.models.vae import ConditionalVAE
     from emogen.presets import model_configs
-    from emogen.train import SERTask, VAETask, train_config
+    from emogen.training import SERTask, VAETask, train_config
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

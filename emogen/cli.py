@@ -60,7 +60,7 @@ def cmd_preprocess(args: argparse.Namespace) -> dict:
 def cmd_train(args: argparse.Namespace) -> dict:
     from emogen.config import load_overrides
     from emogen.runtime import init_ray
-    from emogen.train import fit
+    from emogen.training import fit
 
     overrides = load_overrides(args.config)
     overrides.pop("best_metric", None)  # best_config.json from a sweep carries its score

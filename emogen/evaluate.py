@@ -39,7 +39,7 @@ class SERClassifier:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu") -> "SERClassifier":
-        from emogen.train import load_state
+        from emogen.checkpoint import load_state
 
         return cls(load_state(path), device)
 

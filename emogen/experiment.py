@@ -106,7 +106,7 @@ def model_overrides(overrides: dict[str, dict[str, Any]] | None, model: str) -> 
 
 
 def _write_json(path: Path, data: Any) -> None:
-    from emogen.train import atomic_write
+    from emogen.checkpoint import atomic_write
 
     def write(tmp: str) -> None:
         with open(tmp, "w") as f:
@@ -184,7 +184,7 @@ def _quiet_ray_data() -> None:
 
 
 def _train_ser_task(loop: dict[str, Any], datasets: dict[str, Any], run_dir: str, use_gpu: bool) -> dict[str, Any]:
-    from emogen.train import train_in_process
+    from emogen.training import train_in_process
 
     _set_threads()
     began = time.time()
@@ -275,7 +275,7 @@ def run_experiment(
     from emogen.data import decode_mels, read_features
     from emogen.metrics import frechet_distance
     from emogen.presets import model_configs
-    from emogen.train import fit, loop_config, split_assignment, split_datasets, start_child_run, train_config
+    from emogen.training import fit, loop_config, split_assignment, split_datasets, start_child_run, train_config
 
     cfg = config or experiment_config(preset)
     out = Path(out_dir).resolve()
@@ -520,7 +520,7 @@ def _results(name, preset, cfg, command, features, table, counts, test, per_emot
         }
     gen_summary = {}
     for gen, run in generators.items():
-        from emogen.train import load_state
+        from emogen.checkpoint import load_state
 
         state = load_state(run["checkpoint"])
         gen_summary[gen] = {

@@ -67,7 +67,7 @@ class EmotionGenerator:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu") -> "EmotionGenerator":
-        from emogen.train import load_state
+        from emogen.checkpoint import load_state
 
         return cls(load_state(path), device=device, checkpoint=str(path))
 

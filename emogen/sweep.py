@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 
-from emogen.train import MODELS, SingleProcessSession, loop_config, require_vae
+from emogen.training import MODELS, SingleProcessSession, loop_config, require_vae
 
 SPACES_FILE = Path(__file__).resolve().parents[1] / "tune" / "spaces.yaml"
 SECTIONS = ("train", "ser", "vae", "unet", "diffusion")
@@ -216,7 +216,7 @@ def _run_trial(config: dict[str, Any], setup: dict[str, Any], datasets: dict[str
     from mlflow.tracking import MlflowClient
     from ray import tune
 
-    from emogen.train import train_loop_per_worker, use_session
+    from emogen.training import run_training
 
     context = tune.get_context()
     trial_id, trial_dir = context.get_trial_id(), context.get_trial_dir()
@@ -228,11 +228,7 @@ def _run_trial(config: dict[str, Any], setup: dict[str, Any], datasets: dict[str
         loop["mlflow"] = {"tracking_uri": setup["tracking_uri"], "run_id": run_id}
         loop["run_dir"] = trial_dir
         if setup["num_workers"] <= 1:
-            previous = use_session(TuneTrialSession(datasets, setup["use_gpu"]))
-            try:
-                train_loop_per_worker(loop)
-            finally:
-                use_session(previous)
+            run_training(loop, TuneTrialSession(datasets, setup["use_gpu"]))
         else:
             _run_multi_worker(loop, setup, trial_id, datasets)
     except BaseException:
@@ -256,7 +252,7 @@ def _run_multi_worker(loop: dict[str, Any], setup: dict[str, Any], trial_id: str
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from emogen.train import train_loop_per_worker
+    from emogen.training import train_loop_per_worker
 
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -429,7 +425,7 @@ def run_sweep(
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     from emogen import tracking
-    from emogen.train import split_assignment, split_datasets, train_config
+    from emogen.training import split_assignment, split_datasets, train_config
 
     if model not in MODELS:
         raise ValueError(f"unknown model {model!r}; expected one of {', '.join(MODELS)}")

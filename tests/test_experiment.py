@@ -196,8 +196,8 @@ def test_rerun_resumes_without_training(tiny_experiment, tiny_features, tracking
     def retrained(*args, **kwargs):
         raise AssertionError("the resumed experiment trained or generated again")
 
-    monkeypatch.setattr("emogen.train.fit", retrained)
-    monkeypatch.setattr("emogen.train.start_child_run", retrained)
+    monkeypatch.setattr("emogen.training.fit", retrained)
+    monkeypatch.setattr("emogen.training.start_child_run", retrained)
     monkeypatch.setattr("emogen.experiment._train_ser_task", retrained)
     monkeypatch.setattr("emogen.experiment._generate_task", retrained)
 

@@ -23,7 +23,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 
 @pytest.fixture(scope="module")
 def diffusion_checkpoint(tiny_features, tmp_path_factory):
-    from emogen.train import fit
+    from emogen.training import fit
 
     root = tmp_path_factory.mktemp("serve-train")
     summary = fit("diffusion", tiny_features, preset="tiny", epochs=1, storage_path=root / "train",

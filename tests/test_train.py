@@ -9,14 +9,15 @@ import pytest
 import soundfile as sf
 import torch
 
-from emogen.train import TrainConfig, load_state, save_state, train_config
+from emogen.checkpoint import load_state, save_state
+from emogen.training import TrainConfig, train_config
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 
 def _fit(model, features, tmp_path, tracking_uri, **kw):
-    from emogen.train import fit
+    from emogen.training import fit
 
     kw.setdefault("epochs", 2)
     return fit(model, features, preset="tiny", storage_path=tmp_path / "train", tracking_uri=tracking_uri, **kw)
@@ -143,7 +144,7 @@ def test_cluster_yaml_validates_against_rays_schema():
 def test_ser_with_generated_training_data_and_test_evaluation(tiny_features, tmp_path, tracking_uri):
     """Generated clips join training only; the SER is evaluated on held-out real speakers."""
     from emogen.evaluate import SERClassifier, evaluate_split, write_generated_features
-    from emogen.train import split_assignment, train_config
+    from emogen.training import split_assignment, train_config
 
     rng = np.random.default_rng(0)
     labels = np.repeat(np.arange(6), 4)
@@ -168,7 +169,7 @@ def test_ser_with_generated_training_data_and_test_evaluation(tiny_features, tmp
 
 
 def test_augment_mels_is_identity_by_default_and_keeps_shapes():
-    from emogen.train import TrainConfig, augment_mels
+    from emogen.training import TrainConfig, augment_mels
 
     x = torch.randn(4, 16, 20)
     assert torch.equal(augment_mels(x, TrainConfig()), x)
@@ -177,7 +178,7 @@ def test_augment_mels_is_identity_by_default_and_keeps_shapes():
 
 
 def test_augment_mels_shifts_rolls_and_masks_per_clip():
-    from emogen.train import TrainConfig, augment_mels
+    from emogen.training import TrainConfig, augment_mels
 
     n_mels, frames = 16, 20
     # value = 100 * mel bin + frame: any output cell tells where it came from
@@ -209,7 +210,7 @@ def test_augment_mels_shifts_rolls_and_masks_per_clip():
 
 def test_ser_training_batches_are_augmented_but_validation_is_not():
     from emogen.models.ser import SERConfig
-    from emogen.train import SERTask, TrainConfig
+    from emogen.training import SERTask, TrainConfig
 
     task = SERTask({"ser": SERConfig(widths=(4,), blocks_per_stage=(1,))}, TrainConfig(spec_masks=2, time_roll=True), {})
     model = task.build()

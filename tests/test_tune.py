@@ -120,7 +120,7 @@ def test_sweep_asha_failing_trial_mlflow_and_best_config(tiny_features, tmp_path
     import mlflow
 
     from emogen.sweep import run_sweep
-    from emogen.train import fit
+    from emogen.training import fit
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     space = {"train": {"lr": {"grid": [2e-3, 1e-3, 1.0, -1.0]}}, "ser": {"dropout": {"uniform": [0.1, 0.3]}}}

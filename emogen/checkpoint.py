@@ -1,0 +1,99 @@
+"""Checkpoints: one `state.pt` per checkpoint directory, written atomically, and the
+networks and config objects rebuilt from it.
+
+A state dict holds plain values only (tensors, numbers, strings, lists, dicts), so
+`torch.load(weights_only=True)` reads it: "model_name", "model" and "best_model"
+(weights), "configs" (config sections as dicts), "train", "audio", "extra", and the
+training progress the loop resumes from (see emogen.training.loop).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from emogen.config import replace
+
+STATE_FILE = "state.pt"
+
+
+def atomic_write(target: str | Path, write: Callable[[str], None]) -> Path:
+    """write(tmp_path) into a temp file beside target, then rename it over target: a crash
+    never leaves half a file (checkpoints, results.json)."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}-", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
+
+
+def save_state(directory: str | Path, state: dict[str, Any]) -> Path:
+    """Write <directory>/state.pt atomically."""
+    return atomic_write(Path(directory) / STATE_FILE, lambda tmp: torch.save(state, tmp))
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A state.pt, a checkpoint directory, or a run directory (its newest checkpoint_*)."""
+    path = Path(path)
+    if path.is_dir() and not (path / STATE_FILE).exists():
+        # Ray names checkpoints checkpoint_<timestamp>: the last in name order is the newest
+        candidates = sorted(p for p in path.glob("checkpoint_*") if (p / STATE_FILE).exists())
+        if candidates:
+            path = candidates[-1]
+    return path / STATE_FILE if path.is_dir() else path
+
+
+def load_state(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """A checkpoint (see resolve_checkpoint) -> the state dict, loaded with weights_only=True."""
+    path = resolve_checkpoint(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def plain(value: Any) -> Any:
+    """Config values -> types torch.load(weights_only=True) accepts (tuples -> lists)."""
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return value
+
+
+# ------------------------------------------------------- configs and networks
+
+
+def build_configs(sections: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Config sections as a checkpoint (or a training loop config) stores them, e.g.
+    {"unet": {...}, "diffusion": {...}} -> the config dataclasses, unknown fields rejected."""
+    from emogen.presets import CONFIG_CLASSES
+
+    return {name: replace(CONFIG_CLASSES[name](), values) for name, values in sections.items()}
+
+
+def build_model(model_name: str, sections: dict[str, dict[str, Any]], weights: dict[str, Any] | None = None) -> nn.Module:
+    """The network of a registered model ("ser", "vae", "diffusion") from its config
+    sections, with weights loaded when given."""
+    # Imported here: the model registry lives with the training tasks, which read checkpoints.
+    from emogen.training.tasks import MODELS
+
+    network = MODELS[model_name].build_network(build_configs(sections))
+    if weights is not None:
+        network.load_state_dict(weights)
+    return network
+
+
+def load_model(state: dict[str, Any]) -> nn.Module:
+    """A checkpoint's network with its best validation weights (the latest if none)."""
+    return build_model(state["model_name"], state["configs"], state.get("best_model") or state["model"])

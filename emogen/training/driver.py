@@ -1,0 +1,248 @@
+"""The driver side of training: the speaker split as Ray datasets, the loop config of a
+model, its MLflow run, and `fit` (one Ray Train run) / `train_in_process` (the loop in
+the current process, e.g. inside a Ray task)."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+from emogen.checkpoint import STATE_FILE, load_state
+from emogen.config import AudioConfig
+from emogen.presets import model_configs
+from emogen.training.config import TrainConfig, train_config
+from emogen.training.loop import run_training, train_loop_per_worker
+from emogen.training.session import DirectorySession
+from emogen.training.tasks import NEEDS_VAE, model_spec
+
+# ------------------------------------------------------------------------ the data
+
+
+def split_assignment(features: str | Path, train_cfg: TrainConfig) -> dict[str, str]:
+    """clip_id -> "train" | "val" | "test", speaker-independent, from the features' metadata."""
+    from emogen.data import read_features
+    from emogen.datasets import speaker_split
+
+    meta = read_features(features, columns=["clip_id", "speaker", "dataset"])
+    if meta.empty:
+        raise ValueError(f"{features} holds no accepted clips")
+    split = speaker_split(meta, train_cfg.val_fraction, train_cfg.test_fraction, seed=train_cfg.split_seed)
+    return dict(zip(meta["clip_id"], split))
+
+
+def select_split(batch: Any, keep: frozenset[str] | None) -> Any:
+    """Ray Data batch function: one split's accepted rows (keep=None: all of them). Mels
+    stay encoded as bytes (decoded by the worker), so an empty selection is just an empty frame."""
+    rows = batch[batch["status"] == "ok"]
+    if keep is not None:
+        rows = rows[rows["clip_id"].isin(keep)]
+    return rows[["mel", "n_mels", "n_frames", "label"]]
+
+
+def _features_path(features: str | Path) -> str:
+    from emogen.data import FEATURES_DIR
+
+    path = Path(features)
+    return str(path / FEATURES_DIR if (path / FEATURES_DIR).is_dir() else path)
+
+
+def split_datasets(
+    features: str | Path, assignment: dict[str, str], splits=("train", "val"), extra_train: list[str | Path] = ()
+) -> dict[str, Any]:
+    """One Ray dataset per split, materialized before training starts.
+
+    extra_train: more features datasets (e.g. generated clips) added whole to training.
+    Features of a few thousand clips fit in the object store (~90 KB each), every epoch
+    re-reads them, and a pipeline still running when the workers hold every CPU would
+    wait forever for a CPU of its own.
+    """
+    import ray
+
+    columns = ["clip_id", "status", "label", "mel", "n_mels", "n_frames"]
+    source = ray.data.read_parquet(_features_path(features), columns=columns)
+    datasets = {}
+    for split in splits:
+        keep = frozenset(cid for cid, s in assignment.items() if s == split)
+        datasets[split] = source.map_batches(select_split, fn_kwargs={"keep": keep}, batch_format="pandas")
+    for extra in extra_train:
+        more = ray.data.read_parquet(_features_path(extra), columns=columns)
+        datasets["train"] = datasets["train"].union(more.map_batches(select_split, fn_kwargs={"keep": None}, batch_format="pandas"))
+    return {split: ds.materialize() for split, ds in datasets.items()}
+
+
+def read_clip_ids(features: str | Path) -> list[str]:
+    from emogen.data import read_features
+
+    return read_features(features, columns=["clip_id"])["clip_id"].tolist()
+
+
+# -------------------------------------------------------------- the loop config
+
+
+def require_vae(model: str, diffusion: Any, vae_checkpoint: str | Path | None) -> None:
+    """Fail before any worker starts when latent diffusion (a DiffusionConfig) has no VAE."""
+    if model == "diffusion" and diffusion.space == "latent" and not vae_checkpoint:
+        raise ValueError(NEEDS_VAE)
+
+
+def loop_config(
+    model: str,
+    preset: str,
+    overrides: dict[str, Any] | None = None,
+    epochs: int | None = None,
+    vae_checkpoint: str | Path | None = None,
+    train_overrides: dict[str, Any] | None = None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The worker-loop config (see run_training) for a model of a preset (+ override
+    sections), and the params to log for it. The caller fills in "mlflow" and "run_dir"."""
+    spec = model_spec(model)
+    overrides = {k: dict(v) if isinstance(v, dict) else v for k, v in (overrides or {}).items()}
+    train_over = {**dict(overrides.pop("train", None) or {}), **(train_overrides or {})}
+    if epochs is not None:
+        train_over["epochs"] = epochs
+    train_cfg = train_config(model, preset, train_over)
+    cfgs = model_configs(preset, overrides)
+    require_vae(model, cfgs["diffusion"], vae_checkpoint)
+    config = {
+        "model": model,
+        "configs": {k: dataclasses.asdict(cfgs[k]) for k in spec.sections},
+        "train": dataclasses.asdict(train_cfg),
+        "audio": dataclasses.asdict(AudioConfig()),
+        "extra": {"vae_checkpoint": str(Path(vae_checkpoint).resolve()) if vae_checkpoint else None},
+        "mlflow": None,
+        "run_dir": None,
+    }
+    params = {"model": model, "preset": preset, "train": config["train"], **config["configs"]}
+    return config, params
+
+
+def start_child_run(
+    run_name: str, model: str, params: dict[str, Any], tracking_uri: str | None = None, parent_run_id: str | None = None
+) -> str:
+    """The MLflow run of a training run name: found again on resume, else created with its
+    params (as a child of parent_run_id when given). Returns the run id."""
+    from emogen import tracking
+
+    return tracking.get_or_create_run(run_name, {"emogen.model": model}, params, tracking_uri, parent_run_id)
+
+
+# ----------------------------------------------------------------- running it
+
+
+def fit(
+    model: str,
+    features: str | Path,
+    preset: str = "demo",
+    overrides: dict[str, Any] | None = None,
+    epochs: int | None = None,
+    num_workers: int = 1,
+    use_gpu: bool = False,
+    storage_path: str | Path = "runs/train",
+    run_name: str | None = None,
+    tracking_uri: str | None = None,
+    vae_checkpoint: str | None = None,
+    max_failures: int = 1,
+    fail_at_epoch: int = -1,
+    extra_train: list[str | Path] | None = None,
+    parent_run_id: str | None = None,
+    cpus_per_worker: float | None = None,
+) -> dict[str, Any]:
+    """Train one model with Ray Train and return a summary (metrics, checkpoint, MLflow run).
+
+    overrides: {"train": {...}, "ser": {...}, ...} on top of the preset. Re-running with
+    the same storage_path and run_name resumes from the run's latest checkpoint.
+    extra_train: features datasets added to the training split only (generated clips).
+    parent_run_id: make the MLflow run a child of this one (an experiment's parent run).
+    cpus_per_worker: CPUs (= torch threads) per worker; default Ray Train's 1.
+    """
+    import mlflow
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from emogen import tracking
+
+    train_over = {"fail_at_epoch": fail_at_epoch} if fail_at_epoch >= 0 else {}
+    loop, params = loop_config(model, preset, overrides, epochs, vae_checkpoint, train_over)
+    train_cfg = TrainConfig(**loop["train"])
+    run_name = run_name or f"{model}-{preset}"
+    storage = str(Path(storage_path).resolve()) if "://" not in str(storage_path) else str(storage_path)
+    run_dir = f"{storage}/{run_name}"
+
+    assignment = split_assignment(features, train_cfg)
+    counts = {s: sum(v == s for v in assignment.values()) for s in ("train", "val", "test")}
+    extra_train = [str(p) for p in (extra_train or [])]
+    counts["extra_train"] = sum(len(read_clip_ids(p)) for p in extra_train)
+    if counts["train"] == 0:
+        raise ValueError("the speaker split left no training clips")
+
+    params.update(extra_train=",".join(extra_train), split_counts=counts, num_workers=num_workers)
+    run_id = start_child_run(run_name, model, params, tracking_uri, parent_run_id)
+    loop["mlflow"] = {"tracking_uri": tracking.resolve_tracking_uri(tracking_uri), "run_id": run_id}
+    loop["run_dir"] = run_dir
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop,
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=num_workers, use_gpu=use_gpu,
+            resources_per_worker={"CPU": cpus_per_worker, **({"GPU": 1} if use_gpu else {})} if cpus_per_worker else None,
+        ),
+        run_config=ray.train.RunConfig(
+            name=run_name,
+            storage_path=storage,
+            failure_config=ray.train.FailureConfig(max_failures=max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+        ),
+        datasets=split_datasets(features, assignment, extra_train=extra_train),
+    )
+    started = time.time()
+    result = trainer.fit()
+    seconds = time.time() - started
+    if result.checkpoint is None:
+        raise RuntimeError(f"training {model} produced no checkpoint (error: {result.error})")
+
+    with result.checkpoint.as_directory() as ckpt_dir:
+        final = load_state(ckpt_dir)
+        with mlflow.start_run(run_id=run_id):
+            mlflow.log_artifact(str(Path(ckpt_dir) / STATE_FILE), artifact_path="model")
+            mlflow.set_tag("emogen.checkpoint", result.checkpoint.path)
+    metrics = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
+    return {
+        "model": model,
+        "preset": preset,
+        "run_name": run_name,
+        "epochs_completed": final["epoch"],
+        "resumed_from": final["resumes"],
+        "stopped_early": final["stopped_early"],
+        "metrics": metrics,
+        "checkpoint": result.checkpoint.path,
+        "mlflow_run_id": run_id,
+        "tracking_uri": tracking.resolve_tracking_uri(tracking_uri),
+        "split_counts": counts,
+        "seconds": round(seconds, 1),
+    }
+
+
+def train_in_process(loop: dict[str, Any], datasets: dict[str, Any], run_dir: str | Path, use_gpu: bool = False) -> dict[str, Any]:
+    """Run the worker loop here (e.g. inside a Ray task) with checkpoints in run_dir;
+    returns the final state's summary. Many small trainings (an experiment's SERs) then
+    run side by side as tasks instead of one Ray Train run after another."""
+    loop = {**loop, "run_dir": str(run_dir)}
+    try:
+        run_training(loop, DirectorySession(datasets, run_dir, use_gpu))
+    finally:
+        if loop.get("mlflow"):
+            import mlflow
+
+            if mlflow.active_run() is not None:
+                mlflow.end_run()
+    final = load_state(run_dir)
+    return {
+        "checkpoint": str(Path(run_dir).resolve()),
+        "epochs_completed": final["epoch"],
+        "stopped_early": final["stopped_early"],
+        "resumed_from": final["resumes"],
+        "history": final["history"],
+        "metrics": final["history"][-1] if final["history"] else {},
+    }

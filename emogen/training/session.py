@@ -1,0 +1,102 @@
+"""Sessions: what the worker loop needs from whoever runs it.
+
+The loop (emogen.training.loop.run_training) is handed one: `RayTrainSession` inside a
+Ray Train worker, `DirectorySession` for a training run as a plain Ray task
+(`train_in_process`), and emogen.sweep's Tune-trial session for a single-worker trial
+(Ray Train's functions refuse to run inside a Tune trial). Reports carry a checkpoint
+*directory*; the session wraps it in its own Checkpoint class.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from emogen.checkpoint import STATE_FILE, atomic_write
+
+
+class RayTrainSession:
+    """The loop as a Ray Train worker: rank, shards, device, DDP and reports from Ray Train."""
+
+    def get_context(self) -> Any:
+        import ray.train
+
+        return ray.train.get_context()  # get_world_rank(), get_world_size()
+
+    def get_checkpoint(self) -> Any:
+        import ray.train
+
+        return ray.train.get_checkpoint()
+
+    def get_dataset_shard(self, name: str) -> Any:
+        import ray.train
+
+        return ray.train.get_dataset_shard(name)
+
+    def get_device(self) -> torch.device:
+        import ray.train.torch
+
+        return ray.train.torch.get_device()
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        import ray.train.torch
+
+        return ray.train.torch.prepare_model(model)
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: str | None = None) -> None:
+        import ray.train
+
+        checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        ray.train.report(metrics, checkpoint=checkpoint)
+
+
+class _SingleProcessContext:
+    def get_world_rank(self) -> int:
+        return 0
+
+    def get_world_size(self) -> int:
+        return 1
+
+
+class SingleProcessSession(RayTrainSession):
+    """The loop in the current process (a Ray task, a Tune trial): one worker, no DDP,
+    the given (materialized) datasets as shards. Subclasses decide where reports go."""
+
+    def __init__(self, datasets: dict[str, Any], use_gpu: bool = False):
+        self.datasets = datasets
+        self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+
+    def get_context(self) -> Any:
+        return _SingleProcessContext()
+
+    def get_dataset_shard(self, name: str) -> Any:
+        return self.datasets[name]
+
+    def get_device(self) -> torch.device:
+        return self.device
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        return model.to(self.device)
+
+
+class DirectorySession(SingleProcessSession):
+    """Checkpoints to <run_dir>/state.pt (atomically, every epoch) and resumes from it:
+    a retried Ray task continues where the lost one stopped."""
+
+    def __init__(self, datasets: dict[str, Any], run_dir: str | Path, use_gpu: bool = False):
+        super().__init__(datasets, use_gpu)
+        self.run_dir = Path(run_dir)
+
+    def get_checkpoint(self) -> Any:
+        import ray.train
+
+        return ray.train.Checkpoint.from_directory(str(self.run_dir)) if (self.run_dir / STATE_FILE).exists() else None
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: str | None = None) -> None:
+        if checkpoint_dir:
+            source = Path(checkpoint_dir) / STATE_FILE
+            atomic_write(self.run_dir / STATE_FILE, lambda tmp: shutil.copyfile(source, tmp))

@@ -1,0 +1,197 @@
+"""What differs between the three models, and the registry of models.
+
+A `Task` is small on purpose: the network it trains, a loss for a batch, validation
+sums; the worker loop (emogen.training.loop) does everything else. `MODELS` names each
+trainable model once, with its task, network and config sections: the loop, the
+driver, checkpoint loading and the CLI all read it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from emogen.checkpoint import load_model, load_state
+from emogen.config import EMOTIONS
+from emogen.diffusion import diffusion_loss, make_train_scheduler
+from emogen.models.ser import ResNetSER
+from emogen.models.unet import UNet
+from emogen.models.vae import ConditionalVAE, vae_loss
+from emogen.training.augment import augment_mels
+from emogen.training.config import TrainConfig
+
+NEEDS_VAE = "latent diffusion needs a trained VAE: pass --vae-checkpoint (a `emogen train vae` checkpoint)"
+
+
+class Task:
+    """The model-specific part of training; `name` is its key in MODELS."""
+
+    name = ""
+
+    def __init__(self, cfgs: dict[str, Any], train: TrainConfig, extra: dict[str, Any]):
+        self.cfgs, self.train, self.extra = cfgs, train, extra
+
+    def build(self) -> nn.Module:
+        return MODELS[self.name].build_network(self.cfgs)
+
+    def setup(self, model: nn.Module, device: torch.device) -> None:
+        """Per-run preparation after the model is on its device (e.g. a frozen VAE)."""
+
+    def loss(self, model: nn.Module, mel: torch.Tensor, label: torch.Tensor, epoch: int) -> tuple[torch.Tensor, dict[str, float]]:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, mel: torch.Tensor, label: torch.Tensor, epoch: int) -> dict[str, float]:
+        """Validation sums for one batch (summed over items; the loop divides by count)."""
+        loss, parts = self.loss(model, mel, label, epoch)
+        n = mel.shape[0]
+        return {"loss": loss.item() * n, **{k: v * n for k, v in parts.items()}}
+
+    def finalize(self, sums: dict[str, float], count: int) -> dict[str, float]:
+        return {k: v / max(count, 1) for k, v in sums.items()}
+
+    def checkpoint_extra(self) -> dict[str, Any]:
+        return {}
+
+
+class SERTask(Task):
+    name = "ser"
+
+    def loss(self, model, mel, label, epoch):
+        if model.training:  # validation batches go through `evaluate`, never augmented
+            mel = augment_mels(mel, self.train)
+        logits = model(mel.unsqueeze(1))
+        loss = F.cross_entropy(logits, label, label_smoothing=self.train.label_smoothing)
+        return loss, {}
+
+    @torch.no_grad()
+    def evaluate(self, model, mel, label, epoch):
+        logits = model(mel.unsqueeze(1))
+        pred = logits.argmax(dim=1)
+        sums = {"loss": F.cross_entropy(logits, label, reduction="sum").item(), "correct": (pred == label).sum().item()}
+        for k in range(len(EMOTIONS)):  # per-class counts -> unweighted accuracy after reduction
+            sums[f"n_{k}"] = (label == k).sum().item()
+            sums[f"hit_{k}"] = ((label == k) & (pred == k)).sum().item()
+        return sums
+
+    def finalize(self, sums, count):
+        recalls = [sums[f"hit_{k}"] / sums[f"n_{k}"] for k in range(len(EMOTIONS)) if sums.get(f"n_{k}", 0) > 0]
+        return {
+            "loss": sums.get("loss", 0.0) / max(count, 1),
+            "accuracy": sums.get("correct", 0.0) / max(count, 1),
+            "uar": float(np.mean(recalls)) if recalls else 0.0,
+        }
+
+
+class VAETask(Task):
+    name = "vae"
+
+    def kl_weight(self, epoch: int) -> float:
+        warmup = self.train.kl_warmup_epochs
+        return 1.0 if warmup <= 0 else min(1.0, (epoch + 1) / warmup)
+
+    def loss(self, model, mel, label, epoch):
+        vcfg = self.cfgs["vae"]
+        x = mel.unsqueeze(1)
+        recon, mu, logvar = model(x, label)
+        parts = vae_loss(
+            recon, x, mu, logvar, beta=vcfg.beta, spectral_weight=vcfg.spectral_weight,
+            kl_weight=self.kl_weight(epoch), recon_type=vcfg.recon_loss,
+        )
+        return parts["loss"], {k: v.item() for k, v in parts.items() if k != "loss"}
+
+
+class DiffusionTask(Task):
+    """Noise prediction on mels, or on the latents of a trained VAE (latent diffusion).
+
+    In latent space the VAE is frozen and its (scaled) posterior mean is the data; the
+    VAE's weights are stored in the diffusion checkpoint so a generator is one file.
+    """
+
+    name = "diffusion"
+
+    def __init__(self, cfgs, train, extra):
+        super().__init__(cfgs, train, extra)
+        self.scheduler = make_train_scheduler(cfgs["diffusion"])
+        self.vae: nn.Module | None = None
+        self.vae_state: dict[str, Any] | None = None
+        self.latent_scale = float(extra.get("latent_scale") or cfgs["diffusion"].latent_scale)
+
+    def setup(self, model, device):
+        if self.cfgs["diffusion"].space != "latent":
+            return
+        path = self.extra.get("vae_checkpoint")
+        if not path:
+            raise ValueError(NEEDS_VAE)
+        state = load_state(path)
+        if state.get("model_name") != "vae":
+            raise ValueError(f"{path} is a {state.get('model_name')!r} checkpoint, not a VAE")
+        self.vae = load_model(state).to(device).eval()
+        self.vae.requires_grad_(False)
+        self.vae_state = {"config": state["configs"]["vae"], "model": self.vae.state_dict()}
+
+    @torch.no_grad()
+    def to_space(self, mel: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        x = mel.unsqueeze(1)
+        if self.vae is None:
+            return x
+        mu, _ = self.vae.encode(x, label)
+        if self.extra.get("latent_scale") is None:
+            # First batch fixes the scale (unit variance, as Stable Diffusion's 0.18215);
+            # it is saved in the checkpoint, so a resumed run keeps the same space.
+            self.latent_scale = float(1.0 / mu.std().clamp(min=1e-6))
+            self.extra["latent_scale"] = self.latent_scale
+        return mu * self.latent_scale
+
+    def loss(self, model, mel, label, epoch):
+        return diffusion_loss(model, self.scheduler, self.to_space(mel, label), label), {}
+
+    @torch.no_grad()
+    def evaluate(self, model, mel, label, epoch):
+        # Fixed noise and timesteps per batch position: validation loss comparable across epochs.
+        gen = torch.Generator(device="cpu").manual_seed(1234)
+        loss = diffusion_loss(model, self.scheduler, self.to_space(mel, label), label, generator=gen)
+        return {"loss": loss.item() * mel.shape[0]}
+
+    def checkpoint_extra(self):
+        return {"latent_scale": self.latent_scale, "vae": self.vae_state}
+
+
+# ---------------------------------------------------------------- the registry
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A trainable model: its task, its network, and the config sections it is built
+    from and saved with (the network's own section first)."""
+
+    name: str
+    task: type[Task]
+    network: type[nn.Module]
+    sections: tuple[str, ...]
+
+    def build_network(self, configs: dict[str, Any]) -> nn.Module:
+        """The untrained network from config dataclasses keyed by section."""
+        return self.network(configs[self.sections[0]])
+
+
+MODELS: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in (
+        ModelSpec("ser", SERTask, ResNetSER, ("ser",)),
+        ModelSpec("vae", VAETask, ConditionalVAE, ("vae",)),
+        ModelSpec("diffusion", DiffusionTask, UNet, ("unet", "diffusion")),
+    )
+}
+
+
+def model_spec(model: str) -> ModelSpec:
+    """MODELS[model], or a ValueError naming the known models."""
+    if model not in MODELS:
+        raise ValueError(f"unknown model {model!r}; expected one of {', '.join(MODELS)}")
+    return MODELS[model]
