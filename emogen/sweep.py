@@ -3,8 +3,8 @@
     emogen tune ser --data runs/demo/data --preset demo --num-samples 8 --epochs 10
 
 How a trial runs: each Tune trial is one function trainable (`_run_trial`). With one
-worker (the default) it runs `emogen.train.train_loop_per_worker` *in the trial's own
-process*, under a `TuneTrialSession` (reports go to `ray.tune.report`, resume comes from
+worker (the default) it runs the training loop (`emogen.training.run_training`) *in the
+trial's own process*, under a `TuneTrialSession` (reports go to `ray.tune.report`, resume comes from
 `ray.tune.get_checkpoint`). No inner Ray Train run, so no second placement group: when
 ASHA stops a trial, Tune ends that one actor and its CPUs are free for the next trial.
 With `--num-workers N > 1` a trial drives an inner `TorchTrainer` (data-parallel
@@ -12,7 +12,10 @@ workers, `--cpus-per-trial`/`--gpus-per-trial` each), whose metrics reach Tune t
 `TuneReportCallback`; the trial itself then reserves only 0.01 CPU (Tune refuses 0), so
 on a 2-CPU machine use `--num-workers 2 --cpus-per-trial 0.9`. Such trials run with
 `--scheduler fifo` only: in Ray 2.60 a trial Tune stops early (ASHA, or max_t) leaves its
-inner Train run's workers reserved and the next trial waits forever (seen here).
+inner Train run's workers reserved and the next trial waits forever (benchmarks/README.md).
+
+The options are the fields of `SweepConfig`; the default search spaces are package data,
+`emogen/tune_spaces.yaml`, validated (like a `--space FILE`) by the `SearchSpace` model.
 
 MLflow: one parent run per sweep (tag `emogen.run_name` = the sweep name), one child run
 per trial (tag `mlflow.parentRunId`) with the trial's params and per-epoch metrics.
@@ -35,97 +38,181 @@ import math
 import os
 import re
 import time
+from dataclasses import MISSING, dataclass, field, fields
+from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
+import yaml
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
 
+from emogen.errors import InvalidInputError, MissingInputError
+from emogen.logs import get_logger
 from emogen.training import MODELS, SingleProcessSession, loop_config, require_vae
 
-SPACES_FILE = Path(__file__).resolve().parents[1] / "tune" / "spaces.yaml"
+log = get_logger("tune")
+
+SPACES_RESOURCE = "tune_spaces.yaml"  # package data of `emogen`, beside this module
 SECTIONS = ("train", "ser", "vae", "unet", "diffusion")
-DISTRIBUTIONS = ("uniform", "loguniform", "quniform", "randint", "lograndint", "qrandint", "choice", "grid")
 SEARCHERS = ("random", "grid", "optuna", "hyperopt")
+SCHEDULERS = ("asha", "fifo")
 
 
 # ------------------------------------------------------------------ search spaces
 
 
-def _number(value: Any) -> Any:
-    """YAML reads 1e-4 (no dot) as a string: accept it as a number."""
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return value
-    return value
+class Distribution(BaseModel):
+    """One searched value, written as a one-key mapping: {loguniform: [low, high]}."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    uniform: list[float] | None = None
+    loguniform: list[float] | None = None
+    quniform: list[float] | None = None  # [low, high, q]
+    randint: list[int] | None = None  # [low, high)
+    lograndint: list[int] | None = None
+    qrandint: list[int] | None = None
+    choice: list[Any] | None = Field(None, min_length=1)
+    grid: list[Any] | None = Field(None, min_length=1)  # every value, crossed with the others
+
+    @model_validator(mode="after")
+    def _one_distribution_of_the_right_arity(self) -> Distribution:
+        given = self.model_dump(exclude_none=True)
+        if len(given) != 1:
+            raise ValueError(f"give exactly one distribution, got {', '.join(given) or 'none'}")
+        kind, args = self.kind_and_args()
+        arity = 3 if kind.startswith("q") else 2
+        if kind not in ("choice", "grid") and len(args) != arity:
+            raise ValueError(f"{kind} takes {arity} numbers, got {args!r}")
+        return self
+
+    def kind_and_args(self) -> tuple[str, list[Any]]:
+        kind, args = next(iter(self.model_dump(exclude_none=True).items()))
+        return kind, list(args)
 
 
-def _is_spec(value: Any) -> bool:
-    return isinstance(value, dict) and len(value) == 1 and next(iter(value)) in DISTRIBUTIONS
+# A constant (kept fixed in every trial) or a distribution: a mapping is always the latter.
+SpaceValue = Annotated[
+    Annotated[Distribution, Tag("distribution")] | Annotated[Any, Tag("constant")],
+    Discriminator(lambda v: "distribution" if isinstance(v, (dict, Distribution)) else "constant"),
+]
+Fields = dict[str, SpaceValue]
 
 
-def _looks_like_sections(block: Any) -> bool:
-    return isinstance(block, dict) and bool(block) and all(
-        k in SECTIONS and isinstance(v, dict) and all(not isinstance(x, dict) or _is_spec(x) for x in v.values())
-        for k, v in block.items()
-    )
+class SearchSpace(BaseModel):
+    """The space of one model: override sections of `emogen train --config`, each
+    {field: distribution or constant}; a sampled trial config is an overrides file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    train: Fields | None = None
+    ser: Fields | None = None
+    vae: Fields | None = None
+    unet: Fields | None = None
+    diffusion: Fields | None = None
+
+    def sections(self) -> dict[str, dict[str, Any]]:
+        """{section: {field: {kind: [args]} or constant}}, as the YAML reads."""
+        out = {}
+        for section in SECTIONS:
+            fields = getattr(self, section)
+            if fields is not None:
+                out[section] = {name: dict([value.kind_and_args()]) if isinstance(value, Distribution) else value
+                                for name, value in fields.items()}
+        return out
+
+
+class SpacesFile(BaseModel):
+    """A file of spaces per model, like the built-in emogen/tune_spaces.yaml."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ser: SearchSpace | None = None
+    vae: SearchSpace | None = None
+    diffusion: SearchSpace | None = None
+
+
+def _describe(error: ValidationError, source: str) -> str:
+    """Pydantic's errors as `source: section.field: what is wrong (got value)`."""
+    problems = []
+    for item in error.errors():
+        where = ".".join(str(part) for part in item["loc"] if part not in ("distribution", "constant"))
+        message = item["msg"].removeprefix("Value error, ")
+        if "got" not in message:
+            message += f" (got {item['input']!r})"
+        problems.append(f"{where}: {message}" if where else message)
+    return f"{source}: " + "; ".join(problems)
+
+
+def validate_space(model: str, data: Any, source: str = "search space") -> dict[str, dict[str, Any]]:
+    """A search space for `model` from either {model: {sections}} or the sections themselves;
+    returns {section: {field: spec or constant}}. Errors name the bad key and value."""
+    if not isinstance(data, dict):
+        raise InvalidInputError(f"{source}: a search space is a mapping of sections, got {type(data).__name__}")
+    try:
+        per_model = SpacesFile.model_validate(data)
+    except ValidationError as exc:
+        per_model_error = exc
+    else:
+        space = getattr(per_model, model)
+        if space is None:
+            raise InvalidInputError(
+                f"{source}: no search space for {model!r}; expected {{{model}: {{section: {{field: spec}}}}}} "
+                f"or {{section: {{field: spec}}}} with sections among {', '.join(SECTIONS)}"
+            )
+        return space.sections()
+    try:
+        return SearchSpace.model_validate(data).sections()
+    except ValidationError as exc:
+        sections_error = exc
+    # Report the errors of the form the file was evidently written in.
+    looks_per_model = set(data) <= set(MODELS) and all(
+        isinstance(v, dict) and set(v) <= set(SECTIONS) for v in data.values())
+    raise InvalidInputError(_describe(per_model_error if looks_per_model else sections_error, source)) from None
 
 
 def load_space(model: str, path: str | Path | None = None) -> dict[str, dict[str, Any]]:
     """The search space of a model: {section: {field: spec or constant}}.
 
-    path: a YAML/JSON file, either {model: {sections}} (like tune/spaces.yaml) or the
-    sections themselves; default tune/spaces.yaml.
+    path: a YAML/JSON file, either {model: {sections}} (like the built-in
+    emogen/tune_spaces.yaml, used when path is None) or the sections themselves.
     """
     from emogen.config import load_overrides
 
     if model not in MODELS:
         raise ValueError(f"unknown model {model!r}; expected one of {', '.join(MODELS)}")
-    source = Path(path) if path else SPACES_FILE
-    if not source.exists():
-        raise FileNotFoundError(f"no search-space file at {source}")
-    data = load_overrides(source)
-    if not isinstance(data, dict):
-        raise ValueError(f"{source}: a search space is a mapping of sections")
-    if model in data and isinstance(data[model], dict) and _looks_like_sections(data[model]):
-        block = data[model]
-    elif _looks_like_sections(data):
-        block = data
+    if path is None:
+        source = f"emogen/{SPACES_RESOURCE}"
+        data = yaml.safe_load(resources.files("emogen").joinpath(SPACES_RESOURCE).read_text())
     else:
-        raise ValueError(
-            f"{source}: no search space for {model!r}; expected {{{model}: {{section: {{field: spec}}}}}} "
-            f"or {{section: {{field: spec}}}} with sections among {', '.join(SECTIONS)}"
-        )
-    for section, fields in block.items():
-        for name, spec in fields.items():
-            if isinstance(spec, dict):
-                kind, args = next(iter(spec.items()))
-                if not isinstance(args, list) or not args:
-                    raise ValueError(f"{source}: {section}.{name}: {kind} needs a list of values, got {args!r}")
-    return copy.deepcopy(block)
+        source = str(path)
+        if not Path(path).is_file():
+            raise MissingInputError(f"no search-space file at {path}")
+        try:
+            data = load_overrides(path)
+        except (ValueError, yaml.YAMLError) as exc:
+            raise InvalidInputError(f"{path}: not valid YAML/JSON: {str(exc).splitlines()[0]}") from None
+    return validate_space(model, data, source)
 
 
 def to_param_space(space: dict[str, dict[str, Any]], search: str = "random") -> dict[str, dict[str, Any]]:
     """Space specs -> Ray Tune domains (nested by section, as the trial config)."""
     from ray import tune
 
-    def domain(where: str, spec: Any) -> Any:
-        if not _is_spec(spec):
-            return spec
-        kind, args = next(iter(spec.items()))
+    def domain(value: Any) -> Any:
+        if not isinstance(value, Distribution):
+            return value
+        kind, args = value.kind_and_args()
         if kind in ("choice", "grid"):
-            return tune.grid_search(list(args)) if kind == "grid" or search == "grid" else tune.choice(list(args))
-        nums = [_number(a) for a in args]
-        if any(not isinstance(n, (int, float)) for n in nums):
-            raise ValueError(f"{where}: {kind} needs numbers, got {args!r}")
-        expected = 3 if kind.startswith("q") else 2
-        if len(nums) != expected:
-            raise ValueError(f"{where}: {kind} takes {expected} numbers, got {args!r}")
-        if kind in ("randint", "lograndint", "qrandint"):
-            nums = [int(n) for n in nums]
-        return getattr(tune, kind)(*nums)
+            return tune.grid_search(args) if kind == "grid" or search == "grid" else tune.choice(args)
+        return getattr(tune, kind)(*args)
 
-    return {sec: {k: domain(f"{sec}.{k}", v) for k, v in fields.items()} for sec, fields in space.items()}
+    try:
+        validated = SearchSpace.model_validate(space)
+    except ValidationError as exc:
+        raise InvalidInputError(_describe(exc, "search space")) from None
+    return {section: {name: domain(value) for name, value in getattr(validated, section).items()}
+            for section in SECTIONS if getattr(validated, section) is not None}
 
 
 def _searcher(search: str, metric: str, mode: str) -> Any:
@@ -134,12 +221,12 @@ def _searcher(search: str, metric: str, mode: str) -> Any:
     modules = {"optuna": ("ray.tune.search.optuna", "OptunaSearch", "optuna"),
                "hyperopt": ("ray.tune.search.hyperopt", "HyperOptSearch", "hyperopt")}
     if search not in modules:
-        raise ValueError(f"unknown search algorithm {search!r}; expected one of {', '.join(SEARCHERS)}")
+        raise InvalidInputError(f"unknown search algorithm {search!r}; expected one of {', '.join(SEARCHERS)}")
     module, cls, package = modules[search]
     try:
         __import__(package)
     except ImportError:
-        raise ValueError(
+        raise InvalidInputError(
             f"--search {search} needs the {package!r} package, which is not installed; "
             f"install it or use --search random (or grid)"
         ) from None
@@ -285,8 +372,8 @@ def repair_lost_checkpoints(results: Any) -> list[str]:
     """Point every unfinished trial back at a checkpoint that exists; returns the moves made.
 
     With `num_to_keep`, Tune deletes a trial's previous checkpoint as soon as it registers
-    a new one, but snapshots the experiment state (which names the latest checkpoint) up to
-    ~10 s later. A driver killed in between leaves a state naming a deleted checkpoint, and
+    a new one, but snapshots the experiment state (which names the latest checkpoint) only
+    periodically, later. A driver killed in between leaves a state naming a deleted checkpoint, and
     restoring that trial fails. The checkpoint that replaced it is the next one on disk,
     complete (it was registered); move it where the state looks. The trial then resumes
     from one epoch further than Tune's own counter says, which is why the table and ASHA
@@ -306,8 +393,8 @@ def repair_lost_checkpoints(results: Any) -> list[str]:
             continue
         os.replace(newer[0], wanted)
         moves.append(f"{newer[0]} -> {wanted}")
-        print(f"[tune] {Path(result.path).name}: its latest checkpoint {wanted.name} was deleted before the "
-              f"sweep state was saved; resuming from {newer[0].name} instead", flush=True)
+        log.warning("%s: its latest checkpoint %s was deleted before the sweep state was saved; "
+                    "resuming from %s instead", Path(result.path).name, wanted.name, newer[0].name)
     return moves
 
 
@@ -389,36 +476,65 @@ def _parent_run(name: str, tracking_uri: str | None, params: dict[str, Any]) -> 
     return run_id, experiment_id
 
 
-def run_sweep(
-    model: str,
-    features: str | Path,
-    preset: str = "demo",
-    space: str | Path | dict | None = None,
-    search: str = "random",
-    num_samples: int = 8,
-    epochs: int | None = None,
-    metric: str = "val_loss",
-    mode: str = "min",
-    scheduler: str = "asha",
-    grace_period: int = 1,
-    reduction_factor: int = 2,
-    max_concurrent: int | None = None,
-    cpus_per_trial: float = 1.0,
-    gpus_per_trial: float = 0.0,
-    num_workers: int = 1,
-    time_budget_s: float | None = None,
-    storage_path: str | Path = "runs/tune",
-    name: str | None = None,
-    tracking_uri: str | None = None,
-    vae_checkpoint: str | None = None,
-    resume: bool | None = None,
-    max_failures: int = 0,
-) -> dict[str, Any]:
+def _option(default: Any, help: str, **argparse_keywords: Any) -> Any:
+    """A SweepConfig field that is also an option of `emogen tune` (metadata: add_argument's keywords)."""
+    return field(default=default, metadata={"help": help, **argparse_keywords})
+
+
+@dataclass
+class SweepConfig:
+    """Everything a sweep takes; the options of `emogen tune MODEL` and tune/sweep.py are
+    built from these fields (see add_arguments), so each default lives here only."""
+
+    model: str = field(metadata={"choices": list(MODELS), "help": "the model to tune"})
+    data: Path = field(metadata={"type": Path, "help": "preprocess output folder (or its features/)"})
+    preset: str = _option("demo", "tiny | demo | paper: model sizes and training defaults")
+    space: str | Path | dict | None = _option(
+        None, f"search space YAML/JSON (default: the built-in emogen/{SPACES_RESOURCE})", type=Path)
+    search: str = _option("random", "random (default), grid (choice -> every value), optuna/hyperopt if installed",
+                          choices=list(SEARCHERS))
+    num_samples: int = _option(8, "trials (each grid point is repeated this many times)", type=int)
+    epochs: int | None = _option(None, "epochs per trial (ASHA's max_t; default: the preset's)", type=int)
+    metric: str = _option("val_loss", "reported metric to optimize (e.g. val_loss, val_uar)")
+    mode: str = _option("min", "min or max of the metric", choices=["min", "max"])
+    scheduler: str = _option("asha", "asha: early-stop weak trials", choices=list(SCHEDULERS))
+    grace_period: int = _option(1, "ASHA: epochs before a trial can be stopped", type=int)
+    reduction_factor: int = _option(2, "ASHA: keep the top 1/N at each rung", type=int)
+    max_concurrent: int | None = _option(None, "trials running at once (default: as resources allow)", type=int)
+    cpus_per_trial: float = _option(1.0, "CPUs per trial (per worker with --num-workers > 1)", type=float)
+    gpus_per_trial: float = _option(0.0, "GPUs per trial (per worker with --num-workers > 1)", type=float)
+    num_workers: int = _option(1, "data-parallel Ray Train workers per trial (1 = in the trial process)", type=int)
+    time_budget_s: float | None = _option(None, "stop the sweep after this many seconds", type=float)
+    storage_path: str | Path = _option("runs/tune", "local dir, shared file system or s3:// URI")
+    name: str | None = _option(None, "sweep name (default tune-MODEL-PRESET); an existing one is resumed")
+    # None: resume when the sweep exists; True: require it; False: start fresh (fails if it exists)
+    resume: bool | None = _option(None, "require an existing sweep of this name and resume it",
+                                  action="store_const", const=True)
+    tracking_uri: str | None = _option(None, "MLflow tracking URI (default: local store in runs/mlflow)")
+    vae_checkpoint: str | None = _option(None, "latent diffusion: the trained VAE checkpoint")
+    max_failures: int = _option(0, "retries of a failed trial from its last checkpoint", type=int)
+
+    def __post_init__(self) -> None:
+        if self.model not in MODELS:
+            raise InvalidInputError(f"unknown model {self.model!r}; expected one of {', '.join(MODELS)}")
+        if self.mode not in ("min", "max"):
+            raise InvalidInputError(f"--mode must be min or max, got {self.mode!r}")
+        if self.search not in SEARCHERS:
+            raise InvalidInputError(f"unknown search algorithm {self.search!r}; expected one of {', '.join(SEARCHERS)}")
+        if self.scheduler not in SCHEDULERS:
+            raise InvalidInputError(f"unknown scheduler {self.scheduler!r}; expected one of {', '.join(SCHEDULERS)}")
+        if self.num_workers > 1 and self.scheduler != "fifo":
+            raise InvalidInputError(
+                "multi-worker trials (--num-workers > 1) need --scheduler fifo: a trial stopped by ASHA "
+                "leaves its inner Ray Train workers reserved and the next trial would wait forever; "
+                "or keep one worker per trial (the default), which ASHA can stop safely"
+            )
+
+
+def run_sweep(config: SweepConfig) -> dict[str, Any]:
     """Run (or resume) a sweep; returns a summary with the best trial and the table.
 
-    space: a file, a {section: {field: spec}} dict, or None for tune/spaces.yaml.
-    resume: None = resume when <storage_path>/<name> already holds a sweep; True =
-    require it; False = always start fresh (fails if it exists).
+    config.space: a file, a {section: {field: spec}} dict, or None for the built-in spaces.
     """
     import mlflow
     from ray import tune
@@ -427,58 +543,47 @@ def run_sweep(
     from emogen import tracking
     from emogen.training import split_assignment, split_datasets, train_config
 
-    if model not in MODELS:
-        raise ValueError(f"unknown model {model!r}; expected one of {', '.join(MODELS)}")
-    if mode not in ("min", "max"):
-        raise ValueError(f"--mode must be min or max, got {mode!r}")
-    if search not in SEARCHERS:
-        raise ValueError(f"unknown search algorithm {search!r}; expected one of {', '.join(SEARCHERS)}")
+    model, preset, metric, mode = config.model, config.preset, config.metric, config.mode
     if model == "diffusion":
         from emogen.presets import model_configs
 
-        require_vae(model, model_configs(preset)["diffusion"], vae_checkpoint)
-    if num_workers > 1 and scheduler != "fifo":
-        raise ValueError(
-            "multi-worker trials (--num-workers > 1) need --scheduler fifo: a trial stopped by ASHA "
-            "leaves its inner Ray Train workers reserved and the next trial would wait forever; "
-            "or keep one worker per trial (the default), which ASHA can stop safely"
-        )
-    space_dict = space if isinstance(space, dict) else load_space(model, space)
-    param_space = to_param_space(space_dict, search)
-    searcher = _searcher(search, metric, mode)
-    train_cfg = train_config(model, preset, {"epochs": epochs} if epochs is not None else None)
+        require_vae(model, model_configs(preset)["diffusion"], config.vae_checkpoint)
+    space = config.space if isinstance(config.space, dict) else load_space(model, config.space)
+    param_space = to_param_space(space, config.search)
+    searcher = _searcher(config.search, metric, mode)
+    train_cfg = train_config(model, preset, {"epochs": config.epochs} if config.epochs is not None else None)
     max_epochs = train_cfg.epochs
-    name = name or f"tune-{model}-{preset}"
-    storage = str(Path(storage_path).resolve()) if "://" not in str(storage_path) else str(storage_path)
+    name = config.name or f"tune-{model}-{preset}"
+    storage_path = str(config.storage_path)
+    storage = str(Path(storage_path).resolve()) if "://" not in storage_path else storage_path
     sweep_dir = Path(storage) / name
     exists = "://" not in storage and (sweep_dir / "tuner.pkl").exists()
-    if resume is None:
-        resume = exists
+    resume = exists if config.resume is None else config.resume
     if resume and "://" not in storage and not exists:
-        raise FileNotFoundError(f"nothing to resume: no sweep at {sweep_dir}")
+        raise MissingInputError(f"nothing to resume: no sweep at {sweep_dir}")
 
-    assignment = split_assignment(features, train_cfg)
+    assignment = split_assignment(config.data, train_cfg)
     counts = {s: sum(v == s for v in assignment.values()) for s in ("train", "val", "test")}
     if counts["train"] == 0:
         raise ValueError("the speaker split left no training clips")
     if counts["val"] == 0 and metric.startswith("val_"):
         raise ValueError(f"the speaker split left no validation clips, so {metric!r} is never reported")
-    datasets = split_datasets(features, assignment)
+    datasets = split_datasets(config.data, assignment)
 
-    uri = tracking.resolve_tracking_uri(tracking_uri)
-    sweep_params = {"model": model, "preset": preset, "search": search, "num_samples": num_samples,
-                    "epochs": max_epochs, "metric": metric, "mode": mode, "scheduler": scheduler,
-                    "grace_period": grace_period, "reduction_factor": reduction_factor,
-                    "max_concurrent": max_concurrent, "cpus_per_trial": cpus_per_trial,
-                    "gpus_per_trial": gpus_per_trial, "num_workers": num_workers, "split_counts": counts}
-    parent_run_id, experiment_id = _parent_run(name, tracking_uri, sweep_params)
-    setup = {"model": model, "preset": preset, "epochs": max_epochs, "num_workers": num_workers,
+    uri = tracking.resolve_tracking_uri(config.tracking_uri)
+    sweep_params = {key: getattr(config, key) for key in (
+        "model", "preset", "search", "num_samples", "metric", "mode", "scheduler", "grace_period",
+        "reduction_factor", "max_concurrent", "cpus_per_trial", "gpus_per_trial", "num_workers")}
+    sweep_params.update(epochs=max_epochs, split_counts=counts)
+    parent_run_id, experiment_id = _parent_run(name, config.tracking_uri, sweep_params)
+    cpus_per_trial, gpus_per_trial = config.cpus_per_trial, config.gpus_per_trial
+    setup = {"model": model, "preset": preset, "epochs": max_epochs, "num_workers": config.num_workers,
              "use_gpu": gpus_per_trial > 0, "tracking_uri": uri, "experiment_id": experiment_id,
-             "parent_run_id": parent_run_id, "name": name, "vae_checkpoint": vae_checkpoint,
+             "parent_run_id": parent_run_id, "name": name, "vae_checkpoint": config.vae_checkpoint,
              "train_storage": f"{storage}/{name}/_train",
              "resources_per_worker": {"CPU": cpus_per_trial, **({"GPU": gpus_per_trial} if gpus_per_trial > 0 else {})}}
 
-    if num_workers <= 1:
+    if config.num_workers <= 1:
         resources = {"cpu": cpus_per_trial, "gpu": gpus_per_trial}
     else:
         # The trial only drives an inner TorchTrainer whose workers reserve their own
@@ -486,16 +591,14 @@ def run_sweep(
         resources = {"cpu": 0.01}
     trainable = tune.with_resources(tune.with_parameters(_run_trial, setup=setup, datasets=datasets), resources)
 
-    if scheduler == "asha":
-        sched = ASHAScheduler(time_attr="epoch", max_t=max_epochs,
-                              grace_period=min(grace_period, max_epochs), reduction_factor=reduction_factor)
-    elif scheduler == "fifo":
-        sched = FIFOScheduler()
+    if config.scheduler == "asha":
+        sched = ASHAScheduler(time_attr="epoch", max_t=max_epochs, grace_period=min(config.grace_period, max_epochs),
+                              reduction_factor=config.reduction_factor)
     else:
-        raise ValueError(f"unknown scheduler {scheduler!r}; expected asha or fifo")
+        sched = FIFOScheduler()
     started = time.time()
     if resume:
-        print(f"[tune] resuming the sweep in {sweep_dir}", flush=True)
+        log.info("resuming the sweep in %s", sweep_dir)
         tuner = tune.Tuner.restore(str(sweep_dir), trainable=trainable, resume_unfinished=True,
                                    resume_errored=False, restart_errored=False, param_space=param_space)
         repair_lost_checkpoints(tuner.get_results())
@@ -504,13 +607,13 @@ def run_sweep(
             trainable,
             param_space=param_space,
             tune_config=tune.TuneConfig(
-                metric=metric, mode=mode, scheduler=sched, search_alg=searcher, num_samples=num_samples,
-                max_concurrent_trials=max_concurrent, time_budget_s=time_budget_s,
+                metric=metric, mode=mode, scheduler=sched, search_alg=searcher, num_samples=config.num_samples,
+                max_concurrent_trials=config.max_concurrent, time_budget_s=config.time_budget_s,
             ),
             run_config=tune.RunConfig(
                 name=name,
                 storage_path=storage,
-                failure_config=tune.FailureConfig(max_failures=max_failures, fail_fast=False),
+                failure_config=tune.FailureConfig(max_failures=config.max_failures, fail_fast=False),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                 verbose=1,
             ),
@@ -521,7 +624,7 @@ def run_sweep(
     rows = results_table(results, metric, mode, max_epochs)
     sweep_dir.mkdir(parents=True, exist_ok=True)
     _write_csv(rows, sweep_dir / "results.csv")
-    print(format_table(rows, metric), flush=True)
+    log.info("%d trials:\n%s", len(rows), format_table(rows, metric))
 
     configs = {_trial_id(result): _trial_config(result) for result in results}
     ok = [r for r in rows if r["status"] != "ERROR" and not math.isnan(r[f"best_{metric}"])]
@@ -582,33 +685,21 @@ def _close_runs(uri: str, experiment_id: str, parent_run_id: str, rows: list[dic
 
 
 def add_arguments(p: argparse.ArgumentParser, model: str | None = None) -> None:
-    """Options of `emogen tune MODEL` and tune/sweep.py."""
-    if model is None:
-        p.add_argument("model", choices=list(MODELS))
-    else:
-        p.set_defaults(model=model)
-    p.add_argument("--data", type=Path, required=True, help="preprocess output folder (or its features/)")
-    p.add_argument("--preset", default="demo", help="tiny | demo | paper: model sizes and training defaults")
-    p.add_argument("--space", type=Path, default=None, help=f"search space YAML/JSON (default {SPACES_FILE.parent.name}/{SPACES_FILE.name})")
-    p.add_argument("--search", default="random", choices=list(SEARCHERS), help="random (default), grid (choice -> every value), optuna/hyperopt if installed")
-    p.add_argument("--num-samples", type=int, default=8, help="trials (each grid point is repeated this many times)")
-    p.add_argument("--epochs", type=int, default=None, help="epochs per trial (ASHA's max_t; default: the preset's)")
-    p.add_argument("--metric", default="val_loss", help="reported metric to optimize (e.g. val_loss, val_uar)")
-    p.add_argument("--mode", default="min", choices=["min", "max"])
-    p.add_argument("--scheduler", default="asha", choices=["asha", "fifo"], help="asha: early-stop weak trials")
-    p.add_argument("--grace-period", type=int, default=1, help="ASHA: epochs before a trial can be stopped")
-    p.add_argument("--reduction-factor", type=int, default=2, help="ASHA: keep the top 1/N at each rung")
-    p.add_argument("--max-concurrent", type=int, default=None, help="trials running at once (default: as resources allow)")
-    p.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs per trial (per worker with --num-workers > 1)")
-    p.add_argument("--gpus-per-trial", type=float, default=0.0, help="GPUs per trial (per worker with --num-workers > 1)")
-    p.add_argument("--num-workers", type=int, default=1, help="data-parallel Ray Train workers per trial (1 = in the trial process)")
-    p.add_argument("--time-budget-s", type=float, default=None, help="stop the sweep after this many seconds")
-    p.add_argument("--storage-path", default="runs/tune", help="local dir, shared file system or s3:// URI")
-    p.add_argument("--name", default=None, help="sweep name (default tune-MODEL-PRESET); an existing one is resumed")
-    p.add_argument("--resume", action="store_true", help="require an existing sweep of this name and resume it")
-    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: local store in runs/mlflow)")
-    p.add_argument("--vae-checkpoint", default=None, help="latent diffusion: the trained VAE checkpoint")
-    p.add_argument("--max-failures", type=int, default=0, help="retries of a failed trial from its last checkpoint")
+    """Options of `emogen tune MODEL` and tune/sweep.py: one per SweepConfig field, plus
+    where Ray runs."""
+    for option in fields(SweepConfig):
+        keywords = dict(option.metadata)
+        if option.name == "model":
+            if model is None:
+                p.add_argument("model", **keywords)
+            else:
+                p.set_defaults(model=model)
+            continue
+        if option.default is MISSING:
+            keywords["required"] = True
+        else:
+            keywords["default"] = option.default
+        p.add_argument("--" + option.name.replace("_", "-"), **keywords)
     p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else start a local instance)")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs for a local Ray instance (default: all)")
 
@@ -616,16 +707,9 @@ def add_arguments(p: argparse.ArgumentParser, model: str | None = None) -> None:
 def cmd_tune(args: argparse.Namespace) -> dict:
     from emogen.runtime import init_ray
 
+    config = SweepConfig(**{option.name: getattr(args, option.name) for option in fields(SweepConfig)})
     init_ray(args.address, args.num_cpus)
-    summary = run_sweep(
-        args.model, args.data, preset=args.preset, space=args.space, search=args.search,
-        num_samples=args.num_samples, epochs=args.epochs, metric=args.metric, mode=args.mode,
-        scheduler=args.scheduler, grace_period=args.grace_period, reduction_factor=args.reduction_factor,
-        max_concurrent=args.max_concurrent, cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
-        num_workers=args.num_workers, time_budget_s=args.time_budget_s, storage_path=args.storage_path,
-        name=args.name, tracking_uri=args.tracking_uri, vae_checkpoint=args.vae_checkpoint,
-        resume=True if args.resume else None, max_failures=args.max_failures,
-    )
+    summary = run_sweep(config)
     summary.pop("best", None)  # the config is in best_config.json; keep the JSON line short
     return summary
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from emogen.sweep import add_subcommand, couple, load_space, to_param_space
+from emogen.sweep import SweepConfig, add_subcommand, couple, load_space, run_sweep, to_param_space
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,6 +50,29 @@ def test_space_file_forms_grid_and_errors(tmp_path):
         to_param_space({"train": {"lr": {"uniform": [1, 2, 3]}}})
 
 
+def test_space_errors_name_the_key_and_value(tmp_path):
+    bad_value = tmp_path / "bad_value.yaml"
+    bad_value.write_text("ser:\n  train:\n    lr: {loguniform: [1e-4, high]}\n")
+    with pytest.raises(ValueError, match=r"bad_value.yaml: ser\.train\.lr\.loguniform\.1: .*'high'"):
+        load_space("ser", bad_value)
+    bad_kind = tmp_path / "bad_kind.yaml"
+    bad_kind.write_text("train:\n  lr: {log_uniform: [1e-4, 1e-3]}\n")
+    with pytest.raises(ValueError, match=r"train\.lr\.log_uniform: Extra inputs are not permitted"):
+        load_space("ser", bad_kind)
+    with pytest.raises(FileNotFoundError, match="no search-space file"):
+        load_space("ser", tmp_path / "missing.yaml")
+
+
+def test_cli_options_take_their_defaults_from_sweep_config():
+    from dataclasses import fields
+
+    parser = argparse.ArgumentParser(prog="emogen")
+    add_subcommand(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["tune", "vae", "--data", "d"])
+    assert SweepConfig(**{f.name: getattr(args, f.name) for f in fields(SweepConfig)}) == SweepConfig("vae", Path("d"))
+    assert parser.parse_args(["tune", "vae", "--data", "d", "--resume"]).resume is True
+
+
 def test_missing_search_library_is_a_clear_error():
     from emogen.sweep import _searcher
 
@@ -62,10 +85,8 @@ def test_missing_search_library_is_a_clear_error():
 
 
 def test_multi_worker_trials_refuse_asha(tmp_path):
-    from emogen.sweep import run_sweep
-
     with pytest.raises(ValueError, match="need --scheduler fifo"):
-        run_sweep("ser", tmp_path, preset="tiny", num_workers=2, scheduler="asha", storage_path=tmp_path)
+        run_sweep(SweepConfig("ser", tmp_path, preset="tiny", num_workers=2, scheduler="asha", storage_path=tmp_path))
 
 
 def test_latent_size_keeps_the_unet_in_step():
@@ -119,14 +140,14 @@ def test_sweep_asha_failing_trial_mlflow_and_best_config(tiny_features, tmp_path
     AdamW raise (the trial is recorded as ERROR and the sweep goes on)."""
     import mlflow
 
-    from emogen.sweep import run_sweep
     from emogen.training import fit
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     space = {"train": {"lr": {"grid": [2e-3, 1e-3, 1.0, -1.0]}}, "ser": {"dropout": {"uniform": [0.1, 0.3]}}}
     started = time.time()
-    summary = run_sweep("ser", tiny_features, preset="tiny", space=space, num_samples=1, epochs=3,
-                        max_concurrent=2, storage_path=tmp_path / "tune", name="sweep", tracking_uri=uri)
+    config = SweepConfig("ser", tiny_features, preset="tiny", space=space, num_samples=1, epochs=3,
+                         max_concurrent=2, storage_path=tmp_path / "tune", name="sweep", tracking_uri=uri)
+    summary = run_sweep(config)
     print(f"sweep of 4 trials: {time.time() - started:.1f} s")
     assert summary["trials"] == 4 and summary["status"] == {"ERROR": 1, "TERMINATED": 3}
 
@@ -163,8 +184,7 @@ def test_sweep_asha_failing_trial_mlflow_and_best_config(tiny_features, tmp_path
     assert mlflow.get_run(run["mlflow_run_id"]).data.params["train.lr"] == str(best["train"]["lr"])
 
     # Re-running the same name restores the finished sweep: nothing is trained again.
-    again = run_sweep("ser", tiny_features, preset="tiny", space=space, num_samples=1, epochs=3,
-                      max_concurrent=2, storage_path=tmp_path / "tune", name="sweep", tracking_uri=uri)
+    again = run_sweep(config)
     assert again["trials"] == 4 and again["mlflow_parent_run_id"] == parent and again["seconds"] < 30
     assert len(mlflow.search_runs(experiment_names=["emogen"], filter_string=f"tags.`mlflow.parentRunId` = '{parent}'")) == 4
 
@@ -174,17 +194,15 @@ def test_interrupted_sweep_resumes(tiny_features, tmp_path, ray_session):
     the same name: the finished trial is kept, the interrupted one continues."""
     import mlflow
 
-    from emogen.sweep import run_sweep
-
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     space = {"train": {"lr": {"grid": [2e-3, 1e-3]}}}
     kwargs = dict(preset="tiny", space=space, num_samples=1, epochs=3, max_concurrent=1, scheduler="fifo",
                   storage_path=str(tmp_path / "tune"), name="interrupted", tracking_uri=uri)
     script = (
         "import json, sys, ray\n"
-        "from emogen.sweep import run_sweep\n"
+        "from emogen.sweep import SweepConfig, run_sweep\n"
         f"ray.init(address={ray_session.get_runtime_context().gcs_address!r}, log_to_driver=False)\n"
-        f"run_sweep('ser', {str(tiny_features)!r}, **json.loads(sys.argv[1]))\n"
+        f"run_sweep(SweepConfig('ser', {str(tiny_features)!r}, **json.loads(sys.argv[1])))\n"
     )
     driver = subprocess.Popen([sys.executable, "-c", script, json.dumps(kwargs)], cwd=ROOT,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -214,7 +232,7 @@ def test_interrupted_sweep_resumes(tiny_features, tmp_path, ray_session):
         if not named.with_name(f"checkpoint_{index + 1:06d}").exists():
             os.replace(named, named.with_name(f"checkpoint_{index + 1:06d}"))
 
-    summary = run_sweep("ser", tiny_features, **kwargs)
+    summary = run_sweep(SweepConfig("ser", tiny_features, **kwargs))
     assert summary["trials"] == 2 and summary["status"] == {"TERMINATED": 2}
     with open(summary["results_csv"]) as f:
         assert [int(r["epochs"]) for r in csv.DictReader(f)] == [3, 3]

@@ -4,7 +4,8 @@
     ray job submit --working-dir . -- python tune/sweep.py ser --data DATA --preset paper \\
         --num-samples 32 --gpus-per-trial 1 --storage-path s3://BUCKET/emogen/tune
 
-Search spaces: tune/spaces.yaml (or --space FILE). Same options as `emogen tune MODEL`.
+Search spaces: the built-in emogen/tune_spaces.yaml (or --space FILE). Same options as
+`emogen tune MODEL` (the fields of emogen.sweep.SweepConfig).
 """
 
 import argparse
