@@ -102,11 +102,24 @@ def make_sampler(
     return cls.from_config(base.config)
 
 
-def _randn(shape: Sequence[int], generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
-    # Draw on the generator's device and move, so a CPU generator gives the same numbers
-    # whatever device the model is on.
-    gen_device = generator.device if generator is not None else device
-    return torch.randn(tuple(shape), generator=generator, device=gen_device).to(device)
+def in_chunks(fn: Callable[..., torch.Tensor], rows: int | None, *tensors: torch.Tensor | None) -> torch.Tensor:
+    """fn(*tensors) on fixed-size chunks of `rows` rows (None: one call on everything).
+
+    The last chunk is padded by repeating its last row, so every call sees exactly `rows`
+    rows: CPU kernels pick their algorithm by batch shape, and fixed chunks make a row's
+    floating point independent of how many other rows share the batch. None tensors (e.g.
+    unconditional labels) are passed through.
+    """
+    if rows is None:
+        return fn(*tensors)
+    n = tensors[0].shape[0]
+    outs = []
+    for start in range(0, n, rows):
+        index = list(range(start, min(start + rows, n)))
+        real = len(index)
+        chunk = torch.tensor(index + [index[-1]] * (rows - real), device=tensors[0].device)
+        outs.append(fn(*(t[chunk] if t is not None else None for t in tensors))[:real])
+    return torch.cat(outs)
 
 
 def diffusion_loss(
@@ -121,8 +134,10 @@ def diffusion_loss(
     The model sees its configured label dropout (it is in train mode during training),
     which is what teaches the null class for classifier-free guidance.
     """
+    from diffusers.utils.torch_utils import randn_tensor
+
     b = x0.shape[0]
-    noise = _randn(x0.shape, generator, x0.device)
+    noise = randn_tensor(tuple(x0.shape), generator=generator, device=x0.device)
     gen_device = generator.device if generator is not None else x0.device
     t = torch.randint(0, scheduler.config.num_train_timesteps, (b,), generator=generator, device=gen_device).to(x0.device)
     noisy = scheduler.add_noise(x0, noise, t)
@@ -147,16 +162,25 @@ def sample(
     eta: float = 0.0,
     seed: int = 0,
     progress: Callable[[int, int], None] | None = None,
+    generator: torch.Generator | list[torch.Generator] | None = None,
+    model_chunk_rows: int | None = None,
 ) -> torch.Tensor:
     """Generate a batch by running `scheduler` backwards from seeded Gaussian noise.
 
     shape: per-item (C, H, T) or full (B, C, H, T); the batch size comes from labels when
     given (labels=None: unconditional, batch from shape). guidance_scale is the
     classifier-free guidance scale (1 = plain conditional). eta is passed to DDIM only.
-    The same seed gives the same output: all randomness (initial noise and DDPM's/
-    DDIM's per-step noise) comes from one CPU torch.Generator.
+    All randomness (initial noise and DDPM's/DDIM's per-step noise) comes from
+    `generator`: one torch.Generator for the whole batch, or a list with one per row
+    (diffusers' `randn_tensor` then draws each row from its own, so a row's numbers do not
+    depend on the other rows). Without one, a CPU generator seeded with `seed` is used:
+    the same seed gives the same output.
+    model_chunk_rows: call the model on fixed chunks of this many rows (see `in_chunks`),
+    so a row's floating point does not depend on its batch mates either.
     progress(step, total) is called after each step (step counts from 1).
     """
+    from diffusers.utils.torch_utils import randn_tensor
+
     device = next(model.parameters()).device
     if labels is not None:
         labels = torch.as_tensor(labels, dtype=torch.long, device=device).reshape(-1)
@@ -169,13 +193,21 @@ def sample(
         raise ValueError(f"sample: shape must be (C, H, T) or (B, C, H, T), got {shape}")
     if labels is not None and labels.shape[0] != shape[0]:
         raise ValueError(f"sample: {labels.shape[0]} labels for a batch of {shape[0]}")
+    if isinstance(generator, list) and len(generator) != shape[0]:
+        raise ValueError(f"sample: {len(generator)} generators for a batch of {shape[0]}")
 
-    generator = torch.Generator(device="cpu").manual_seed(seed)
-    x = _randn(shape, generator, device) * scheduler.init_noise_sigma
+    if generator is None:
+        generator = torch.Generator(device="cpu").manual_seed(seed)
+    x = randn_tensor(shape, generator=generator, device=device) * scheduler.init_noise_sigma
     scheduler.set_timesteps(num_inference_steps, device=device)
     step_kwargs: dict = {"generator": generator}
     if isinstance(scheduler, scheduler_class("ddim")):
         step_kwargs["eta"] = eta
+
+    def predict(model_in: torch.Tensor, t_batch: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        if hasattr(model, "forward_with_cond_scale"):
+            return model.forward_with_cond_scale(model_in, t_batch, labels, guidance_scale)
+        return model(model_in, t_batch, labels)
 
     was_training = model.training
     model.eval()
@@ -184,10 +216,7 @@ def sample(
         for i, t in enumerate(scheduler.timesteps):
             model_in = scheduler.scale_model_input(x, t)
             t_batch = t.expand(shape[0]).to(device)
-            if hasattr(model, "forward_with_cond_scale"):
-                pred = model.forward_with_cond_scale(model_in, t_batch, labels, guidance_scale)
-            else:
-                pred = model(model_in, t_batch, labels)
+            pred = in_chunks(predict, model_chunk_rows, model_in, t_batch, labels)
             x = scheduler.step(pred, t, x, **step_kwargs).prev_sample
             if progress is not None:
                 progress(i + 1, total)

@@ -93,28 +93,62 @@ class EmotionGenerator:
         progress: Callable[[int, int], None] | None = None,
     ) -> np.ndarray:
         """Scaled log-mels [N, n_mels, frames] for the requested emotion(s); seeded."""
-        labels = torch.tensor(emotion_labels(emotions, num_samples), device=self.device)
-        frames = self.audio.num_frames
-        if self.unet is None:  # VAE: decode prior samples of the chosen emotion
-            gen = torch.Generator(device="cpu").manual_seed(seed)
-            return self.vae.sample(labels, frames=frames, generator=gen)[:, 0].cpu().numpy()
-        from emogen.diffusion import make_sampler, sample
+        generator = torch.Generator(device="cpu").manual_seed(seed)
+        return self.generate_rows(emotion_labels(emotions, num_samples), generator, sampler, steps,
+                                  guidance_scale, eta, progress=progress)
 
-        cfg = self.diffusion
-        scheduler = make_sampler(sampler or cfg.sampler, cfg)
+    @property
+    def sample_shape(self) -> tuple[int, int, int]:
+        """(C, H, T) of one row of noise: a VAE latent (VAE, latent diffusion) or a mel."""
+        frames = self.audio.num_frames
         if self.vae is not None:
-            shape = self.vae.latent_shape(frames)
+            return self.vae.latent_shape(frames)
+        return (self.unet.config.in_channels, self.audio.n_mels, frames)
+
+    @torch.no_grad()
+    def generate_rows(
+        self,
+        labels: Sequence[int] | torch.Tensor,
+        generator: torch.Generator | list[torch.Generator],
+        sampler: str | None = None,
+        steps: int | None = None,
+        guidance_scale: float | None = None,
+        eta: float | None = None,
+        chunk_rows: int | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> np.ndarray:
+        """Scaled log-mels [len(labels), n_mels, frames], one row per emotion index.
+
+        generator: one for all rows, or a list with one per row (each row's noise then
+        comes from its own generator only). chunk_rows: run every model call (U-Net step,
+        VAE decode) on fixed chunks of that many rows (`emogen.diffusion.in_chunks`), so a
+        row's numbers do not depend on the rows beside it. Sampling options default to
+        the checkpoint's and are ignored by a VAE, which decodes prior noise.
+        """
+        from emogen.diffusion import in_chunks
+
+        labels = torch.as_tensor(labels, dtype=torch.long, device=self.device).reshape(-1)
+        shape = (labels.shape[0], *self.sample_shape)
+        if self.unet is None:
+            from diffusers.utils.torch_utils import randn_tensor
+
+            latents = randn_tensor(shape, generator=generator, device=self.device)
         else:
-            shape = (self.unet.config.in_channels, self.audio.n_mels, frames)
-        x = sample(
-            self.unet, scheduler, labels, shape,
-            num_inference_steps=steps or cfg.num_inference_steps,
-            guidance_scale=cfg.guidance_scale if guidance_scale is None else guidance_scale,
-            eta=cfg.eta if eta is None else eta, seed=seed, progress=progress,
-        )
-        if self.vae is not None:
-            x = self.vae.decode(x / self.latent_scale, labels, frames)
-        return x[:, 0].clamp(-1, 1).cpu().numpy()
+            from emogen.diffusion import make_sampler, sample
+
+            cfg = self.diffusion
+            x = sample(
+                self.unet, make_sampler(sampler or cfg.sampler, cfg), labels, shape,
+                num_inference_steps=steps or cfg.num_inference_steps,
+                guidance_scale=cfg.guidance_scale if guidance_scale is None else guidance_scale,
+                eta=cfg.eta if eta is None else eta, generator=generator, model_chunk_rows=chunk_rows, progress=progress,
+            )
+            if self.vae is None:  # mel-space diffusion: the samples are the mels
+                return x[:, 0].clamp(-1, 1).cpu().numpy()
+            latents = x / self.latent_scale
+        frames = self.audio.num_frames
+        mels = in_chunks(lambda z, row_labels: self.vae.decode(z, row_labels, frames), chunk_rows, latents, labels)
+        return mels[:, 0].clamp(-1, 1).cpu().numpy()
 
     def to_audio(self, mels: np.ndarray) -> np.ndarray:
         """Scaled log-mels -> waveforms [N, samples] at the audio config's rate (Griffin-Lim)."""

@@ -133,3 +133,17 @@ def test_diffusion_loss_is_seeded_and_falls_when_overfitting():
         torch.nn.utils.clip_grad_norm_(net.parameters(), 0.5)
         opt.step()
     assert fixed_loss() < 0.5 * before
+
+
+def test_sample_rows_do_not_depend_on_batch_mates(model):
+    # one generator per row and fixed-size model chunks: a row comes out the same alone
+    # or beside others (DDPM: per-step noise drawn per row too)
+    def run(seeds, labels):
+        generators = [torch.Generator().manual_seed(s) for s in seeds]
+        return sample(model, make_sampler("ddpm"), labels, SHAPE, 3, generator=generators, model_chunk_rows=2)
+
+    batch = run([1, 2, 3], [0, 3, 5])
+    assert torch.equal(run([2], [3])[0], batch[1])
+    assert torch.equal(run([3, 1], [5, 0]), batch[[2, 0]])
+    with pytest.raises(ValueError, match="generators"):
+        sample(model, make_sampler("ddim"), [0, 1], SHAPE, 2, generator=[torch.Generator()])
