@@ -1,7 +1,7 @@
 """The experiment report: does generated speech improve speech-emotion recognition?
 
-`write_report(results, out_dir)` turns an experiment's `results.json` dict (written by
-`emogen.experiment`) and the sample files beside it into:
+`write_report(results, out_dir)` turns an experiment's results (`emogen.results`, as the
+model or as the results.json dict) and the sample files beside it into:
 
 - `report.md`: readable as text, with plots and WAVs linked by relative path;
 - `report.html`: the same content, self-contained (no external CSS, JS or fonts): plots
@@ -16,8 +16,8 @@ counts); generator training; data and configuration; time per stage; plots (SER 
 one confusion matrix per condition, mel grid, training curves, clarity); audio samples;
 how to reproduce; MLflow.
 
-Every key of `results` except the SER runs is optional: a missing section is skipped or
-shown as "n/a", never a crash, because a partial experiment still deserves a report.
+Only the SER runs are needed: a missing section is skipped or shown as "n/a", never a
+crash, because a partial experiment still deserves a report.
 """
 
 from __future__ import annotations
@@ -30,23 +30,45 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, NamedTuple, Union
+from typing import Any, Mapping, Union
 from urllib.parse import quote
 
 import numpy as np
 
 from emogen.config import EMOTIONS
+from emogen.results import (
+    AUGMENTED_BY,
+    CONTROL,
+    CONTROL_MATCHES,
+    DIFFUSION,
+    GENERATED_FROM,
+    GENERATORS,
+    REAL,
+    UA,
+    VAE,
+    ExperimentResults,
+    GeneratorRun,
+    SERRun,
+    Spread,
+    as_results,
+)
 
-DEFAULT_CONDITIONS: tuple[str, ...] = ("real", "real+vae", "real+diffusion")
-GENERATORS: tuple[str, ...] = ("vae", "diffusion")
-MEL_SOURCES: tuple[str, ...] = ("real", "vae", "diffusion")
+MEL_SOURCES: tuple[str, ...] = (REAL, *GENERATORS)
 SER_METRICS: tuple[tuple[str, str], ...] = (
     ("weighted_accuracy", "WA"),
-    ("unweighted_accuracy", "UA"),
+    (UA, "UA"),
     ("macro_f1", "macro F1"),
 )
-_LABELS = {"real": "real", "real-matched": "real, matched steps", "real+vae": "real+VAE", "real+diffusion": "real+diffusion", "vae": "VAE", "diffusion": "diffusion"}
-_COLORS = {"real": "#4C72B0", "real-matched": "#8C8C8C", "real+vae": "#DD8452", "real+diffusion": "#55A868", "vae": "#DD8452", "diffusion": "#55A868"}
+_GENERATOR_LABELS = {VAE: "VAE", DIFFUSION: "diffusion"}
+_LABELS = {
+    REAL: "real",
+    CONTROL: "real, matched steps",
+    **{condition: f"real+{_GENERATOR_LABELS[generator]}" for condition, generator in GENERATED_FROM.items()},
+    **_GENERATOR_LABELS,
+}
+_GENERATOR_COLORS = {VAE: "#DD8452", DIFFUSION: "#55A868"}
+# a condition with generated clips takes its generator's colour
+_COLORS = {REAL: "#4C72B0", CONTROL: "#8C8C8C", **{AUGMENTED_BY[g]: c for g, c in _GENERATOR_COLORS.items()}, **_GENERATOR_COLORS}
 _MINUS = "\u2212"  # a typographic minus lines up with "+" in tables
 NA = "n/a"
 _AUDIO_MIME = {".wav": "audio/wav", ".flac": "audio/flac", ".mp3": "audio/mpeg", ".ogg": "audio/ogg"}
@@ -55,83 +77,18 @@ _AUDIO_MIME = {".wav": "audio/wav", ".flac": "audio/flac", ".mp3": "audio/mpeg",
 # --------------------------------------------------------------------------- numbers
 
 
-class Stat(NamedTuple):
-    mean: float
-    std: float | None
-    n: int
-    values: tuple[float, ...] = ()
+def _runs(results: ExperimentResults, condition: str) -> list[SERRun]:
+    return results.runs.get(condition, [])
 
 
-def _get(d: Any, *keys: str, default: Any = None) -> Any:
-    for key in keys:
-        if not isinstance(d, dict) or key not in d:
-            return default
-        d = d[key]
-    return d
+def _metric_stat(results: ExperimentResults, condition: str, metric: str) -> Spread | None:
+    """Mean/std over seeds (results fill a missing summary from the runs)."""
+    return results.summary.get(condition, {}).get(metric)
 
 
-def _num(x: Any) -> float | None:
-    # bool is an int subclass; a True where a number belongs is a producer bug, not 1.0
-    if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):
-        return None
-    return float(x)
-
-
-def _stat_from_values(values: list[float]) -> Stat | None:
-    vals = [v for v in (_num(x) for x in values) if v is not None]
-    if not vals:
-        return None
-    std = float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0  # sample std, as emogen.metrics
-    return Stat(float(np.mean(vals)), std, len(vals), tuple(vals))
-
-
-def _stat_from_dict(d: Any, n_default: int = 0) -> Stat | None:
-    """{"mean", "std", "values"} as written by the experiment; a bare number is accepted too."""
-    if _num(d) is not None:
-        return Stat(float(d), None, 1, (float(d),))
-    mean = _num(_get(d, "mean"))
-    if mean is None:
-        return _stat_from_values(_get(d, "values", default=[]) or [])
-    values = tuple(v for v in (_num(x) for x in (_get(d, "values", default=[]) or [])) if v is not None)
-    return Stat(mean, _num(_get(d, "std")), len(values) or n_default, values)
-
-
-def _conditions(results: dict) -> list[str]:
-    conds = results.get("conditions")
-    return list(conds) if isinstance(conds, list) and conds else list(DEFAULT_CONDITIONS)
-
-
-def _runs(results: dict, condition: str) -> list[dict]:
-    runs = _get(results, "runs", condition, default=[])
-    return [r for r in runs if isinstance(r, dict)] if isinstance(runs, list) else []
-
-
-def _metric_stat(results: dict, condition: str, metric: str) -> Stat | None:
-    """Mean/std over seeds: the experiment's summary when present, else recomputed from runs."""
-    n_runs = len(_runs(results, condition))
-    stat = _stat_from_dict(_get(results, "summary", condition, metric), n_default=n_runs)
-    if stat is not None:
-        return stat
-    return _stat_from_values([_get(r, "metrics", metric) for r in _runs(results, condition)])
-
-
-def _ua_gain(results: dict, condition: str) -> Stat | None:
-    """UA of `condition` minus UA of real, as a fraction: per-seed (paired) when possible."""
-    stat = _stat_from_dict(_get(results, "gains", condition, "unweighted_accuracy"))
-    if stat is not None:
-        return stat
-    base = {r.get("seed"): _num(_get(r, "metrics", "unweighted_accuracy")) for r in _runs(results, "real")}
-    paired = []
-    for run in _runs(results, condition):
-        ua, ref = _num(_get(run, "metrics", "unweighted_accuracy")), base.get(run.get("seed"))
-        if ua is not None and ref is not None:
-            paired.append(ua - ref)
-    if paired:
-        return _stat_from_values(paired)
-    real, cond = _metric_stat(results, "real", "unweighted_accuracy"), _metric_stat(results, condition, "unweighted_accuracy")
-    if real is None or cond is None:
-        return None
-    return Stat(cond.mean - real.mean, None, min(real.n, cond.n))
+def _ua_gain(results: ExperimentResults, condition: str) -> Spread | None:
+    """UA of `condition` minus UA of real, as a fraction, paired by seed."""
+    return results.gains.get(condition, {}).get(UA)
 
 
 # --------------------------------------------------------------------------- formatting
@@ -145,12 +102,11 @@ def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_").lower() or "unnamed"
 
 
-def _pct(x: Any) -> str:
-    v = _num(x)
-    return NA if v is None else f"{v * 100:.1f}"
+def _pct(x: float | None) -> str:
+    return NA if x is None else f"{x * 100:.1f}"
 
 
-def _mean_std(stat: Stat | None, scale: float = 1.0, digits: int = 1) -> str:
+def _mean_std(stat: Spread | None, scale: float = 1.0, digits: int = 1) -> str:
     if stat is None:
         return NA
     text = f"{stat.mean * scale:.{digits}f}"
@@ -172,24 +128,26 @@ def _gain_text(points: float, threshold: float) -> str:
     return text
 
 
-def _count(x: Any) -> str:
-    v = _num(x)
-    return NA if v is None else f"{v:,.0f}"
+def _count(x: float | None) -> str:
+    return NA if x is None else f"{x:,.0f}"
 
 
-def _duration(seconds: Any) -> str:
-    s = _num(seconds)
-    if s is None:
+def _duration(seconds: float | None) -> str:
+    """Seconds below a minute, else minutes and seconds, else hours and minutes; rounded
+    once to the shown unit, so 1619.6 s reads "27 min 0 s", never "26 min 60 s"."""
+    if seconds is None or not math.isfinite(seconds):
         return NA
-    if s < 60:
-        return f"{s:.1f} s"
-    if s < 3600:
-        return f"{int(s // 60)} min {int(round(s % 60)):02d} s"
-    return f"{int(s // 3600)} h {int(round(s % 3600 / 60)):02d} min"
+    if round(seconds, 1) < 60:
+        return f"{seconds:.1f} s"
+    whole_seconds = round(seconds)
+    if whole_seconds < 3600:
+        return f"{whole_seconds // 60} min {whole_seconds % 60} s"
+    whole_minutes = round(seconds / 60)
+    return f"{whole_minutes // 60} h {whole_minutes % 60} min"
 
 
-def _date(created: Any) -> str:
-    if not isinstance(created, str) or not created:
+def _date(created: str | None) -> str:
+    if not created:
         return NA
     try:
         return datetime.fromisoformat(created).strftime("%Y-%m-%d %H:%M %Z").strip()
@@ -250,91 +208,68 @@ Block = Union[Heading, Para, Table, Code, Plot]
 # --------------------------------------------------------------------------- tables
 
 
-def _results_rows(results: dict) -> tuple[list[str], list[list[Cell]]]:
+def _results_rows(results: ExperimentResults) -> tuple[list[str], list[list[Cell]]]:
     headers = ["condition", *(label for _, label in SER_METRICS), "ΔUA vs real", "n seeds"]
     rows: list[list[Cell]] = []
-    for cond in _conditions(results):
+    for cond in results.conditions:
         stats = [_metric_stat(results, cond, metric) for metric, _ in SER_METRICS]
-        if cond == "real":
+        if cond == REAL:
             delta = "—"
         else:
             gain = _ua_gain(results, cond)
             delta = NA if gain is None else _signed(gain.mean * 100)
-        n = max((s.n for s in stats if s is not None), default=0) or len(_runs(results, cond))
+        n = max((s.count for s in stats if s is not None), default=0) or len(_runs(results, cond))
         rows.append([_label(cond), *(_mean_std(s, scale=100) for s in stats), delta, str(n) if n else NA])
     return headers, rows
 
 
-def results_table(results: dict) -> str:
-    """The headline markdown table (also printed by the CLI): rows real, real+VAE,
-    real+diffusion; columns WA, UA, macro F1 as 'mean ± std' in percent with 1 decimal
-    (e.g. '61.4 ± 2.1'), 'ΔUA vs real' in points ('+3.2' / '−1.0', '—' for real), n seeds."""
-    headers, rows = _results_rows(results)
+def results_table(results: ExperimentResults | Mapping[str, Any]) -> str:
+    """The headline markdown table (also printed by the CLI): one row per condition
+    (real, real with matched steps, real+VAE, real+diffusion); columns WA, UA, macro F1 as
+    'mean ± std' in percent with 1 decimal (e.g. '61.4 ± 2.1'), 'ΔUA vs real' in points
+    ('+3.2' / '−1.0', '—' for real), n seeds."""
+    headers, rows = _results_rows(as_results(results))
     return _md_table(Table(headers, rows))
 
 
-def _seed_order(run: dict) -> float:
-    seed = _num(run.get("seed"))
-    return math.inf if seed is None else seed
-
-
-def _per_seed_rows(results: dict) -> list[list[Cell]]:
+def _per_seed_rows(results: ExperimentResults) -> list[list[Cell]]:
     rows: list[list[Cell]] = []
-    for cond in _conditions(results):
-        for run in sorted(_runs(results, cond), key=_seed_order):
-            metrics = [_pct(_get(run, "metrics", m)) for m, _ in SER_METRICS]
-            rows.append([str(run.get("seed", NA)), _label(cond), *metrics, _count(run.get("n_train")), _count(run.get("n_generated")),
-                         _count(run.get("epochs")), _count(run.get("train_steps"))])
+    for cond in results.conditions:
+        for run in sorted(_runs(results, cond), key=lambda r: r.seed):
+            metrics = [_pct(run.metrics.score(m)) for m, _ in SER_METRICS]
+            rows.append([str(run.seed), _label(cond), *metrics, _count(run.n_train), _count(run.n_generated),
+                         _count(run.epochs), _count(run.train_steps)])
     return rows
 
 
-def _quality_rows(results: dict) -> list[list[Cell]]:
-    rows: list[list[Cell]] = []
-    for gen in _generator_names(results, "generated"):
-        g = _get(results, "generated", gen, default={})
-        rows.append(
-            [
-                _label(gen),
-                _mean_std(_stat_from_dict(g.get("clarity")), scale=100),
-                _mean_std(_stat_from_dict(g.get("fid")), digits=1),
-                _mean_std(_stat_from_dict(g.get("inception_score")), digits=2),
-                _count(g.get("n_clips")),
-                _count(g.get("n_kept")),
-            ]
-        )
-    return rows
+def _quality_rows(results: ExperimentResults) -> list[list[Cell]]:
+    return [
+        [
+            _label(gen),
+            _mean_std(g.clarity, scale=100),
+            _mean_std(g.fid, digits=1),
+            _mean_std(g.inception_score, digits=2),
+            _count(g.n_clips),
+            _count(g.n_kept),
+        ]
+        for gen, g in _in_generator_order(results.generated).items()
+    ]
 
 
-def _generator_names(results: dict, key: str) -> list[str]:
-    section = results.get(key)
-    if not isinstance(section, dict):
-        return []
-    extra = sorted(k for k in section if k not in GENERATORS)
-    return [g for g in (*GENERATORS, *extra) if isinstance(section.get(g), dict)]
+def _in_generator_order(section: dict[str, Any]) -> dict[str, Any]:
+    """The experiment's generators first, in their order, then any others by name."""
+    names = [*(g for g in GENERATORS if g in section), *sorted(k for k in section if k not in GENERATORS)]
+    return {name: section[name] for name in names}
 
 
-def _clarity_per_emotion(results: dict) -> dict[str, dict[str, float]]:
+def _clarity_per_emotion(results: ExperimentResults) -> dict[str, dict[str, float]]:
     """{generator: {emotion: clarity}} for generators that report it."""
-    out = {}
-    for gen in _generator_names(results, "generated"):
-        per = _get(results, "generated", gen, "clarity_per_emotion")
-        if isinstance(per, dict):
-            # a plain number or a {"mean", "std", "values"} stat over seeds
-            stats = {e: _stat_from_dict(x) for e, x in per.items()}
-            vals = {e: s.mean for e, s in stats.items() if s is not None}
-            if vals:
-                out[gen] = vals
-    return out
+    return {gen: g.clarity_per_emotion for gen, g in _in_generator_order(results.generated).items() if g.clarity_per_emotion}
 
 
-def _final_val_metrics(gen: dict) -> str:
-    metrics = gen.get("metrics")
-    if not isinstance(metrics, dict) or not metrics:
-        history = gen.get("history")
-        last = history[-1] if isinstance(history, list) and history and isinstance(history[-1], dict) else {}
-        metrics = {k: v for k, v in last.items() if k.startswith("val_")}
-    parts = [f"{k} {v:.4g}" for k, v in ((k, _num(v)) for k, v in metrics.items()) if v is not None]
-    return ", ".join(parts) or NA
+def _final_val_metrics(gen: GeneratorRun) -> str:
+    metrics = gen.metrics or {k: v for k, v in (gen.history[-1] if gen.history else {}).items() if k.startswith("val_")}
+    return ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()) or NA
 
 
 def _flatten(d: dict, prefix: str = "") -> list[tuple[str, str]]:
@@ -351,57 +286,56 @@ def _flatten(d: dict, prefix: str = "") -> list[tuple[str, str]]:
 # --------------------------------------------------------------------------- sections
 
 
-def _title_section(results: dict) -> list[Block]:
-    name = str(results.get("name") or "unnamed")
-    total = _get(results, "seconds", "total")
+def _title_section(results: ExperimentResults) -> list[Block]:
     meta = [
-        f"Preset: {results.get('preset') or NA}",
-        f"Date: {_date(results.get('created'))}",
-        f"Total time: {_duration(total)}",
+        f"Preset: {results.preset or NA}",
+        f"Date: {_date(results.created)}",
+        f"Total time: {_duration(results.seconds.get('total'))}",
     ]
-    return [Heading(f"EmoGen experiment: {name}", 1), Para(" · ".join(meta))]
+    return [Heading(f"EmoGen experiment: {results.name or 'unnamed'}", 1), Para(" · ".join(meta))]
 
 
-def _scope_sentence(results: dict) -> str:
-    seeds = results.get("seeds")
-    n_seeds = len(seeds) if isinstance(seeds, list) and seeds else max((len(_runs(results, c)) for c in _conditions(results)), default=0)
-    n_clips = _num(_get(results, "data", "split_counts", "test"))
+def _scope_sentence(results: ExperimentResults) -> str:
+    n_seeds = len(results.seeds) or max((len(_runs(results, c)) for c in results.conditions), default=0)
+    data = results.data
+    n_clips = data.split_counts.get("test") if data else None
     if n_clips is None:
-        n_clips = next((_num(_get(r, "metrics", "count")) for c in _conditions(results) for r in _runs(results, c)), None)
-    speakers = _get(results, "data", "test_speakers")
+        n_clips = next((r.metrics.count for c in results.conditions for r in _runs(results, c)), None)
     seeds_text = f"Each condition was run with {_plural(n_seeds, 'seed')}" if n_seeds else "The number of seeds is unknown"
-    clips_text = f"{_plural(int(n_clips), 'real test clip')}" if n_clips is not None else "real test clips"
-    if isinstance(speakers, list) and speakers:
-        clips_text += f" from {_plural(len(speakers), 'held-out speaker')}"
+    clips_text = f"{_plural(n_clips, 'real test clip')}" if n_clips is not None else "real test clips"
+    if data and data.test_speakers:
+        clips_text += f" from {_plural(len(data.test_speakers), 'held-out speaker')}"
     return f"{seeds_text}; every SER is tested on {clips_text}."
 
 
-def _gain_sentences(results: dict, threshold: float) -> list[str]:
+def _gain_sentences(results: ExperimentResults, threshold: float) -> list[str]:
     sentences = []
-    real = _metric_stat(results, "real", "unweighted_accuracy")
-    for cond, what in (("real+diffusion", "diffusion-generated"), ("real+vae", "VAE-generated")):
-        gain, stat = _ua_gain(results, cond), _metric_stat(results, cond, "unweighted_accuracy")
+    real = _metric_stat(results, REAL, UA)
+    for generator in (DIFFUSION, VAE):
+        cond = AUGMENTED_BY[generator]
+        gain, stat = _ua_gain(results, cond), _metric_stat(results, cond, UA)
         if gain is None:
             sentences.append(f"There is no {_label(cond)} result to compare with real.")
             continue
-        text = f"Adding {what} clips changed unweighted accuracy (UA) by {_gain_text(gain.mean * 100, threshold)} points"
+        text = f"Adding {_label(generator)}-generated clips changed unweighted accuracy (UA) by {_gain_text(gain.mean * 100, threshold)} points"
         if real is not None and stat is not None:
             text += f" ({real.mean * 100:.1f}% → {stat.mean * 100:.1f}%)"
         if len(gain.values) > 1:
             text += "; per-seed gains " + ", ".join(_signed(v * 100) for v in gain.values)
         sentences.append(text + ".")
-        if gain.std is not None and gain.n > 1 and abs(gain.mean) < gain.std:
+        if gain.std is not None and gain.count > 1 and abs(gain.mean) < gain.std:
             sentences.append(
                 f"That change is smaller than its seed-to-seed spread ({gain.std * 100:.1f} points), so it may be noise."
             )
     return sentences
 
 
-def _ua_target_sentence(results: dict, threshold: float) -> str:
-    target = f"real+diffusion ≥ +{threshold:.1f} UA points over real"
-    gain = _ua_gain(results, "real+diffusion")
+def _ua_target_sentence(results: ExperimentResults, threshold: float) -> str:
+    diffusion = AUGMENTED_BY[DIFFUSION]
+    target = f"{_label(diffusion)} ≥ +{threshold:.1f} UA points over real"
+    gain = _ua_gain(results, diffusion)
     if gain is None:
-        return f"The target {target} cannot be judged: the real or real+diffusion results are missing."
+        return f"The target {target} cannot be judged: the real or {_label(diffusion)} results are missing."
     points = gain.mean * 100
     if points >= threshold:
         return f"The target {target} is met ({_gain_text(points, threshold)} points)."
@@ -411,23 +345,21 @@ def _ua_target_sentence(results: dict, threshold: float) -> str:
     )
 
 
-def _clarity_target_sentence(results: dict) -> str:
-    vae = _stat_from_dict(_get(results, "generated", "vae", "clarity"))
-    diff = _stat_from_dict(_get(results, "generated", "diffusion", "clarity"))
+def _clarity_target_sentence(results: ExperimentResults) -> str:
+    vae, diff = results.generated.get(VAE), results.generated.get(DIFFUSION)
     target = "diffusion clarity > VAE clarity"
     if vae is None or diff is None:
         return f"The target {target} cannot be judged: clarity was not measured for both generators."
-    verdict = "met" if diff.mean > vae.mean else "not met"
+    verdict = "met" if diff.clarity.mean > vae.clarity.mean else "not met"
     return (
         f"Emotional clarity (the real-trained SER's accuracy on generated clips against the requested emotion) "
-        f"is {diff.mean * 100:.1f}% for diffusion and {vae.mean * 100:.1f}% for the VAE, "
+        f"is {diff.clarity.mean * 100:.1f}% for diffusion and {vae.clarity.mean * 100:.1f}% for the VAE, "
         f"so the target {target} is {verdict}."
     )
 
 
-def _findings_section(results: dict) -> list[Block]:
-    threshold = _num(_get(results, "targets", "ua_gain_points"))
-    threshold = 3.0 if threshold is None else threshold
+def _findings_section(results: ExperimentResults) -> list[Block]:
+    threshold = results.targets.ua_gain_points
     sentences = [
         _scope_sentence(results),
         *_gain_sentences(results, threshold),
@@ -439,26 +371,22 @@ def _findings_section(results: dict) -> list[Block]:
     return [Heading("What this run shows"), Para(" ".join(sentences))]
 
 
-def _steps_sentence(results: dict) -> list[str]:
+def _steps_sentence(results: ExperimentResults) -> list[str]:
     """Equal epochs on more clips means more optimizer steps, and an undertrained baseline
     gains from extra steps whatever the extra clips contain: report the matched-steps
     control when the run has one, else say how many more steps the augmented SERs took."""
-    control = _stat_from_dict(_get(results, "gains_over_matched", "real+diffusion", "unweighted_accuracy"))
+    control = results.gains_over_matched.get(CONTROL_MATCHES, {}).get(UA)
     if control is not None:
-        matched = _ua_gain(results, "real-matched")
-        text = "The real-only control, trained for as many optimizer steps as real+diffusion"
+        matched = _ua_gain(results, CONTROL)
+        text = f"The real-only control, trained for as many optimizer steps as {_label(CONTROL_MATCHES)}"
         if matched is not None:
             text += f", changed UA by {_signed(matched.mean * 100)} points over real"
-        text += f"; real+diffusion changes UA by {_signed(control.mean * 100)} points over that control"
+        text += f"; {_label(CONTROL_MATCHES)} changes UA by {_signed(control.mean * 100)} points over that control"
         if len(control.values) > 1:
             text += f" (per seed {', '.join(_signed(v * 100) for v in control.values)})"
         return [text + ", which is what the generated clips add beyond the extra steps."]
-    runs = results.get("runs")
-    if not isinstance(runs, dict):
-        return []
-    base = [_num(r.get("n_train")) for r in runs.get("real") or [] if isinstance(r, dict)]
-    more = [_num(r.get("n_train")) for c, rs in runs.items() if c != "real" and isinstance(rs, list) for r in rs if isinstance(r, dict)]
-    base, more = [b for b in base if b], [m for m in more if m]
+    base = [r.n_train for r in _runs(results, REAL) if r.n_train]
+    more = [r.n_train for c, runs in results.runs.items() if c != REAL for r in runs if r.n_train]
     if not base or not more or max(more) <= max(base):
         return []
     ratio = max(more) / max(base)
@@ -469,7 +397,7 @@ def _steps_sentence(results: dict) -> list[str]:
     ]
 
 
-def _ser_section(results: dict) -> list[Block]:
+def _ser_section(results: ExperimentResults) -> list[Block]:
     headers, rows = _results_rows(results)
     blocks: list[Block] = [
         Heading("Speech-emotion recognition"),
@@ -488,7 +416,7 @@ def _ser_section(results: dict) -> list[Block]:
     return blocks
 
 
-def _quality_section(results: dict) -> list[Block]:
+def _quality_section(results: ExperimentResults) -> list[Block]:
     rows = _quality_rows(results)
     if not rows:
         return []
@@ -500,15 +428,14 @@ def _quality_section(results: dict) -> list[Block]:
         ),
         Table(["generator", "clarity", "FID", "IS", "n clips", "kept after filtering"], rows),
     ]
-    reference = _num(_get(results, "generated", "vae", "real_fid_reference"))
-    if reference is None:
-        reference = _num(_get(results, "generated", "diffusion", "real_fid_reference"))
+    generated = _in_generator_order(results.generated)
+    reference = next((g.real_fid_reference for g in generated.values() if g.real_fid_reference is not None), None)
     if reference is not None:
         blocks.append(Para(f"For scale: FID of held-out real clips against training real clips is {reference:.1f}."))
-    fid = _get(results, "generated", "diffusion", "fid")
-    if isinstance(fid, dict) and _num(fid.get("n_real")) is not None and _num(fid.get("n_generated")) is not None:
+    fid = results.generated[DIFFUSION].fid if DIFFUSION in results.generated else None
+    if fid is not None and fid.n_real is not None and fid.n_generated is not None:
         # FID is biased upward for small sets: the counts say how comparable values are
-        blocks.append(Para(f"FID sample sizes: {int(fid['n_real'])} held-out real clips vs {int(fid['n_generated'])} generated clips per seed."))
+        blocks.append(Para(f"FID sample sizes: {fid.n_real} held-out real clips vs {fid.n_generated} generated clips per seed."))
     per_emotion = _clarity_per_emotion(results)
     if per_emotion:
         gens = list(per_emotion)
@@ -519,48 +446,42 @@ def _quality_section(results: dict) -> list[Block]:
     return blocks
 
 
-def _generators_section(results: dict) -> list[Block]:
+def _generators_section(results: ExperimentResults) -> list[Block]:
     rows: list[list[Cell]] = []
-    for name in _generator_names(results, "generators"):
-        gen = results["generators"][name]
-        label = _label(name) + (f" ({gen['space']} space)" if isinstance(gen.get("space"), str) else "")
-        rows.append([label, _count(gen.get("epochs")), _final_val_metrics(gen), _duration(gen.get("seconds")), str(gen.get("checkpoint") or NA)])
+    for name, gen in _in_generator_order(results.generators).items():
+        label = _label(name) + (f" ({gen.space} space)" if gen.space else "")
+        rows.append([label, _count(gen.epochs), _final_val_metrics(gen), _duration(gen.seconds), gen.checkpoint or NA])
     if not rows:
         return []
     return [Heading("Generator training"), Table(["generator", "epochs", "final validation metrics", "time", "checkpoint"], rows)]
 
 
-def _data_section(results: dict) -> list[Block]:
-    data, config = results.get("data"), results.get("config")
+def _data_section(results: ExperimentResults) -> list[Block]:
+    data = results.data
     blocks: list[Block] = []
-    if isinstance(data, dict) and data:
+    if data is not None:
         blocks.append(Heading("Data"))
-        if isinstance(data.get("features"), str):
-            blocks.append(Para(f"Features: {data['features']}"))
-        speakers = data.get("test_speakers")
-        if isinstance(speakers, list) and speakers:
-            blocks.append(Para("Test speakers (held out of every training set): " + ", ".join(map(str, speakers))))
-        splits = data.get("split_counts") if isinstance(data.get("split_counts"), dict) else {}
-        classes = data.get("class_counts") if isinstance(data.get("class_counts"), dict) else {}
+        if data.features:
+            blocks.append(Para(f"Features: {data.features}"))
+        if data.test_speakers:
+            blocks.append(Para("Test speakers (held out of every training set): " + ", ".join(data.test_speakers)))
+        splits, classes = data.split_counts, data.class_counts
         columns = list(dict.fromkeys([*splits, *classes]))
         if columns:
             rows: list[list[Cell]] = []
-            emotions = [e for e in EMOTIONS if any(isinstance(classes.get(c), dict) and e in classes[c] for c in columns)]
+            emotions = [e for e in EMOTIONS if any(e in classes.get(c, {}) for c in columns)]
             for emotion in emotions:
-                rows.append([emotion, *(_count(_get(classes, c, emotion)) for c in columns)])
+                rows.append([emotion, *(_count(classes.get(c, {}).get(emotion)) for c in columns)])
             rows.append(["all", *(_count(splits.get(c)) for c in columns)])
             blocks.append(Table(["emotion", *columns], rows))
-    if isinstance(config, dict) and config:
-        blocks += [Heading("Configuration"), Table(["setting", "value"], [[k, v] for k, v in _flatten(config)])]
+    if results.config:
+        blocks += [Heading("Configuration"), Table(["setting", "value"], [[k, v] for k, v in _flatten(results.config)])]
     return blocks
 
 
-def _timing_section(results: dict) -> list[Block]:
-    seconds = results.get("seconds")
-    if not isinstance(seconds, dict):
-        return []
-    stages = [(k, _num(v)) for k, v in seconds.items() if k != "total" and _num(v) is not None]
-    total = _num(seconds.get("total"))
+def _timing_section(results: ExperimentResults) -> list[Block]:
+    stages = [(k, v) for k, v in results.seconds.items() if k != "total" and math.isfinite(v)]
+    total = results.seconds.get("total")
     # the caller measures the total; summing stages is a fallback, labelled as such
     total_label = "total"
     if total is None and stages:
@@ -591,15 +512,10 @@ def _resolve(out_dir: Path, path: str) -> tuple[Path, str]:
     return full, rel
 
 
-def _samples_section(results: dict, out_dir: Path) -> list[Block]:
-    wavs = _get(results, "samples", "wavs")
-    if not isinstance(wavs, list) or not wavs:
-        return []
+def _samples_section(results: ExperimentResults, out_dir: Path) -> list[Block]:
     rows: list[list[Cell]] = []
-    for item in wavs:
-        if not isinstance(item, dict) or not isinstance(item.get("path"), str):
-            continue
-        full, rel = _resolve(out_dir, item["path"])
+    for clip in results.samples.wavs if results.samples else []:
+        full, rel = _resolve(out_dir, clip.path)
         cell: Cell
         if full.suffix.lower() not in _AUDIO_MIME:
             # only audio is inlined: a stray path must not pull any other file into the page
@@ -608,7 +524,7 @@ def _samples_section(results: dict, out_dir: Path) -> list[Block]:
             cell = f"missing: {rel}"
         else:
             cell = AudioClip(rel, full)
-        rows.append([_label(str(item.get("source", NA))), str(item.get("emotion", NA)), cell])
+        rows.append([_label(clip.source), clip.emotion, cell])
     if not rows:
         return []
     return [
@@ -618,16 +534,16 @@ def _samples_section(results: dict, out_dir: Path) -> list[Block]:
     ]
 
 
-def _reproduce_section(results: dict) -> list[Block]:
+def _reproduce_section(results: ExperimentResults) -> list[Block]:
     blocks: list[Block] = []
-    if isinstance(results.get("command"), str) and results["command"]:
-        blocks += [Heading("Reproduce"), Code(results["command"])]
-    mlflow = results.get("mlflow")
-    if isinstance(mlflow, dict) and mlflow:
+    if results.command:
+        blocks += [Heading("Reproduce"), Code(results.command)]
+    mlflow = results.mlflow
+    if mlflow is not None:
         rows: list[list[Cell]] = [
-            ["tracking URI", str(mlflow.get("tracking_uri", NA))],
-            ["experiment id", str(mlflow.get("experiment_id", NA))],
-            ["parent run id", str(mlflow.get("parent_run_id", NA))],
+            ["tracking URI", mlflow.tracking_uri or NA],
+            ["experiment id", mlflow.experiment_id or NA],
+            ["parent run id", mlflow.parent_run_id or NA],
         ]
         blocks += [Heading("MLflow"), Table(["field", "value"], rows)]
     return blocks
@@ -660,8 +576,8 @@ def _color(name: str, index: int) -> str:
     return _COLORS.get(name) or colormaps["tab10"](index % 10)
 
 
-def _plot_ser_scores(results: dict, path: Path) -> Path | None:
-    conds = [c for c in _conditions(results) if any(_metric_stat(results, c, m) for m, _ in SER_METRICS)]
+def _plot_ser_scores(results: ExperimentResults, path: Path) -> Path | None:
+    conds = [c for c in results.conditions if any(_metric_stat(results, c, m) for m, _ in SER_METRICS)]
     if not conds:
         return None
     fig = _figure((7.0, 4.0))
@@ -683,19 +599,16 @@ def _plot_ser_scores(results: dict, path: Path) -> Path | None:
     return _save(fig, path)
 
 
-def _summed_confusion(results: dict, condition: str) -> tuple[np.ndarray, int] | None:
+def _summed_confusion(results: ExperimentResults, condition: str) -> tuple[np.ndarray, int] | None:
     mats = []
     for run in _runs(results, condition):
-        try:
-            m = np.asarray(_get(run, "metrics", "confusion"), dtype=np.float64)
-        except (TypeError, ValueError):
-            continue
+        m = np.asarray(run.metrics.confusion, dtype=np.float64)
         if m.ndim == 2 and m.shape[0] == m.shape[1] and m.size and (not mats or m.shape == mats[0].shape):
             mats.append(m)
     return (np.sum(mats, axis=0), len(mats)) if mats else None
 
 
-def _plot_confusion(results: dict, condition: str, path: Path) -> Path | None:
+def _plot_confusion(results: ExperimentResults, condition: str, path: Path) -> Path | None:
     summed = _summed_confusion(results, condition)
     if summed is None:
         return None
@@ -751,31 +664,23 @@ def _plot_mel_grid(mels: dict[str, np.ndarray], path: Path) -> tuple[Path, int, 
     return _save(fig, path), blank, len(EMOTIONS) * len(sources)
 
 
-def _history_series(history: Any, key: str) -> tuple[list[float], list[float]]:
-    xs, ys = [], []
-    if isinstance(history, list):
-        for i, entry in enumerate(history):
-            y = _num(_get(entry, key))
-            if y is not None:
-                x = _num(_get(entry, "epoch"))
-                xs.append(x if x is not None else i + 1)
-                ys.append(y)
-    return xs, ys
+def _history_series(history: list[dict[str, float]], key: str) -> tuple[list[float], list[float]]:
+    points = [(entry.get("epoch", i + 1), entry[key]) for i, entry in enumerate(history) if key in entry]
+    return [x for x, _ in points], [y for _, y in points]
 
 
-def _plot_training_curves(results: dict, path: Path) -> Path | None:
+def _plot_training_curves(results: ExperimentResults, path: Path) -> Path | None:
     from matplotlib.ticker import MaxNLocator
 
     ser_lines = []
-    for i, cond in enumerate(_conditions(results)):
+    for i, cond in enumerate(results.conditions):
         for j, run in enumerate(_runs(results, cond)):
-            xs, ys = _history_series(run.get("history"), "val_uar")
+            xs, ys = _history_series(run.history, "val_uar")
             if xs:
-                ser_lines.append((cond, i, j, run.get("seed", j), xs, [y * 100 for y in ys]))
+                ser_lines.append((cond, i, j, xs, [y * 100 for y in ys]))
     gen_panels = []
-    for name in _generator_names(results, "generators"):
-        history = results["generators"][name].get("history")
-        series = [(key, *_history_series(history, key)) for key in ("train_loss", "val_loss")]
+    for name, gen in _in_generator_order(results.generators).items():
+        series = [(key, *_history_series(gen.history, key)) for key in ("train_loss", "val_loss")]
         if any(xs for _, xs, _ in series):
             gen_panels.append((name, series))
     n_panels = bool(ser_lines) + len(gen_panels)
@@ -786,7 +691,7 @@ def _plot_training_curves(results: dict, path: Path) -> Path | None:
     if ser_lines:
         ax = axes.pop(0)
         labelled = set()
-        for cond, i, j, seed, xs, ys in ser_lines:
+        for cond, i, j, xs, ys in ser_lines:
             label = None if cond in labelled else _label(cond)
             labelled.add(cond)
             ax.plot(xs, ys, color=_color(cond, i), linestyle=("-", "--", ":", "-.")[j % 4], marker=".", label=label)
@@ -811,9 +716,8 @@ def _plot_training_curves(results: dict, path: Path) -> Path | None:
     return _save(fig, path)
 
 
-def _plot_clarity(results: dict, path: Path) -> Path | None:
-    overall = [(g, _stat_from_dict(_get(results, "generated", g, "clarity"))) for g in _generator_names(results, "generated")]
-    overall = [(g, s) for g, s in overall if s is not None]
+def _plot_clarity(results: ExperimentResults, path: Path) -> Path | None:
+    overall = [(g, generated.clarity) for g, generated in _in_generator_order(results.generated).items()]
     per_emotion = _clarity_per_emotion(results)
     if not overall and not per_emotion:
         return None
@@ -851,9 +755,9 @@ def _plot_clarity(results: dict, path: Path) -> Path | None:
     return _save(fig, path)
 
 
-def _mel_grid(results: dict, out_dir: Path, path: Path) -> tuple[Plot | None, str | None]:
-    mel_rel = _get(results, "samples", "mels")
-    if not isinstance(mel_rel, str) or not mel_rel:
+def _mel_grid(results: ExperimentResults, out_dir: Path, path: Path) -> tuple[Plot | None, str | None]:
+    mel_rel = results.samples.mels if results.samples else None
+    if not mel_rel:
         return None, "Mel grid skipped: the results name no mel samples file."
     mel_path, rel = _resolve(out_dir, mel_rel)
     if not mel_path.is_file():
@@ -869,7 +773,7 @@ def _mel_grid(results: dict, out_dir: Path, path: Path) -> tuple[Plot | None, st
     return Plot("Mel spectrograms", caption, path.relative_to(out_dir).as_posix(), path), None
 
 
-def _make_plots(results: dict, out_dir: Path) -> tuple[list[Plot], list[str]]:
+def _make_plots(results: ExperimentResults, out_dir: Path) -> tuple[list[Plot], list[str]]:
     """Every plot the data allows, plus a note for each one that had to be skipped."""
     plot_dir = out_dir / "plots"
     plots: list[Plot] = []
@@ -887,7 +791,7 @@ def _make_plots(results: dict, out_dir: Path) -> tuple[list[Plot], list[str]]:
         "WA, UA and macro F1 per condition on the held-out test speakers; bars are means over seeds, error bars the seed-to-seed std.",
         "SER scores plot skipped: no SER metrics in the results.",
     )
-    for cond in _conditions(results):
+    for cond in results.conditions:
         add(
             _plot_confusion(results, cond, plot_dir / f"confusion_{_slug(cond)}.png"),
             f"Confusion matrix: {_label(cond)}",
@@ -1013,11 +917,11 @@ def _render_html(blocks: list[Block], title: str) -> str:
 # --------------------------------------------------------------------------- entry point
 
 
-def write_report(results: dict, out_dir: str | Path) -> dict[str, Path]:
+def write_report(results: ExperimentResults | Mapping[str, Any], out_dir: str | Path) -> dict[str, Any]:
     """Write report.md, report.html and plots/ (PNG) into out_dir; returns {"md":..., "html":..., "plots": {name: path}}."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    results = results if isinstance(results, dict) else {}
+    results = as_results(results)
     plots, notes = _make_plots(results, out_dir)
     blocks: list[Block] = [
         *_title_section(results),
@@ -1033,6 +937,6 @@ def write_report(results: dict, out_dir: str | Path) -> dict[str, Path]:
     ]
     md_path, html_path = out_dir / "report.md", out_dir / "report.html"
     md_path.write_text(_render_md(blocks), encoding="utf-8")
-    title = f"EmoGen experiment: {results.get('name') or 'unnamed'}"
+    title = f"EmoGen experiment: {results.name or 'unnamed'}"
     html_path.write_text(_render_html(blocks, title), encoding="utf-8")
     return {"md": md_path, "html": html_path, "plots": {p.path.stem: p.path for p in plots}}

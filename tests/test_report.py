@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import re
 
 import numpy as np
@@ -12,6 +13,7 @@ import soundfile as sf
 from emogen.config import EMOTIONS
 from emogen.metrics import classification_report
 from emogen.report import results_table, write_report
+from emogen.results import RESULTS_VERSION, ExperimentResults, load_results
 
 SEEDS = (0, 1)
 PER_CLASS = 10  # test clips per emotion, so one more hit in one class is +1/60 UA
@@ -301,12 +303,12 @@ def test_what_this_run_shows_names_the_extra_optimizer_steps():
     for cond in results["runs"]:
         for run in results["runs"][cond]:
             run["n_train"] = 284 if cond == "real" else 374
-    text = " ".join(block.text for block in _findings_section(results) if hasattr(block, "text"))
+    text = " ".join(block.text for block in _findings_section(ExperimentResults.model_validate(results)) if hasattr(block, "text"))
     assert "1.32x the baseline's optimizer steps" in text
     for cond in results["runs"]:
         for run in results["runs"][cond]:
             run["n_train"] = 284
-    text = " ".join(block.text for block in _findings_section(results) if hasattr(block, "text"))
+    text = " ".join(block.text for block in _findings_section(ExperimentResults.model_validate(results)) if hasattr(block, "text"))
     assert "optimizer steps" not in text
 
 
@@ -332,9 +334,46 @@ def test_matched_steps_control_is_a_row_and_a_finding(tmp_path):
 
     row = table_row(results_table(results), "real, matched steps")
     assert row[2] == pm([r["metrics"][ua] for r in matched])
-    text = " ".join(block.text for block in _findings_section(results) if hasattr(block, "text"))
+    text = " ".join(block.text for block in _findings_section(ExperimentResults.model_validate(results)) if hasattr(block, "text"))
     assert f"changes UA by +{np.mean(over) * 100:.1f} points over that control" in text
     assert "per seed " + ", ".join(f"+{v * 100:.1f}" for v in over) in text
     assert "1.32x" not in text and "Every SER trains for the same number of epochs" not in text
     md = write_report(results, tmp_path)["md"].read_text()
     assert "Confusion matrix: real, matched steps" in md
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [(42.25, "42.2 s"), (59.96, "1 min 0 s"), (1619.6, "27 min 0 s"), (1565.0, "26 min 5 s"), (3599.7, "1 h 0 min"), (5430.0, "1 h 30 min")],
+)
+def test_duration_rounds_once_to_the_shown_unit(seconds, text):
+    from emogen.report import _duration
+
+    assert _duration(seconds) == text
+
+
+def test_total_time_never_shows_60_seconds(tmp_path):
+    results = make_results(**MET)
+    results["seconds"]["total"] = 1619.6
+    md = write_report(results, tmp_path)["md"].read_text(encoding="utf-8")
+    assert "Total time: 27 min 0 s" in md and "60 s" not in md
+
+
+def test_results_json_round_trip_and_versions(tmp_path):
+    """results.json written before the version field existed loads as version 1, with the
+    same keys; a file of another version fails with one message naming both versions."""
+    old = make_results(**MET)
+    assert "version" not in old
+    (tmp_path / "results.json").write_text(json.dumps(old))
+    results = load_results(tmp_path)
+    assert results.version == RESULTS_VERSION == 1
+    assert results.runs["real+diffusion"][1].metrics.unweighted_accuracy == old["runs"]["real+diffusion"][1]["metrics"]["unweighted_accuracy"]
+    saved = results.to_json()
+    assert set(old) <= set(saved) and saved["version"] == 1  # the keys stay; the version is written from now on
+    for condition, gains in old["gains"].items():
+        assert saved["gains"][condition]["unweighted_accuracy"]["values"] == gains["unweighted_accuracy"]["values"]
+    assert results_table(ExperimentResults.model_validate(saved)) == results_table(old)
+
+    (tmp_path / "results.json").write_text(json.dumps({**old, "version": 2}))
+    with pytest.raises(ValueError, match="results.json version 2 is not readable here: this emogen reads version 1"):
+        load_results(tmp_path / "results.json")

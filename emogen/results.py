@@ -1,0 +1,232 @@
+"""The augmentation experiment's results: what results.json holds, as typed models.
+
+`emogen.experiment` builds an `ExperimentResults` and writes it; `emogen.report` and the
+CLI read its fields. The names of the experiment's conditions and generators live here
+once, for the experiment, the report and the tests.
+
+The JSON keys are those results.json had before it carried a `version`: such a file is
+version 1 and loads as it is. A file of another version fails to load with a message
+naming both versions.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+RESULTS_VERSION = 1
+
+REAL = "real"  # the condition trained on real clips only, and the source of real clips
+VAE, DIFFUSION = "vae", "diffusion"
+GENERATORS = (VAE, DIFFUSION)
+GENERATED_FROM = {"real+vae": VAE, "real+diffusion": DIFFUSION}  # the conditions with generated clips
+AUGMENTED_BY = {generator: condition for condition, generator in GENERATED_FROM.items()}
+# the control: real clips only, for as many optimizer steps as CONTROL_MATCHES's SER takes
+CONTROL, CONTROL_MATCHES = "real-matched", AUGMENTED_BY[DIFFUSION]
+CONDITIONS = (REAL, CONTROL, *GENERATED_FROM)
+SCORES = ("weighted_accuracy", "unweighted_accuracy", "macro_f1")
+UA = "unweighted_accuracy"
+
+
+class _Record(BaseModel):
+    # keys a newer or older writer added are ignored rather than fatal; NaN stays NaN in JSON
+    model_config = ConfigDict(extra="ignore", ser_json_inf_nan="constants")
+
+
+class Spread(_Record):
+    """A number over seeds: mean, sample std and the per-seed values."""
+
+    mean: float
+    std: float | None = None
+    n: int | None = None
+    values: list[float] = Field(default_factory=list)
+
+    @property
+    def count(self) -> int:
+        return self.n if self.n is not None else len(self.values)
+
+
+class FidSpread(Spread):
+    """FID over seeds, with the sample sizes (FID is biased upward for small sets)."""
+
+    n_real: int | None = None
+    n_generated: int | None = None
+
+
+class SERMetrics(_Record):
+    """`emogen.metrics.classification_report` on the held-out test speakers."""
+
+    weighted_accuracy: float
+    unweighted_accuracy: float
+    macro_f1: float
+    recall: dict[str, float] = Field(default_factory=dict)
+    confusion: list[list[int]] = Field(default_factory=list)
+    count: int = 0
+
+    def score(self, name: str) -> float:
+        return float(getattr(self, name))
+
+
+class SERRun(_Record):
+    """One SER training of one condition and seed, evaluated."""
+
+    seed: int
+    checkpoint: str
+    n_train: int
+    n_generated: int = 0
+    train_steps: int | None = None  # runs before steps were counted have none
+    train_seconds: float | None = None
+    epochs: int
+    stopped_early: bool = False
+    metrics: SERMetrics
+    history: list[dict[str, float]] = Field(default_factory=list)
+
+
+class GeneratedSet(_Record):
+    """One generator's clips over seeds, scored by each seed's real-trained SER."""
+
+    n_per_emotion: int
+    n_clips: int
+    n_kept: int
+    clarity: Spread
+    clarity_per_emotion: dict[str, float] = Field(default_factory=dict)
+    fid: FidSpread
+    real_fid_reference: float | None = None  # held-out real clips against training real clips
+    inception_score: Spread
+    mean_confidence: Spread | None = None
+    generate_seconds: Spread | None = None
+
+
+class GeneratorRun(_Record):
+    """A generator's Ray Train run."""
+
+    checkpoint: str
+    epochs: int
+    seconds: float
+    mlflow_run_id: str | None = None
+    metrics: dict[str, float] = Field(default_factory=dict)  # the final epoch's train_* / val_*
+    history: list[dict[str, float]] = Field(default_factory=list)
+    space: str | None = None  # diffusion: "mel" or "latent"
+
+
+class DataSummary(_Record):
+    features: str | None = None
+    split_counts: dict[str, int] = Field(default_factory=dict)
+    class_counts: dict[str, dict[str, int]] = Field(default_factory=dict)
+    test_speakers: list[str] = Field(default_factory=list)
+
+
+class SampleClip(_Record):
+    source: str  # REAL or a generator
+    emotion: str
+    path: str  # relative to the experiment folder
+    kind: str = "griffin-lim"
+
+
+class Samples(_Record):
+    mels: str | None = None  # an .npz of one mel per "source/emotion", relative to the experiment folder
+    wavs: list[SampleClip] = Field(default_factory=list)
+
+
+class Targets(_Record):
+    ua_gain_points: float = 3.0
+    diffusion_ua_gain_met: bool | None = None
+    clarity_met: bool | None = None
+
+
+class MLflowRun(_Record):
+    tracking_uri: str | None = None
+    experiment_id: str | None = None
+    parent_run_id: str | None = None
+
+
+ScoreSpreads = dict[str, Spread]  # SCORES -> spread over seeds
+
+
+class ExperimentResults(_Record):
+    """results.json. Everything but the version is optional, because a partial experiment
+    (or an older one) still deserves a report; summary and gains missing for a condition
+    are computed from its runs."""
+
+    version: int = RESULTS_VERSION
+    name: str = ""
+    preset: str | None = None
+    created: str | None = None
+    command: str | None = None
+    config: dict[str, Any] = Field(default_factory=dict)
+    data: DataSummary | None = None
+    seeds: list[int] = Field(default_factory=list)
+    conditions: list[str] = Field(default_factory=lambda: list(CONDITIONS))
+    runs: dict[str, list[SERRun]] = Field(default_factory=dict)
+    summary: dict[str, ScoreSpreads] = Field(default_factory=dict)
+    gains: dict[str, ScoreSpreads] = Field(default_factory=dict)  # over REAL, paired by seed
+    gains_over_matched: dict[str, ScoreSpreads] = Field(default_factory=dict)  # CONTROL_MATCHES over CONTROL
+    generated: dict[str, GeneratedSet] = Field(default_factory=dict)
+    generators: dict[str, GeneratorRun] = Field(default_factory=dict)
+    samples: Samples | None = None
+    seconds: dict[str, float] = Field(default_factory=dict)
+    targets: Targets = Field(default_factory=Targets)
+    mlflow: MLflowRun | None = None
+    # where the report was written: returned to the caller, not part of results.json
+    report: dict[str, str] | None = Field(default=None, exclude=True)
+
+    @field_validator("version")
+    @classmethod
+    def _readable_version(cls, version: int) -> int:
+        if version != RESULTS_VERSION:
+            raise ValueError(f"results.json version {version} is not readable here: this emogen reads version {RESULTS_VERSION}")
+        return version
+
+    @model_validator(mode="after")
+    def _spreads_from_runs(self) -> ExperimentResults:
+        baseline = self.runs.get(REAL, [])
+        for condition, runs in self.runs.items():
+            if runs and condition not in self.summary:
+                self.summary[condition] = summarize(runs)
+            if condition != REAL and condition not in self.gains:
+                gains = paired_gains(runs, baseline)
+                if gains:
+                    self.gains[condition] = gains
+        return self
+
+    def to_json(self) -> dict[str, Any]:
+        """The results.json content (without the report paths)."""
+        return self.model_dump(mode="json")
+
+
+def spread(values: Iterable[float]) -> Spread:
+    from emogen.metrics import mean_and_spread
+
+    values = [float(v) for v in values]
+    return Spread(**mean_and_spread(values), values=values)
+
+
+def summarize(runs: list[SERRun]) -> ScoreSpreads:
+    """Each score's spread over the runs (seeds) of one condition."""
+    return {score: spread(run.metrics.score(score) for run in runs) for score in SCORES}
+
+
+def paired_gains(runs: list[SERRun], reference: list[SERRun]) -> ScoreSpreads:
+    """Each score of `runs` minus the reference's score of the same seed, over seeds
+    (pairing by seed removes what the seed does to both); {} without a shared seed."""
+    base = {run.seed: run.metrics for run in reference}
+    pairs = [(run.metrics, base[run.seed]) for run in runs if run.seed in base]
+    if not pairs:
+        return {}
+    return {score: spread(a.score(score) - b.score(score) for a, b in pairs) for score in SCORES}
+
+
+def as_results(results: ExperimentResults | Mapping[str, Any]) -> ExperimentResults:
+    """The typed results of a results.json dict (validated), or the model itself."""
+    return results if isinstance(results, ExperimentResults) else ExperimentResults.model_validate(results)
+
+
+def load_results(path: str | Path) -> ExperimentResults:
+    """Read an experiment's results.json (or the experiment folder holding it)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "results.json"
+    return as_results(json.loads(path.read_text()))
