@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Callable
 
 from emogen.config import AudioConfig
+from emogen.errors import UserError
+from emogen.logs import configure_logging, get_logger
 
 
 def _print_summary(summary: dict) -> None:
@@ -40,16 +42,14 @@ def cmd_preprocess(args: argparse.Namespace) -> dict:
     inputs = args.input or []
     manifest = build_manifest(inputs, csv=args.csv, dataset=args.dataset)
     if manifest.empty:
-        raise SystemExit(f"no audio files found under {', '.join(map(str, inputs)) or args.csv}")
+        raise UserError(f"no audio files found under {', '.join(map(str, inputs)) or args.csv}")
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     manifest.to_csv(out / "manifest.csv", index=False)
     labels = summarize_labels(manifest)
-    print(
-        f"[preprocess] {labels['files']} files, {labels['labelled']} labelled with one of the 6 emotions, "
-        f"excluded {labels['excluded']}, {labels['label_errors']} label errors",
-        file=sys.stderr,
-        flush=True,
+    get_logger("preprocess").info(
+        "%d files, %d labelled with one of the 6 emotions, excluded %d, %d label errors",
+        labels["files"], labels["labelled"], labels["excluded"], labels["label_errors"],
     )
     init_ray(args.address, args.num_cpus)
     summary = preprocess(manifest, out, AudioConfig(), batch_size=args.batch_size, concurrency=args.concurrency)
@@ -281,9 +281,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    """Run one subcommand; its JSON summary is the last line on stdout. A mistake in what
+    the user gave (UserError) ends as one `emogen: error: ...` line and exit code 2."""
+    configure_logging()
+    parser = build_parser()
+    args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], dict] = args.func
-    _print_summary(func(args))
+    try:
+        summary = func(args)
+    except UserError as exc:
+        # raised in a Ray task it arrives wrapped, with the remote traceback in its text
+        message = " ".join(str(getattr(exc, "cause", None) or exc).split())
+        parser.exit(2, f"emogen: error: {message}\n")
+    _print_summary(summary)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ import pyarrow.dataset as pads
 
 from emogen.audio import LogMelExtractor, RejectedClip, load_clip
 from emogen.config import EMOTIONS, AudioConfig
+from emogen.errors import MissingInputError
 
 FEATURES_DIR = "features"
 STATUS_OK = "ok"
@@ -158,13 +159,20 @@ def summarize(output: str | Path, input_count: int, seconds: float) -> dict[str,
 # ------------------------------------------------------------------------- readers
 
 
-def read_features(path: str | Path, columns: list[str] | None = None) -> pd.DataFrame:
-    """The accepted rows of a features dataset (a preprocess output dir or its features/)."""
+def features_dir(path: str | Path) -> Path:
+    """The features dataset of a preprocess output folder (or that dataset itself); a
+    missing one is the user's --data pointing elsewhere, reported before Ray starts."""
     path = Path(path)
     if (path / FEATURES_DIR).is_dir():
         path = path / FEATURES_DIR
     if not path.exists():
-        raise FileNotFoundError(f"no features at {path}: run `emogen preprocess` first")
+        raise MissingInputError(f"no features at {path}: run `emogen preprocess` first")
+    return path
+
+
+def read_features(path: str | Path, columns: list[str] | None = None) -> pd.DataFrame:
+    """The accepted rows of a features dataset (a preprocess output dir or its features/)."""
+    path = features_dir(path)
     dataset = pads.dataset(str(path), format="parquet")
     table = dataset.to_table(columns=columns, filter=pads.field("status") == STATUS_OK)
     return table.to_pandas().sort_values("clip_id", kind="stable").reset_index(drop=True)

@@ -19,6 +19,7 @@ import pandas as pd
 import soundfile as sf
 
 from emogen.config import EMOTION_TO_INDEX, EMOTIONS
+from emogen.errors import InvalidInputError, MissingInputError
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".aiff", ".aif", ".mp3")
 
@@ -185,7 +186,7 @@ def _finish(rows: list[dict]) -> pd.DataFrame:
 def audio_files(root: str | Path) -> list[Path]:
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"corpus folder not found: {root}")
+        raise MissingInputError(f"corpus folder not found: {root}")
     # not is_dir() rather than is_file(): a dangling link is an input to reject, not to skip
     return sorted(
         p for p in root.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and not p.name.startswith(".") and not p.is_dir()
@@ -216,10 +217,12 @@ def scan_folder(root: str | Path, dataset: str = "auto", probe: bool = True) -> 
 def load_csv_manifest(csv_path: str | Path, root: str | Path | None = None, dataset: str = "custom", probe: bool = True) -> pd.DataFrame:
     """A label CSV with columns path, emotion, speaker (paths relative to root or the CSV)."""
     csv_path = Path(csv_path)
+    if not csv_path.is_file():
+        raise MissingInputError(f"label CSV not found: {csv_path}")
     table = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
     missing = {"path", "emotion", "speaker"} - set(table.columns)
     if missing:
-        raise ValueError(f"{csv_path}: missing column(s) {', '.join(sorted(missing))}; need path, emotion, speaker")
+        raise InvalidInputError(f"{csv_path}: missing column(s) {', '.join(sorted(missing))}; need path, emotion, speaker")
     base = Path(root) if root else csv_path.parent
     rows = []
     for rec in table.to_dict("records"):
@@ -243,7 +246,7 @@ def build_manifest(inputs: list[str | Path], csv: str | Path | None = None, data
     if csv is not None:
         parts.append(load_csv_manifest(csv, probe=probe))
     if not parts:
-        raise ValueError("no input: give at least one corpus folder or a label CSV")
+        raise InvalidInputError("no input: give at least one corpus folder (--input) or a label CSV (--csv)")
     return _finish(pd.concat(parts, ignore_index=True).drop(columns="clip_id").to_dict("records"))
 
 

@@ -1,0 +1,48 @@
+"""The command line as a user meets it: a mistake in what they gave ends in one line on
+stderr and exit code 2, no traceback, before any Ray instance starts."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def run_emogen(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "emogen.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=120)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["preprocess", "--input", "missing-corpus", "--output", "out"], "corpus folder not found: missing-corpus"),
+        (["preprocess", "--csv", "missing.csv", "--output", "out"], "label CSV not found: missing.csv"),
+        (["tune", "ser", "--data", "missing-data"], "no features at missing-data: run `emogen preprocess` first"),
+        (["tune", "ser", "--data", ".", "--space", "bad_space.yaml"], "bad_space.yaml: ser.train.lr: uniform takes 2 numbers"),
+    ],
+    ids=["missing-input", "missing-csv", "missing-data", "bad-space"],
+)
+def test_user_errors_end_in_one_line_and_exit_code_2(tmp_path, args, message):
+    (tmp_path / "bad_space.yaml").write_text("ser:\n  train:\n    lr: {uniform: [1.0e-4]}\n")
+    (tmp_path / "features").mkdir()  # `--data .` exists, so the space file is what fails
+    proc = run_emogen(*args, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("emogen: error: ") and message in lines[0], proc.stderr
+    assert proc.stdout == ""
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_bug_keeps_its_traceback(monkeypatch):
+    """Only UserError is shortened: anything else is a bug and keeps its traceback."""
+    from emogen import cli
+
+    def broken(args):
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(cli, "cmd_corpus", broken)
+    with pytest.raises(KeyError, match="a bug"):
+        cli.main(["corpus", "--out", "unused"])
