@@ -684,16 +684,13 @@ def _close_runs(uri: str, experiment_id: str, parent_run_id: str, rows: list[dic
 # ------------------------------------------------------------------------ the CLI
 
 
-def add_arguments(p: argparse.ArgumentParser, model: str | None = None) -> None:
-    """Options of `emogen tune MODEL` and tune/sweep.py: one per SweepConfig field, plus
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of `emogen tune MODEL` (and tune/sweep.py): one per SweepConfig field, plus
     where Ray runs."""
     for option in fields(SweepConfig):
         keywords = dict(option.metadata)
         if option.name == "model":
-            if model is None:
-                p.add_argument("model", **keywords)
-            else:
-                p.set_defaults(model=model)
+            p.add_argument("model", **keywords)
             continue
         if option.default is MISSING:
             keywords["required"] = True
@@ -705,9 +702,13 @@ def add_arguments(p: argparse.ArgumentParser, model: str | None = None) -> None:
 
 
 def cmd_tune(args: argparse.Namespace) -> dict:
+    from emogen.data import features_dir
     from emogen.runtime import init_ray
 
     config = SweepConfig(**{option.name: getattr(args, option.name) for option in fields(SweepConfig)})
+    features_dir(config.data)  # a wrong --data is reported before Ray starts
+    if config.space is not None:
+        load_space(config.model, config.space)  # so is a bad --space file
     init_ray(args.address, args.num_cpus)
     summary = run_sweep(config)
     summary.pop("best", None)  # the config is in best_config.json; keep the JSON line short
