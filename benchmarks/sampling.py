@@ -36,57 +36,24 @@ LABELS = [0, 1, 2, 3, 4, 5, 0, 1]
 SAMPLERS = (("ddpm", 1000), ("ddim", 50), ("dpm", 20))
 
 
-def load_generator(path: str):
-    """A latent-diffusion checkpoint -> (unet, vae, latent_scale, diffusion cfg)."""
-    from emogen.config import replace
-    from emogen.diffusion import DiffusionConfig
-    from emogen.models.unet import UNet, UNetConfig
-    from emogen.models.vae import ConditionalVAE, VAEConfig
-    from emogen.checkpoint import load_state
-
-    state = load_state(path)
-    if state.get("model_name") != "diffusion":
-        raise ValueError(f"{path} is a {state.get('model_name')!r} checkpoint, not a diffusion one")
-    dcfg = replace(DiffusionConfig(), state["configs"]["diffusion"])
-    unet = UNet(replace(UNetConfig(), state["configs"]["unet"]))
-    unet.load_state_dict(state["best_model"] or state["model"])
-    vae, scale = None, 1.0
-    if dcfg.space == "latent":
-        extra = state["extra"]
-        vae = ConditionalVAE(replace(VAEConfig(), extra["vae"]["config"]))
-        vae.load_state_dict(extra["vae"]["model"])
-        vae.eval()
-        scale = float(extra["latent_scale"])
-    return unet.eval(), vae, scale, dcfg
-
-
 def load_ser(path: str):
-    from emogen.config import replace
-    from emogen.models.ser import ResNetSER, SERConfig
-    from emogen.checkpoint import load_state
+    from emogen.checkpoint import load_model, load_state
 
     state = load_state(path)
     if state.get("model_name") != "ser":
         raise ValueError(f"{path} is a {state.get('model_name')!r} checkpoint, not an SER one")
-    ser = ResNetSER(replace(SERConfig(), state["configs"]["ser"]))
-    ser.load_state_dict(state["best_model"] or state["model"])
-    return ser.eval()
+    return load_model(state).eval()
 
 
 @torch.no_grad()
-def to_mels(latents: torch.Tensor, labels: torch.Tensor, vae, scale: float) -> torch.Tensor:
-    if vae is None:  # mel-space diffusion
-        return latents[..., :FRAMES].clamp(-1, 1)
-    return vae.decode(latents / scale, labels, frames=FRAMES)
-
-
 def clarity(args, guidance: float) -> list[dict]:
     """Accuracy of the SER on generated mels against the requested emotion, per sampler."""
-    from emogen.diffusion import make_sampler, sample
+    from emogen.generate import EmotionGenerator
 
-    unet, vae, scale, dcfg = load_generator(args.checkpoint)
+    generator = EmotionGenerator.from_checkpoint(args.checkpoint)
+    if generator.kind != "diffusion":
+        raise ValueError(f"{args.checkpoint} is a {generator.kind!r} checkpoint, not a diffusion one")
     ser = load_ser(args.ser_checkpoint)
-    shape = (dcfg_channels(unet), *((vae.latent_shape(FRAMES)[1:]) if vae is not None else (128, FRAMES)))
     labels = torch.arange(6).repeat_interleave(args.clarity_per_emotion)
     out = []
     for name, steps in SAMPLERS:
@@ -96,9 +63,9 @@ def clarity(args, guidance: float) -> list[dict]:
         preds = []
         for i in range(0, len(labels), 8):
             lab = labels[i:i + 8]
-            z = sample(unet, make_sampler(name, dcfg), lab, shape, steps, guidance_scale=guidance, seed=args.seed + i)
-            mels = to_mels(z, lab, vae, scale)
-            preds.append(ser(mels).argmax(dim=1))
+            seeded = torch.Generator().manual_seed(args.seed + i)
+            mels = generator.generate_rows(lab, seeded, name, steps, guidance_scale=guidance, eta=0.0)
+            preds.append(ser(torch.from_numpy(mels)[:, None]).argmax(dim=1))
         pred = torch.cat(preds)
         acc = (pred == labels).float().mean().item()
         per = {e: (pred[labels == e] == e).float().mean().item() for e in range(6)}
@@ -107,10 +74,6 @@ def clarity(args, guidance: float) -> list[dict]:
                     "seconds": round(time.perf_counter() - t, 1)})
         print(f"  clarity {name}-{steps} (guidance {guidance}): {acc:.3f} on {len(labels)} clips", flush=True)
     return out
-
-
-def dcfg_channels(unet) -> int:
-    return unet.config.in_channels
 
 
 def main(argv: list[str] | None = None) -> int:

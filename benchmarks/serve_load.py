@@ -17,12 +17,10 @@ import asyncio
 import json
 import os
 import socket
-import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
@@ -97,14 +95,13 @@ def main() -> None:
     import ray
     from ray import serve
 
-    from emogen.service import _serve_app_builder
+    from emogen.serving.app import ServeArgs, app
 
     args.work.mkdir(parents=True, exist_ok=True)
     ray.init(num_cpus=2, log_to_driver=False, configure_logging=False)
     results = []
     try:
         checkpoint = args.checkpoint or tiny_checkpoint(args.work)
-        build_app = _serve_app_builder()
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
@@ -112,9 +109,9 @@ def main() -> None:
         url = f"http://127.0.0.1:{port}/v1/synthesize"
         plans = [("batched", 8, args.stack_rows, args.batch_wait, (1, 8, 32)), ("unbatched", 1, 1, 0.0, (8,))]
         for name, max_batch, stack_rows, wait, levels in plans:
-            serve.run(build_app({"checkpoint": checkpoint, "max_batch_size": max_batch, "stack_rows": stack_rows,
-                                 "batch_wait_timeout_s": wait, "griffin_lim_iters": args.griffin_lim_iters,
-                                 "num_cpus": 1}), name="emogen", route_prefix="/")
+            serve.run(app(ServeArgs(checkpoint=checkpoint, max_batch_size=max_batch, stack_rows=stack_rows,
+                                    batch_wait_timeout_s=wait, griffin_lim_iters=args.griffin_lim_iters,
+                                    num_cpus=1)), name="emogen", route_prefix="/")
             for fmt in args.formats.split(","):
                 body = {"emotion": "fear", "num_samples": 1, "steps": args.steps, "format": fmt}
                 asyncio.run(load(url, body, 1, 2, time.perf_counter() + 60))  # warm-up

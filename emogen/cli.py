@@ -251,10 +251,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     # Stages whose options live beside their code register themselves.
-    from emogen import service, sweep
+    from emogen import sweep
+    from emogen.serving import command as serve_command
 
     sweep.add_subcommand(sub)
-    service.add_subcommand(sub)
+    serve_command.add_subcommand(sub)
 
     p = sub.add_parser("generate", help="synthesize clips of an emotion from a diffusion or VAE checkpoint")
     p.add_argument("--checkpoint", required=True, help="a `emogen train diffusion|vae` checkpoint directory")

@@ -1,1 +1,1 @@
-"""The Ray Serve synthesis application (serve/app.py); config in serve/config.yaml."""
+"""`serve run serve.app:app` / `serve run serve/config.yaml`: the application lives in emogen.serving."""

@@ -8,7 +8,6 @@ import argparse
 import base64
 import io
 import socket
-import sys
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -43,11 +42,11 @@ def base_url(diffusion_checkpoint, ray_session):
     an API-key-protected copy at /locked. Serve is shut down at the end."""
     from ray import serve
 
-    from emogen.service import _serve_app_builder
+    from emogen.serving.app import ServeArgs, app
 
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
-    build_app = _serve_app_builder()
+    def build_app(args: dict):  # as Ray Serve calls the builder: strings validated into ServeArgs
+        return app(ServeArgs.model_validate(args))
+
     port = _free_port()
     common = {"num_cpus": "0", "griffin_lim_iters": "4", "max_batch_size": "8", "batch_wait_timeout_s": "0.5"}
     try:
@@ -186,7 +185,7 @@ def test_api_key_and_budget(client):
 
 
 def test_refuses_public_bind_without_key():
-    from emogen.service import add_subcommand, check_bind
+    from emogen.serving.command import add_subcommand, check_bind
 
     check_bind("127.0.0.1", None)
     check_bind("0.0.0.0", "key")

@@ -1,0 +1,314 @@
+"""Ray Serve synthesis application: a FastAPI ingress over one generator checkpoint.
+
+    serve run emogen.serving.app:app checkpoint=runs/train/diffusion-demo   # 127.0.0.1:8000
+    serve run serve/config.yaml                                              # autoscaling, GPUs
+    emogen serve --checkpoint PATH                                           # same, from the CLI
+
+Endpoints: POST /v1/synthesize, GET /v1/emotions, GET /v1/info, GET /healthz, GET / (web
+page), GET /docs (OpenAPI). Concurrent requests are batched on the replica with
+`@serve.batch` and synthesized together (emogen.serving.synthesis).
+"""
+
+# No `from __future__ import annotations`: Ray Serve converts the builder's arguments to
+# the pydantic model only when the parameter's annotation is the class itself, not a string.
+
+import asyncio
+import logging
+import os
+import time
+from functools import cache
+from importlib.resources import files
+from typing import Any, Literal
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, model_validator
+from ray import serve
+from ray.serve import Application
+
+from emogen.config import EMOTIONS
+from emogen.serving.encoders import clip_names, json_payload, npy_bytes, wav_bytes, zip_bytes
+from emogen.serving.schema import (
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_STACK_ROWS,
+    DEFAULT_STEP_BUDGET,
+    Job,
+    RequestError,
+    SynthesisRequest,
+    resolve,
+)
+from emogen.serving.synthesis import AudioRenderer, synthesize_mels
+
+logger = logging.getLogger("ray.serve")
+
+api = FastAPI(
+    title="EmoGen synthesis",
+    version="1",
+    description="Emotional speech from a trained diffusion or VAE checkpoint. Same seed and parameters, same bytes.",
+)
+
+
+class BodyLimit:
+    """Pure-ASGI middleware: request bodies over `limit` bytes -> 413 (checked on
+    Content-Length and while streaming, so chunked uploads are bounded too)."""
+
+    def __init__(self, app, limit: int = DEFAULT_MAX_BODY_BYTES):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        length = headers.get(b"content-length")
+        try:
+            too_big = length is not None and int(length) > self.limit
+        except ValueError:
+            too_big = True
+        if too_big:
+            return await self._reject(send)
+        body, more = b"", True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > self.limit:
+                return await self._reject(send)
+        sent = False
+
+        async def replay():
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        return await self.app(scope, replay, send)
+
+    async def _reject(self, send):
+        msg = f"body: request body larger than {self.limit} bytes".encode()
+        payload = b'{"detail":[{"loc":["body"],"msg":"too large","type":"too_large"}],"message":"' + msg + b'"}'
+        await send({"type": "http.response.start", "status": 413, "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]})
+        await send({"type": "http.response.body", "body": payload})
+
+
+api.add_middleware(BodyLimit)
+
+
+@api.exception_handler(RequestValidationError)
+async def _validation_error(request: Request, exc: RequestValidationError):
+    # 422 with every offending field named, plus one readable line.
+    errors = []
+    for e in exc.errors():
+        loc = [str(p) for p in e.get("loc", ()) if p != "body" and not isinstance(p, int)]
+        msg = str(e.get("msg", ""))
+        if not loc and msg.startswith("Value error, ") and ":" in msg:  # model-level checks name their field
+            loc = [msg[len("Value error, "):].split(":", 1)[0]]
+        errors.append({"loc": ["body", *loc], "msg": msg, "type": e.get("type")})
+    message = "; ".join(f"{'.'.join(e['loc'][1:]) or 'body'}: {e['msg']}" for e in errors)
+    return JSONResponse(status_code=422, content={"detail": errors, "message": message})
+
+
+@cache
+def _page_template() -> str:
+    return files("emogen.serving").joinpath("page.html").read_text(encoding="utf-8")
+
+
+def page_html(info: dict) -> str:
+    """The web page: an emotion picker, the checkpoint's default steps, the model kind."""
+    options = "".join(f'<option value="{e}">{e}</option>' for e in EMOTIONS)
+    steps = info.get("default_steps") or 1
+    return (_page_template().replace("__OPTIONS__", options).replace("__STEPS__", str(steps))
+            .replace("__MODEL__", str(info.get("model", "not loaded"))))
+
+
+@serve.deployment(
+    name="EmoGen",
+    max_ongoing_requests=64,
+    health_check_period_s=10,
+)
+@serve.ingress(api)
+class EmoGenService:
+    """One replica: the generator (or the reason it failed to load) and the batch queue."""
+
+    def __init__(self, checkpoint: str | None = None, max_batch_size: int = 8, batch_wait_timeout_s: float = 0.05,
+                 step_budget: int = DEFAULT_STEP_BUDGET, api_key: str | None = None,
+                 griffin_lim_iters: int | None = None, stack_rows: int = DEFAULT_STACK_ROWS):
+        self.checkpoint = checkpoint
+        self.step_budget = int(step_budget)
+        self.api_key = api_key or None
+        self.stack_rows = int(stack_rows)
+        self.generator = None
+        self.renderer = None
+        self.error: str | None = None
+        self.batches: list[int] = []  # sizes of recent batches, for /v1/info
+        self.handle_batch.set_max_batch_size(int(max_batch_size))
+        self.handle_batch.set_batch_wait_timeout_s(float(batch_wait_timeout_s))
+        try:
+            if not checkpoint:
+                raise ValueError("no checkpoint configured (args: checkpoint=PATH)")
+            import torch
+
+            from emogen.generate import EmotionGenerator
+
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+            self.generator = EmotionGenerator.from_checkpoint(checkpoint, device=device)
+            self.renderer = AudioRenderer(self.generator.audio, n_iter=griffin_lim_iters)
+            logger.info("emogen: loaded %s checkpoint %s on %s", self.generator.kind, checkpoint, device)
+        except Exception as exc:  # keep the replica alive and answer 503 with the reason
+            self.error = f"model failed to load from {checkpoint!r}: {type(exc).__name__}: {exc}"
+            logger.error("emogen: %s; serving 503 on /healthz and /v1/synthesize", self.error)
+
+    # -------------------------------------------------------------------- helpers
+
+    def _auth(self, request: Request) -> JSONResponse | None:
+        if self.api_key and request.headers.get("x-api-key") != self.api_key:
+            return JSONResponse(status_code=401, content={"message": "X-API-Key: missing or wrong API key", "detail": [{"loc": ["header", "X-API-Key"], "msg": "missing or wrong API key"}]})
+        return None
+
+    def _unavailable(self) -> JSONResponse:
+        return JSONResponse(status_code=503, content={"status": "unavailable", "reason": self.error})
+
+    def _info(self) -> dict[str, Any]:
+        info = dict(self.generator.info) if self.generator else {"model": None, "checkpoint": self.checkpoint}
+        info.update(
+            config={
+                "max_batch_size": self.handle_batch._get_max_batch_size() if hasattr(self.handle_batch, "_get_max_batch_size") else None,
+                "step_budget": self.step_budget, "stack_rows": self.stack_rows,
+                "max_body_bytes": DEFAULT_MAX_BODY_BYTES, "api_key_required": bool(self.api_key),
+                "sample_rate": self.generator.audio.sample_rate if self.generator else None,
+            },
+            recent_batch_sizes=self.batches[-20:],
+            error=self.error,
+        )
+        return info
+
+    # ------------------------------------------------------------------ endpoints
+
+    @api.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page(self) -> HTMLResponse:
+        return HTMLResponse(page_html(self.generator.info if self.generator else {}))
+
+    @api.get("/healthz")
+    async def healthz(self):
+        if self.error:
+            return self._unavailable()
+        return {"status": "ok", "model": self.generator.kind}
+
+    @api.get("/v1/emotions")
+    async def emotions(self, request: Request):
+        return self._auth(request) or {"emotions": list(EMOTIONS)}
+
+    @api.get("/v1/info")
+    async def info(self, request: Request):
+        return self._auth(request) or self._info()
+
+    @api.post("/v1/synthesize", responses={200: {"content": {"audio/wav": {}, "application/zip": {}, "application/octet-stream": {}}}, 422: {"description": "a field is invalid (named in message)"}, 503: {"description": "model not loaded"}})
+    async def synthesize(self, body: SynthesisRequest, request: Request):
+        denied = self._auth(request)
+        if denied:
+            return denied
+        if self.error:
+            return self._unavailable()
+        try:
+            job = resolve(body, self.generator, self.step_budget)
+        except RequestError as exc:
+            return JSONResponse(status_code=exc.status, content=exc.detail())
+        started = time.perf_counter()
+        mels, waves = await self.handle_batch(job)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, self._encode, body, job, mels, waves, time.perf_counter() - started)
+
+    def _encode(self, body: SynthesisRequest, job: Job, mels, waves, seconds: float) -> Response:
+        sr = self.renderer.sample_rate
+        if body.format == "wav":
+            return Response(wav_bytes(waves[0], sr), media_type="audio/wav",
+                            headers={"Content-Disposition": f'attachment; filename="{clip_names(job)[0]}"'})
+        if body.format == "zip":
+            return Response(zip_bytes(waves, sr, clip_names(job)), media_type="application/zip",
+                            headers={"Content-Disposition": f'attachment; filename="{job.emotion}_seed{job.seed}.zip"'})
+        if body.format == "npy":
+            return Response(npy_bytes(mels), media_type="application/octet-stream",
+                            headers={"Content-Disposition": f'attachment; filename="{job.emotion}_seed{job.seed}.npy"'})
+        return JSONResponse(json_payload(job, mels, waves, sr, self.generator.info, body.image, seconds))
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.05)
+    async def handle_batch(self, jobs: list[Job]) -> list[tuple]:
+        # One stacked sampling run for the whole batch, off the event loop so /healthz and
+        # validation keep answering while it runs.
+        self.batches = (self.batches + [sum(j.num_samples for j in jobs)])[-100:]
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, self._run, jobs)
+
+    def _run(self, jobs: list[Job]) -> list[tuple]:
+        import numpy as np
+
+        mel_list = synthesize_mels(self.generator, jobs, stack_rows=self.stack_rows)
+        need = [m for m, j in zip(mel_list, jobs) if j.audio]  # Griffin-Lim only where audio is returned
+        waves = self.renderer(np.concatenate(need)) if need else None
+        out, offset = [], 0
+        for mels, job in zip(mel_list, jobs):
+            if job.audio:
+                out.append((mels, waves[offset:offset + len(mels)]))
+                offset += len(mels)
+            else:
+                out.append((mels, None))
+        return out
+
+
+class ServeArgs(BaseModel):
+    """The application's arguments: `serve run emogen.serving.app:app checkpoint=PATH
+    max_batch_size=8 ...`, the `args` of serve/config.yaml, or `emogen serve`'s options.
+    Ray Serve validates them into this model (strings from the command line converted)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    checkpoint: str | None = None
+    max_batch_size: int = 8
+    batch_wait_timeout_s: float = 0.05
+    step_budget: int = DEFAULT_STEP_BUDGET  # max steps x num_samples per request
+    api_key: str | None = None  # default: $EMOGEN_API_KEY
+    griffin_lim_iters: int | None = None
+    stack_rows: int = DEFAULT_STACK_ROWS  # rows per model call (fixed: batch-independent numbers)
+    num_replicas: int | None = None
+    num_cpus: float | None = None
+    num_gpus: float | Literal["auto"] = "auto"  # auto: 1 when this host has CUDA
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_means_default(cls, data: Any) -> Any:
+        # `serve run ... key=` passes an empty string: take the default, as for a missing key
+        return {k: v for k, v in data.items() if v != ""} if isinstance(data, dict) else data
+
+
+def app(args: ServeArgs) -> Application:
+    """The application builder (`serve run emogen.serving.app:app checkpoint=PATH`)."""
+    options: dict[str, Any] = {}
+    if args.num_replicas is not None:
+        options["num_replicas"] = args.num_replicas
+    actor: dict[str, Any] = {}
+    if args.num_cpus is not None:
+        actor["num_cpus"] = args.num_cpus
+    gpus = args.num_gpus
+    if gpus == "auto":
+        import torch
+
+        gpus = 1.0 if torch.cuda.is_available() else 0.0
+    if gpus > 0:
+        actor["num_gpus"] = float(gpus)
+    if actor:
+        options["ray_actor_options"] = actor
+    deployment = EmoGenService.options(**options) if options else EmoGenService
+    # replicas need not share this process's working directory
+    checkpoint = os.path.abspath(args.checkpoint) if args.checkpoint else None
+    return deployment.bind(
+        checkpoint=checkpoint,
+        max_batch_size=args.max_batch_size,
+        batch_wait_timeout_s=args.batch_wait_timeout_s,
+        step_budget=args.step_budget,
+        api_key=args.api_key or os.environ.get("EMOGEN_API_KEY"),
+        griffin_lim_iters=args.griffin_lim_iters,
+        stack_rows=args.stack_rows,
+    )
