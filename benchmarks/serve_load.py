@@ -32,14 +32,14 @@ def tiny_checkpoint(work: Path) -> str:
     from emogen.corpus import generate_corpus
     from emogen.data import preprocess
     from emogen.datasets import build_manifest
-    from emogen.training import fit
+    from emogen.training import FitConfig, fit
 
     generate_corpus(work / "corpus", preset="tiny", seed=0)
     preprocess(build_manifest([work / "corpus"]), work / "data")
     kw = dict(preset="tiny", epochs=1, storage_path=work / "train", tracking_uri=f"sqlite:///{work / 'mlflow.db'}")
-    vae = fit("vae", work / "data", run_name="vae", **kw)
-    diff = fit("diffusion", work / "data", run_name="latent", vae_checkpoint=vae["checkpoint"],
-               overrides={"diffusion": {"space": "latent"}, "unet": {"in_channels": 4}}, **kw)
+    vae = fit("vae", work / "data", FitConfig(run_name="vae", **kw))
+    diff = fit("diffusion", work / "data", FitConfig(run_name="latent", vae_checkpoint=vae["checkpoint"],
+                                                   overrides={"diffusion": {"space": "latent"}, "unet": {"in_channels": 4}}, **kw))
     cached.write_text(diff["checkpoint"])
     return diff["checkpoint"]
 

@@ -100,11 +100,11 @@ def run_ray_train(features: Path, model: str, epochs: int, work: Path) -> dict:
     driver.train_loop_per_worker = recording  # fit() looks the name up at call time
     try:
         started = time.time()
-        summary = driver.fit(
-            model, features, preset="demo", epochs=epochs, num_workers=1,
+        summary = driver.fit(model, features, driver.FitConfig(
+            preset="demo", epochs=epochs, num_workers=1,
             storage_path=work / "runs", run_name=f"overhead-{model}-{int(started)}",
             tracking_uri=f"sqlite:///{work / 'mlflow' / 'mlflow.db'}",
-        )
+        ))
         wall = time.time() - started
     finally:
         driver.train_loop_per_worker = original

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -60,27 +61,14 @@ def cmd_preprocess(args: argparse.Namespace) -> dict:
 def cmd_train(args: argparse.Namespace) -> dict:
     from emogen.config import load_overrides
     from emogen.runtime import init_ray
-    from emogen.training import fit
+    from emogen.training import FitConfig, fit
 
     overrides = load_overrides(args.config)
     overrides.pop("best_metric", None)  # best_config.json from a sweep carries its score
     init_ray(args.address, args.num_cpus)
-    return fit(
-        args.model,
-        args.data,
-        preset=args.preset,
-        overrides=overrides,
-        epochs=args.epochs,
-        num_workers=args.num_workers,
-        use_gpu=args.use_gpu,
-        storage_path=args.storage_path,
-        run_name=args.run_name,
-        tracking_uri=args.tracking_uri,
-        vae_checkpoint=args.vae_checkpoint,
-        max_failures=args.max_failures,
-        fail_at_epoch=args.fail_at_epoch,
-        extra_train=args.extra_train,
-    )
+    # add_train_arguments names each option after its FitConfig field
+    options = {f.name: getattr(args, f.name) for f in dataclasses.fields(FitConfig) if hasattr(args, f.name)}
+    return fit(args.model, args.data, FitConfig(**{**options, "overrides": overrides}))
 
 
 def cmd_generate(args: argparse.Namespace) -> dict:
@@ -169,25 +157,29 @@ def _ray_options(p: argparse.ArgumentParser) -> None:
 
 
 def add_train_arguments(p: argparse.ArgumentParser, model: str | None) -> None:
-    """Options shared by `emogen train MODEL` and jobs/train_MODEL.py."""
+    """Options shared by `emogen train MODEL` and jobs/train_MODEL.py: the FitConfig fields
+    (same names, same defaults) plus where the data and the Ray cluster are."""
+    from emogen.training import MODELS, FitConfig
+
+    defaults = FitConfig()
     if model is None:
-        p.add_argument("model", choices=["ser", "vae", "diffusion"])
+        p.add_argument("model", choices=list(MODELS))
     else:
         p.set_defaults(model=model)
     p.add_argument("--data", type=Path, required=True, help="preprocess output folder (or its features/)")
-    p.add_argument("--preset", default="demo", help="tiny | demo | paper: model sizes and training defaults")
+    p.add_argument("--preset", default=defaults.preset, help="tiny | demo | paper: model sizes and training defaults")
     p.add_argument("--config", type=Path, default=None, help="JSON/YAML overrides, e.g. {\"train\": {\"lr\": 1e-3}, \"ser\": {...}}")
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--num-workers", type=int, default=1, help="Ray Train workers (data-parallel)")
-    p.add_argument("--use-gpu", action="store_true", help="one GPU per worker, NCCL")
-    p.add_argument("--storage-path", default="runs/train", help="local dir, shared file system or s3:// URI")
-    p.add_argument("--run-name", default=None, help="re-use a name to resume that run (default MODEL-PRESET)")
-    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: local store in runs/mlflow)")
-    p.add_argument("--vae-checkpoint", default=None, help="diffusion in latent space: the trained VAE checkpoint")
-    p.add_argument("--extra-train", action="append", default=None,
+    p.add_argument("--epochs", type=int, default=defaults.epochs)
+    p.add_argument("--num-workers", type=int, default=defaults.num_workers, help="Ray Train workers (data-parallel)")
+    p.add_argument("--use-gpu", action="store_true", default=defaults.use_gpu, help="one GPU per worker, NCCL")
+    p.add_argument("--storage-path", default=defaults.storage_path, help="local dir, shared file system or s3:// URI")
+    p.add_argument("--run-name", default=defaults.run_name, help="re-use a name to resume that run (default MODEL-PRESET)")
+    p.add_argument("--tracking-uri", default=defaults.tracking_uri, help="MLflow tracking URI (default: local store in runs/mlflow)")
+    p.add_argument("--vae-checkpoint", default=defaults.vae_checkpoint, help="diffusion in latent space: the trained VAE checkpoint")
+    p.add_argument("--extra-train", action="append", default=defaults.extra_train,
                    help="features dataset added to training only (e.g. generated clips); repeatable")
-    p.add_argument("--max-failures", type=int, default=1, help="worker-group restarts from the last checkpoint")
-    p.add_argument("--fail-at-epoch", type=int, default=-1, help=argparse.SUPPRESS)  # fault-tolerance drills
+    p.add_argument("--max-failures", type=int, default=defaults.max_failures, help="worker-group restarts from the last checkpoint")
+    p.add_argument("--fail-at-epoch", type=int, default=defaults.fail_at_epoch, help=argparse.SUPPRESS)  # fault-tolerance drills
     _ray_options(p)
 
 

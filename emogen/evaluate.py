@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from emogen.checkpoint import load_model, load_state
 from emogen.config import EMOTIONS
 from emogen.data import FEATURES_DIR, STATUS_OK, decode_mels, read_features
 from emogen.metrics import classification_report
@@ -27,20 +28,14 @@ class SERClassifier:
     """A trained ResNetSER (best validation weights) for inference."""
 
     def __init__(self, state: dict, device: str | torch.device = "cpu"):
-        from emogen.config import replace
-        from emogen.models.ser import ResNetSER, SERConfig
-
         if state.get("model_name") != "ser":
             raise ValueError(f"expected a SER checkpoint, got a {state.get('model_name')!r} one")
         self.device = torch.device(device)
-        self.model = ResNetSER(replace(SERConfig(), state["configs"]["ser"]))
-        self.model.load_state_dict(state.get("best_model") or state["model"])
+        self.model = load_model(state)
         self.model.to(self.device).eval().requires_grad_(False)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu") -> "SERClassifier":
-        from emogen.checkpoint import load_state
-
         return cls(load_state(path), device)
 
     @torch.no_grad()

@@ -34,9 +34,9 @@ class EmotionGenerator:
     """A trained generator: model + (for diffusion) scheduler config + optional VAE decoder."""
 
     def __init__(self, state: dict, device: str | torch.device = "cpu", checkpoint: str | None = None):
-        from emogen.diffusion import DiffusionConfig
-        from emogen.models.unet import UNet, UNetConfig
-        from emogen.models.vae import ConditionalVAE, VAEConfig
+        from emogen.checkpoint import build_configs, build_model, load_model
+        from emogen.models.unet import UNet
+        from emogen.models.vae import ConditionalVAE
 
         self.kind = state["model_name"]
         if self.kind not in ("diffusion", "vae"):
@@ -45,21 +45,17 @@ class EmotionGenerator:
         self.checkpoint = checkpoint
         self.audio = replace(AudioConfig(), state.get("audio") or {})
         self.epoch = int(state.get("epoch", 0))
-        weights = state.get("best_model") or state["model"]
         self.vae: ConditionalVAE | None = None
         self.unet: UNet | None = None
         if self.kind == "vae":
-            self.vae = ConditionalVAE(replace(VAEConfig(), state["configs"]["vae"]))
-            self.vae.load_state_dict(weights)
+            self.vae = load_model(state)
         else:
-            self.diffusion = replace(DiffusionConfig(), state["configs"]["diffusion"])
-            self.unet = UNet(replace(UNetConfig(), state["configs"]["unet"]))
-            self.unet.load_state_dict(weights)
+            self.diffusion = build_configs(state["configs"])["diffusion"]
+            self.unet = load_model(state)
             extra = state.get("extra") or {}
             self.latent_scale = float(extra.get("latent_scale") or 1.0)
             if extra.get("vae"):
-                self.vae = ConditionalVAE(replace(VAEConfig(), extra["vae"]["config"]))
-                self.vae.load_state_dict(extra["vae"]["model"])
+                self.vae = build_model("vae", {"vae": extra["vae"]["config"]}, extra["vae"]["model"])
         for module in (self.vae, self.unet):
             if module is not None:
                 module.to(self.device).eval().requires_grad_(False)

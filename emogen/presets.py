@@ -6,11 +6,14 @@ to a preset and, if it has a config dataclass, register that in CONFIG_CLASSES;
 `model_configs` builds only the model sections and leaves other sections to their
 owners (read them with `preset_sections`).
 
-- tiny:  unit tests; every forward well under 0.1 s on CPU.
-- demo:  a laptop CPU; diffusion runs in the VAE's latent space (4 x 16 x 22 for a 4-s
-         clip) because a mel-space U-Net step costs seconds here (SPEC: 11.8 s).
-- paper: a GPU cluster; mel-space diffusion as in the seed (U-Net ~3.5 M params, 4
-         levels, attention at the two lowest), ResNet-18-layout SER.
+- tiny:  unit tests; every forward pass is fast on CPU.
+- demo:  a laptop CPU; diffusion runs in the VAE's latent space because a mel-space
+         U-Net step is too slow there (the SPEC's timing).
+- paper: a GPU cluster; mel-space diffusion as in the seed (4 levels, attention at the
+         two lowest), ResNet-18-layout SER.
+
+Why each demo value is what it is, with the runs that chose it: benchmarks/README.md,
+"Demo preset choices".
 """
 
 from __future__ import annotations
@@ -41,35 +44,26 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "experiment": {"seeds": (0,), "per_emotion": 3, "wavs_per_emotion": 1},
     },
     "demo": {
-        # Latent diffusion on a 4 x 32 x 44 VAE latent (4x down per axis). Measured on the
-        # demo corpus (1 thread): an 8x-down latent (4 x 16 x 22) lost the emotion cues (a
-        # logistic-regression judge on band means/stds: 0.61 on real test clips, 0.26 on
-        # latent-diffusion samples); the 4x-down VAE's reconstructions keep most (0.49) and
-        # its diffusion samples reach SER clarity 0.35 at guidance 4, 10 DDIM steps.
-        # in_channels must equal vae.latent_channels.
+        # Latent diffusion on a VAE latent 4x down per axis: a smaller (8x-down) latent
+        # loses the emotion cues. in_channels must equal vae.latent_channels.
         "unet": {"in_channels": 4, "base_channels": 32, "channel_mults": (1, 2, 2), "attention_levels": (2,)},
         "vae": {"base_channels": 8, "channel_mults": (1, 2), "latent_channels": 4, "class_emb_dim": 32, "beta": 0.001},
-        # stem stride 4: ~1.9 s per epoch of ~300 clips on 1 thread (4x less than stride 2)
-        # at the same held-out UA; nine SERs per experiment make that the budget's bulk.
+        # stem stride 4: a quarter of stride 2's cost per epoch at the same held-out UA;
+        # an experiment trains many SERs, so their epochs are the bulk of its time.
         "ser": {"widths": (16, 32, 64, 128), "blocks_per_stage": (2, 2, 2, 2), "stem_stride": 4},
         "diffusion": {"space": "latent", "sampler": "ddim", "num_inference_steps": 10, "guidance_scale": 4.0},
-        # Epochs sized by measured CPU cost per epoch (~300 training clips, 1 thread): SER
-        # ~2 s, VAE ~18 s, latent diffusion ~8 s. The SER's input augmentation (shift,
-        # roll, SpecAugment) raised held-out UA from ~0.42 to ~0.49 (3 seeds). No early
-        # stopping: in a demo run 9 of the 11 SERs that ran all their epochs had their best
-        # validation loss in the last three, and a patience of 6 on the 80-clip validation
-        # set stopped the twelfth at a noise spike (best epoch 8, held-out UA 0.32 against
-        # 0.41-0.57 for the others).
-        # 15 epochs, not 20: twelve SERs with the matched-steps control took the demo to 20
-        # minutes on this machine; the control measures what the extra steps are worth.
+        # Epochs sized by each model's CPU cost per epoch, to fit the demo's time budget
+        # (the matched-steps control measures what more SER steps would be worth). The
+        # SER's input augmentation (shift, roll, SpecAugment) raises held-out UA. No early
+        # stopping for the SER: its best validation loss comes late, and the small
+        # validation set makes a patience stop at a noise spike likely.
         "train_ser": {"epochs": 15, "early_stopping_patience": 0, "label_smoothing": 0.1,
                       "freq_shift": 4, "time_roll": True, "spec_masks": 2},
         "train_vae": {"epochs": 10, "lr": 1e-3, "kl_warmup_epochs": 3, "early_stopping_patience": 4},
         "train_diffusion": {"epochs": 25, "lr": 1e-3},
         # emogen.experiment.ExperimentConfig: 3 seeds, as many generated clips as real ones
         # of which those the seed's real-trained SER gives >= 0.4 for their emotion are kept
-        # (~20%; measured: real+diffusion UA gain +1.3 points unfiltered, +2.4 filtered), the
-        # generators on both cores of a laptop.
+        # (filtering raises the augmentation's UA gain), the generators on both cores of a laptop.
         "experiment": {"seeds": (0, 1, 2), "ratio": 1.0, "min_confidence": 0.4, "cpus_per_worker": 2},
     },
     "paper": {

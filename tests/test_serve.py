@@ -22,11 +22,11 @@ CHROMIUM = Path("/usr/bin/chromium")
 
 @pytest.fixture(scope="module")
 def diffusion_checkpoint(tiny_features, tmp_path_factory):
-    from emogen.training import fit
+    from emogen.training import FitConfig, fit
 
     root = tmp_path_factory.mktemp("serve-train")
-    summary = fit("diffusion", tiny_features, preset="tiny", epochs=1, storage_path=root / "train",
-                  run_name="diff-serve", tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    summary = fit("diffusion", tiny_features, FitConfig(preset="tiny", epochs=1, storage_path=root / "train",
+                                                         run_name="diff-serve", tracking_uri=f"sqlite:///{root / 'mlflow.db'}"))
     return summary["checkpoint"]
 
 

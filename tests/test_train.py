@@ -17,10 +17,10 @@ pytestmark = pytest.mark.slow
 
 
 def _fit(model, features, tmp_path, tracking_uri, **kw):
-    from emogen.training import fit
+    from emogen.training import FitConfig, fit
 
     kw.setdefault("epochs", 2)
-    return fit(model, features, preset="tiny", storage_path=tmp_path / "train", tracking_uri=tracking_uri, **kw)
+    return fit(model, features, FitConfig(preset="tiny", storage_path=tmp_path / "train", tracking_uri=tracking_uri, **kw))
 
 
 def test_state_round_trip_is_atomic(tmp_path):

@@ -140,7 +140,7 @@ def test_sweep_asha_failing_trial_mlflow_and_best_config(tiny_features, tmp_path
     AdamW raise (the trial is recorded as ERROR and the sweep goes on)."""
     import mlflow
 
-    from emogen.training import fit
+    from emogen.training import FitConfig, fit
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     space = {"train": {"lr": {"grid": [2e-3, 1e-3, 1.0, -1.0]}}, "ser": {"dropout": {"uniform": [0.1, 0.3]}}}
@@ -178,8 +178,8 @@ def test_sweep_asha_failing_trial_mlflow_and_best_config(tiny_features, tmp_path
     best = json.loads(Path(summary["best_config"]).read_text())
     assert best["best_metric"]["name"] == "val_loss" and best["train"]["lr"] in (2e-3, 1e-3)
     overrides = {k: v for k, v in best.items() if k != "best_metric"}
-    run = fit("ser", tiny_features, preset="tiny", overrides=overrides, epochs=1,
-              storage_path=tmp_path / "train", run_name="from-best", tracking_uri=uri)
+    run = fit("ser", tiny_features, FitConfig(preset="tiny", overrides=overrides, epochs=1,
+                                              storage_path=tmp_path / "train", run_name="from-best", tracking_uri=uri))
     assert run["epochs_completed"] == 1
     assert mlflow.get_run(run["mlflow_run_id"]).data.params["train.lr"] == str(best["train"]["lr"])
 

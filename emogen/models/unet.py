@@ -7,22 +7,14 @@ unconditional prediction needed for classifier-free guidance
 (`forward_with_cond_scale`). Any frame count works: the time axis is padded to the
 down-sampling factor with layers.pad_frames and the output cropped back.
 
-Why our own module rather than diffusers' UNet2DModel(num_class_embeds=...): measured on
-this machine (2 CPU cores shared with other jobs, torch.set_num_threads(2)) at the demo
-size: batch 16 of 4x16x22 latents, 3 levels (32/64/64 channels), attention at the two
-lowest; UNet2DModel got the equivalent blocks (layers_per_block=1) on the input padded
-to 4x16x24. Best of 20 interleaved runs (medians were noisier, same ordering):
-
-    own U-Net     0.92 M params   forward  24-32 ms   train step (fwd+bwd+clip+Adam)  75-103 ms
-    UNet2DModel   1.17 M params   forward  30-39 ms   train step                      96-135 ms
-
-(ranges: two sessions at different machine load; with one thread: 47 vs 55 ms forward,
-132 vs 175 ms step). Ours is ~20-25 % faster, partly because UNet2DModel's up blocks hold
-one more resnet per level. Beyond speed, clarity decides: this file reads top to bottom,
-takes any frame count (UNet2DModel needs sizes divisible by its down-sampling factor),
-has the null class and guidance built in (UNet2DModel has neither) and exposes attention
-weights for interpretation (diffusers hides them behind attention processors). diffusers
-is still used for what it does best: the noise schedulers (emogen.diffusion).
+Why our own module rather than diffusers' UNet2DModel(num_class_embeds=...): it is a
+little faster at the demo size (UNet2DModel's up blocks hold one more resnet per level;
+timings in benchmarks/README.md, "Demo preset choices"), and clarity decides: this file
+reads top to bottom, takes any frame count (UNet2DModel needs sizes divisible by its
+down-sampling factor), has the null class and guidance built in (UNet2DModel has neither)
+and exposes attention weights for interpretation (diffusers hides them behind attention
+processors). diffusers is still used for what it does best: the noise schedulers
+(emogen.diffusion).
 """
 
 from __future__ import annotations

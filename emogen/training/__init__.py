@@ -9,6 +9,7 @@ MLflow runs, `fit`). Checkpoint files are emogen.checkpoint's.
 from emogen.training.augment import augment_mels
 from emogen.training.config import TrainConfig, train_config
 from emogen.training.driver import (
+    FitConfig,
     fit,
     loop_config,
     read_clip_ids,
@@ -28,6 +29,7 @@ __all__ = [
     "NEEDS_VAE",
     "DiffusionTask",
     "DirectorySession",
+    "FitConfig",
     "ModelSpec",
     "RayTrainSession",
     "SERTask",

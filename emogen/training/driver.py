@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -131,67 +132,69 @@ def start_child_run(
 # ----------------------------------------------------------------- running it
 
 
-def fit(
-    model: str,
-    features: str | Path,
-    preset: str = "demo",
-    overrides: dict[str, Any] | None = None,
-    epochs: int | None = None,
-    num_workers: int = 1,
-    use_gpu: bool = False,
-    storage_path: str | Path = "runs/train",
-    run_name: str | None = None,
-    tracking_uri: str | None = None,
-    vae_checkpoint: str | None = None,
-    max_failures: int = 1,
-    fail_at_epoch: int = -1,
-    extra_train: list[str | Path] | None = None,
-    parent_run_id: str | None = None,
-    cpus_per_worker: float | None = None,
-) -> dict[str, Any]:
-    """Train one model with Ray Train and return a summary (metrics, checkpoint, MLflow run).
+@dataclass(frozen=True)
+class FitConfig:
+    """How `fit` runs a training, besides the model and the features; `emogen train`'s
+    options are built from these fields and their defaults."""
 
-    overrides: {"train": {...}, "ser": {...}, ...} on top of the preset. Re-running with
-    the same storage_path and run_name resumes from the run's latest checkpoint.
-    extra_train: features datasets added to the training split only (generated clips).
-    parent_run_id: make the MLflow run a child of this one (an experiment's parent run).
-    cpus_per_worker: CPUs (= torch threads) per worker; default Ray Train's 1.
-    """
+    preset: str = "demo"
+    # {"train": {...}, "ser": {...}, ...} on top of the preset
+    overrides: dict[str, Any] | None = None
+    epochs: int | None = None  # None: the preset's
+    num_workers: int = 1
+    use_gpu: bool = False
+    storage_path: str | Path = "runs/train"
+    # Re-running with the same storage_path and run_name resumes from the run's latest
+    # checkpoint; None: "<model>-<preset>".
+    run_name: str | None = None
+    tracking_uri: str | None = None
+    vae_checkpoint: str | None = None  # latent diffusion: the trained VAE
+    max_failures: int = 1  # worker-group restarts from the last checkpoint
+    fail_at_epoch: int = -1  # fault-tolerance drill (TrainConfig.fail_at_epoch); -1: none
+    # Features datasets added to the training split only (generated clips).
+    extra_train: list[str | Path] | None = None
+    parent_run_id: str | None = None  # the MLflow run is a child of this one (an experiment's)
+    cpus_per_worker: float | None = None  # CPUs (= torch threads) per worker; None: Ray Train's 1
+
+
+def fit(model: str, features: str | Path, config: FitConfig = FitConfig()) -> dict[str, Any]:
+    """Train one model with Ray Train and return a summary (metrics, checkpoint, MLflow run)."""
     import mlflow
     import ray.train
     from ray.train.torch import TorchTrainer
 
     from emogen import tracking
 
-    train_over = {"fail_at_epoch": fail_at_epoch} if fail_at_epoch >= 0 else {}
-    loop, params = loop_config(model, preset, overrides, epochs, vae_checkpoint, train_over)
+    preset = config.preset
+    train_over = {"fail_at_epoch": config.fail_at_epoch} if config.fail_at_epoch >= 0 else {}
+    loop, params = loop_config(model, preset, config.overrides, config.epochs, config.vae_checkpoint, train_over)
     train_cfg = TrainConfig(**loop["train"])
-    run_name = run_name or f"{model}-{preset}"
+    run_name = config.run_name or f"{model}-{preset}"
+    storage_path = config.storage_path
     storage = str(Path(storage_path).resolve()) if "://" not in str(storage_path) else str(storage_path)
     run_dir = f"{storage}/{run_name}"
 
     assignment = split_assignment(features, train_cfg)
     counts = {s: sum(v == s for v in assignment.values()) for s in ("train", "val", "test")}
-    extra_train = [str(p) for p in (extra_train or [])]
+    extra_train = [str(p) for p in (config.extra_train or [])]
     counts["extra_train"] = sum(len(read_clip_ids(p)) for p in extra_train)
     if counts["train"] == 0:
         raise ValueError("the speaker split left no training clips")
 
-    params.update(extra_train=",".join(extra_train), split_counts=counts, num_workers=num_workers)
-    run_id = start_child_run(run_name, model, params, tracking_uri, parent_run_id)
-    loop["mlflow"] = {"tracking_uri": tracking.resolve_tracking_uri(tracking_uri), "run_id": run_id}
+    params.update(extra_train=",".join(extra_train), split_counts=counts, num_workers=config.num_workers)
+    run_id = start_child_run(run_name, model, params, config.tracking_uri, config.parent_run_id)
+    tracking_uri = tracking.resolve_tracking_uri(config.tracking_uri)
+    loop["mlflow"] = {"tracking_uri": tracking_uri, "run_id": run_id}
     loop["run_dir"] = run_dir
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop,
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=num_workers, use_gpu=use_gpu,
-            resources_per_worker={"CPU": cpus_per_worker, **({"GPU": 1} if use_gpu else {})} if cpus_per_worker else None,
-        ),
+        scaling_config=ray.train.ScalingConfig(num_workers=config.num_workers, use_gpu=config.use_gpu,
+                                               resources_per_worker=_resources_per_worker(config)),
         run_config=ray.train.RunConfig(
             name=run_name,
             storage_path=storage,
-            failure_config=ray.train.FailureConfig(max_failures=max_failures),
+            failure_config=ray.train.FailureConfig(max_failures=config.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
         ),
         datasets=split_datasets(features, assignment, extra_train=extra_train),
@@ -218,10 +221,16 @@ def fit(
         "metrics": metrics,
         "checkpoint": result.checkpoint.path,
         "mlflow_run_id": run_id,
-        "tracking_uri": tracking.resolve_tracking_uri(tracking_uri),
+        "tracking_uri": tracking_uri,
         "split_counts": counts,
         "seconds": round(seconds, 1),
     }
+
+
+def _resources_per_worker(config: FitConfig) -> dict[str, float] | None:
+    if not config.cpus_per_worker:
+        return None  # Ray Train's default: 1 CPU (+ 1 GPU with use_gpu)
+    return {"CPU": config.cpus_per_worker, **({"GPU": 1} if config.use_gpu else {})}
 
 
 def train_in_process(loop: dict[str, Any], datasets: dict[str, Any], run_dir: str | Path, use_gpu: bool = False) -> dict[str, Any]:
