@@ -6,12 +6,16 @@ import argparse
 import dataclasses
 import json
 import sys
+import typing
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from emogen.config import AudioConfig
 from emogen.errors import UserError
 from emogen.logs import configure_logging, get_logger
+
+if TYPE_CHECKING:
+    from emogen.experiment import ExperimentConfig
 
 
 def _print_summary(summary: dict) -> None:
@@ -86,52 +90,20 @@ def cmd_generate(args: argparse.Namespace) -> dict:
                                   guidance_scale=args.guidance_scale, seed=args.seed)
         names = [f"{emotion}_{args.seed}_{i}" for i in range(len(mels))]
         files += write_wavs(generator.to_audio(mels), args.out, names, generator.audio.sample_rate)
-        print(f"[generate] {emotion}: {len(mels)} clips", file=sys.stderr, flush=True)
+        get_logger("generate").info("%s: %d clips", emotion, len(mels))
     return {"model": generator.kind, "files": [str(f) for f in files], "seconds": round(time.time() - started, 1)}
 
 
 def cmd_experiment(args: argparse.Namespace) -> dict:
     import shlex
-    import time
 
-    from emogen.config import load_overrides
-    from emogen.experiment import experiment_config, run_experiment
-    from emogen.report import results_table
-    from emogen.runtime import init_ray
-
-    out = Path(args.out)
-    seconds = dict(getattr(args, "seconds_before", None) or {})
-    data = args.data
-    if data is None:
-        if not args.input and args.csv is None:
-            raise SystemExit("emogen experiment needs --data (preprocessed features) or --input/--csv (audio to preprocess)")
-        data = out / "data"
-        if not (data / "features").is_dir():
-            began = time.time()
-            cmd_preprocess(argparse.Namespace(input=args.input, csv=args.csv, dataset=args.dataset, output=data,
-                                              address=args.address, num_cpus=args.num_cpus, batch_size=16, concurrency=None))
-            seconds["preprocess"] = round(time.time() - began, 1)
-    overrides = {k: getattr(args, k) for k in ("seeds", "per_emotion", "ratio", "sampler", "steps", "guidance_scale",
-                                               "min_confidence", "ser_epochs", "vae_epochs", "diffusion_epochs",
-                                               "num_workers", "cpus_per_worker", "cpus_per_task")}
-    if args.use_gpu:
-        overrides["use_gpu"] = True
-    config = experiment_config(args.preset, overrides)
-    init_ray(args.address, args.num_cpus)
-    command = getattr(args, "command_line", None) or "emogen " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    results = run_experiment(data, out, preset=args.preset, config=config, name=args.name, tracking_uri=args.tracking_uri,
-                             command=command, seconds_before=seconds, overrides=load_overrides(args.config))
-    print("\n" + results_table(results) + "\n", file=sys.stderr, flush=True)
-    print(f"[experiment] report: {results['report']['html']} (and report.md, results.json) in {out}", file=sys.stderr, flush=True)
-    return {
-        "experiment": results["name"],
-        "out": str(out),
-        "report": results["report"],
-        "unweighted_accuracy": {c: round(v["unweighted_accuracy"]["mean"], 4) for c, v in results["summary"].items()},
-        "clarity": {g: round(v["clarity"]["mean"], 4) for g, v in results["generated"].items()},
-        "targets": results["targets"],
-        "seconds": results["seconds"],
-    }
+    if args.data is None and not args.input and args.csv is None:
+        raise SystemExit("emogen experiment needs --data (preprocessed features) or --input/--csv (audio to preprocess)")
+    config = _experiment_config(args)
+    seconds: dict[str, float] = {}
+    data = args.data or _preprocess_for_experiment(args, args.input, args.csv, args.dataset, seconds)
+    command = "emogen " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    return _run_experiment(args, data, config, seconds, command)
 
 
 def cmd_demo(args: argparse.Namespace) -> dict:
@@ -139,13 +111,61 @@ def cmd_demo(args: argparse.Namespace) -> dict:
     import time
 
     out = Path(args.out)
+    config = _experiment_config(args)
     began = time.time()
     corpus = cmd_corpus(argparse.Namespace(out=out / "corpus", preset=args.corpus, seed=args.seed, workers=args.workers))
-    print(f"[demo] corpus: {corpus['files']} files in {corpus['corpus']}", file=sys.stderr, flush=True)
-    args.seconds_before = {"corpus": round(time.time() - began, 1)}
-    args.input, args.csv, args.dataset, args.data = [out / "corpus"], None, "auto", None
-    args.command_line = f"emogen demo --out {out} --preset {args.preset}"
-    return cmd_experiment(args)
+    get_logger("demo").info("corpus: %d files in %s", corpus["files"], corpus["corpus"])
+    seconds = {"corpus": round(time.time() - began, 1)}
+    data = _preprocess_for_experiment(args, [out / "corpus"], None, "auto", seconds)
+    return _run_experiment(args, data, config, seconds, f"emogen demo --out {out} --preset {args.preset}")
+
+
+def _experiment_config(args: argparse.Namespace) -> ExperimentConfig:
+    """The preset's experiment section with the options given (each named after its field)."""
+    from emogen.experiment import ExperimentConfig, experiment_config
+
+    return experiment_config(args.preset, {f.name: getattr(args, f.name) for f in dataclasses.fields(ExperimentConfig)})
+
+
+def _preprocess_for_experiment(args: argparse.Namespace, inputs: list[Path] | None, csv: Path | None, dataset: str,
+                               seconds: dict[str, float]) -> Path:
+    """Audio -> OUT/data features, unless an earlier run of the same --out made them;
+    the time it took goes into seconds["preprocess"]."""
+    import time
+
+    data = Path(args.out) / "data"
+    if not (data / "features").is_dir():
+        began = time.time()
+        cmd_preprocess(argparse.Namespace(input=inputs, csv=csv, dataset=dataset, output=data, address=args.address,
+                                          num_cpus=args.num_cpus, batch_size=16, concurrency=None))
+        seconds["preprocess"] = round(time.time() - began, 1)
+    return data
+
+
+def _run_experiment(args: argparse.Namespace, features: Path, config: ExperimentConfig, seconds_before: dict[str, float],
+                    command: str) -> dict:
+    from emogen.config import load_overrides
+    from emogen.experiment import run_experiment
+    from emogen.report import results_table
+    from emogen.results import UA
+    from emogen.runtime import init_ray
+
+    init_ray(args.address, args.num_cpus)
+    results = run_experiment(features, args.out, preset=args.preset, config=config, name=args.name,
+                             tracking_uri=args.tracking_uri, command=command, seconds_before=seconds_before,
+                             overrides=load_overrides(args.config))
+    log = get_logger("experiment")
+    log.info("\n%s\n", results_table(results))
+    log.info("report: %s (and report.md, results.json) in %s", results.report["html"], args.out)
+    return {
+        "experiment": results.name,
+        "out": str(args.out),
+        "report": results.report,
+        "unweighted_accuracy": {c: round(scores[UA].mean, 4) for c, scores in results.summary.items()},
+        "clarity": {g: round(generated.clarity.mean, 4) for g, generated in results.generated.items()},
+        "targets": results.targets.model_dump(),
+        "seconds": results.seconds,
+    }
 
 
 # -------------------------------------------------------------------------- parser
@@ -184,8 +204,11 @@ def add_train_arguments(p: argparse.ArgumentParser, model: str | None) -> None:
 
 
 def add_experiment_arguments(p: argparse.ArgumentParser, demo: bool = False) -> None:
-    """Options of `emogen experiment` (also `emogen demo` and jobs/augment.py); unset
-    experiment options take the preset's "experiment" section."""
+    """Options of `emogen experiment` (also `emogen demo` and jobs/augment.py): the input,
+    where to write, and one option per ExperimentConfig field, of the same name; an unset
+    one takes the preset's "experiment" section, else the field's default."""
+    from emogen.experiment import ExperimentConfig
+
     if not demo:
         src = p.add_argument_group("input (one of)")
         src.add_argument("--data", type=Path, default=None, help="preprocessed features (emogen preprocess output)")
@@ -198,23 +221,29 @@ def add_experiment_arguments(p: argparse.ArgumentParser, demo: bool = False) -> 
     p.add_argument("--config", type=Path, default=None,
                    help='JSON/YAML preset overrides, e.g. {"ser": {"dropout": 0.2}, "train_ser": {"epochs": 10}, "train": {"lr": 1e-3}}')
     p.add_argument("--name", default="demo" if demo else None, help="run name prefix (default: the --out folder name)")
-    p.add_argument("--seeds", type=int, nargs="+", default=None, help="SER / sampling seeds (default: the preset's, 3)")
-    p.add_argument("--per-emotion", type=int, default=None, help="generated clips per emotion (default: --ratio)")
-    p.add_argument("--ratio", type=float, default=None, help="generated / real training clips, balanced over emotions (default 1)")
-    p.add_argument("--sampler", default=None, choices=["ddpm", "ddim", "dpm"], help="diffusion sampler (default: the preset's)")
-    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the preset's)")
-    p.add_argument("--guidance-scale", type=float, default=None, help="classifier-free guidance (default: the preset's)")
-    p.add_argument("--min-confidence", type=float, default=None,
-                   help="keep generated clips the seed's real-trained SER gives >= this probability for their emotion")
-    p.add_argument("--ser-epochs", type=int, default=None)
-    p.add_argument("--vae-epochs", type=int, default=None)
-    p.add_argument("--diffusion-epochs", type=int, default=None)
-    p.add_argument("--num-workers", type=int, default=None, help="Ray Train workers for the VAE and diffusion trainings")
-    p.add_argument("--cpus-per-worker", type=float, default=None, help="CPUs (torch threads) per VAE / diffusion worker")
-    p.add_argument("--cpus-per-task", type=float, default=None, help="CPUs per SER training / generation task")
-    p.add_argument("--use-gpu", action="store_true", help="GPUs for training, generation and evaluation")
+    _add_config_options(p, ExperimentConfig)
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: local store in runs/mlflow)")
     _ray_options(p)
+
+
+def _add_config_options(p: argparse.ArgumentParser, config_class: type) -> None:
+    """One option per field of a config dataclass (--field-name), default None so that the
+    caller can tell "not given"; the type from the annotation, help and choices from the
+    field's metadata."""
+    hints = typing.get_type_hints(config_class)
+    for option in dataclasses.fields(config_class):
+        flag, kind, help_text = "--" + option.name.replace("_", "-"), hints[option.name], option.metadata.get("help", "")
+        if kind is bool:
+            p.add_argument(flag, action="store_true", default=None, help=help_text)
+            continue
+        if option.default is not None:
+            shown = " ".join(map(str, option.default)) if isinstance(option.default, tuple) else option.default
+            help_text += f" (default: the preset's, else {shown})"
+        if typing.get_origin(kind) is tuple:  # tuple[int, ...]
+            p.add_argument(flag, type=typing.get_args(kind)[0], nargs="+", default=None, help=help_text)
+        else:
+            value_type = next((t for t in typing.get_args(kind) if t is not type(None)), kind)  # X | None -> X
+            p.add_argument(flag, type=value_type, default=None, choices=option.metadata.get("choices"), help=help_text)
 
 
 def build_parser() -> argparse.ArgumentParser:

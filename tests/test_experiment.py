@@ -23,7 +23,8 @@ import pytest
 import soundfile as sf
 
 from emogen.config import EMOTIONS
-from emogen.experiment import CONDITIONS, GENERATED_FROM, GENERATORS, SCORES, ExperimentConfig, experiment_config
+from emogen.experiment import ExperimentConfig, experiment_config
+from emogen.results import CONDITIONS, GENERATED_FROM, GENERATORS, SCORES
 
 ROOT = Path(__file__).resolve().parents[1]
 NAME = "tiny-e2e"
@@ -36,7 +37,8 @@ def _run(features, out, tracking_uri):
     from emogen.experiment import run_experiment
 
     config = experiment_config("tiny", {"seeds": [0], "per_emotion": PER_EMOTION})
-    return run_experiment(features, out, preset="tiny", config=config, name=NAME, tracking_uri=tracking_uri)
+    results = run_experiment(features, out, preset="tiny", config=config, name=NAME, tracking_uri=tracking_uri)
+    return {**results.to_json(), "report": results.report}  # results.json's dict, and where the report went
 
 
 @pytest.fixture(scope="module")
