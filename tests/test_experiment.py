@@ -251,6 +251,33 @@ def test_preset_defaults_and_overrides():
         experiment_config("huge")
 
 
+def test_stage_keys_render_as_older_runs_wrote_them():
+    """stages.json keys stay the strings of runs made before StageKey, so those resume."""
+    from emogen.experiment import StageKey
+
+    keys = [StageKey.parent_run(), StageKey.generator("vae"), StageKey.ser("real+diffusion", 2),
+            StageKey.generated("diffusion", 0), StageKey.fid_reference(1)]
+    assert [str(k) for k in keys] == ["parent_run", "vae", "ser/real+diffusion/2", "generated/diffusion/0", "fid_reference/1"]
+
+
+def test_cli_options_are_the_config_fields(tmp_path):
+    """Every ExperimentConfig field is an option of the same name; unset, the preset decides."""
+    import dataclasses
+
+    from emogen.cli import _experiment_config, build_parser
+
+    for command in ("experiment", "demo"):
+        args = build_parser().parse_args([command, "--preset", "tiny"])
+        assert all(getattr(args, f.name) is None for f in dataclasses.fields(ExperimentConfig))
+        assert _experiment_config(args) == experiment_config("tiny")
+    args = build_parser().parse_args(["experiment", "--preset", "tiny", "--seeds", "3", "4", "--use-gpu",
+                                      "--wavs-per-emotion", "2", "--sampler", "dpm", "--cpus-per-worker", "1.5"])
+    config = _experiment_config(args)
+    assert (config.seeds, config.use_gpu, config.wavs_per_emotion, config.sampler, config.cpus_per_worker) == ((3, 4), True, 2, "dpm", 1.5)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["experiment", "--sampler", "euler"])
+
+
 def test_cli_needs_data_or_input(tmp_path):
     from emogen.cli import main
 
