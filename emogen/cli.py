@@ -53,7 +53,7 @@ def cmd_preprocess(args: argparse.Namespace) -> dict:
     manifest.to_csv(out / "manifest.csv", index=False)
     labels = summarize_labels(manifest)
     get_logger("preprocess").info(
-        "%d files, %d labelled with one of the 6 emotions, excluded %d, %d label errors",
+        "%d files, %d labelled with one of the 6 emotions, excluded %s, %d label errors",
         labels["files"], labels["labelled"], labels["excluded"], labels["label_errors"],
     )
     init_ray(args.address, args.num_cpus)
