@@ -56,6 +56,7 @@ SPACES_RESOURCE = "tune_spaces.yaml"  # package data of `emogen`, beside this mo
 SECTIONS = ("train", "ser", "vae", "unet", "diffusion")
 SEARCHERS = ("random", "grid", "optuna", "hyperopt")
 SCHEDULERS = ("asha", "fifo")
+MODES = ("min", "max")
 
 
 # ------------------------------------------------------------------ search spaces
@@ -496,7 +497,7 @@ class SweepConfig:
     num_samples: int = _option(8, "trials (each grid point is repeated this many times)", type=int)
     epochs: int | None = _option(None, "epochs per trial (ASHA's max_t; default: the preset's)", type=int)
     metric: str = _option("val_loss", "reported metric to optimize (e.g. val_loss, val_uar)")
-    mode: str = _option("min", "min or max of the metric", choices=["min", "max"])
+    mode: str = _option("min", "min or max of the metric", choices=list(MODES))
     scheduler: str = _option("asha", "asha: early-stop weak trials", choices=list(SCHEDULERS))
     grace_period: int = _option(1, "ASHA: epochs before a trial can be stopped", type=int)
     reduction_factor: int = _option(2, "ASHA: keep the top 1/N at each rung", type=int)
@@ -517,7 +518,7 @@ class SweepConfig:
     def __post_init__(self) -> None:
         if self.model not in MODELS:
             raise InvalidInputError(f"unknown model {self.model!r}; expected one of {', '.join(MODELS)}")
-        if self.mode not in ("min", "max"):
+        if self.mode not in MODES:
             raise InvalidInputError(f"--mode must be min or max, got {self.mode!r}")
         if self.search not in SEARCHERS:
             raise InvalidInputError(f"unknown search algorithm {self.search!r}; expected one of {', '.join(SEARCHERS)}")

@@ -150,4 +150,7 @@ def test_preprocess_job_cli(tmp_path, write_wav):
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["accepted"] == 3 and summary["rejected"] == 0
+    # progress is logged on stderr (a bad format argument would print "--- Logging error ---")
+    assert "[preprocess] 3 files, 3 labelled" in proc.stderr and "Logging error" not in proc.stderr
+    assert "\r" not in proc.stderr  # no progress bars redrawn into a file
     assert (tmp_path / "out" / "manifest.csv").exists()
