@@ -85,10 +85,9 @@ def build_configs(sections: dict[str, dict[str, Any]]) -> dict[str, Any]:
 def build_model(model_name: str, sections: dict[str, dict[str, Any]], weights: dict[str, Any] | None = None) -> nn.Module:
     """The network of a registered model ("ser", "vae", "diffusion") from its config
     sections, with weights loaded when given."""
-    # Imported here: the model registry lives with the training tasks, which read checkpoints.
-    from emogen.training.tasks import MODELS
+    from emogen.models import NETWORKS
 
-    network = MODELS[model_name].build_network(build_configs(sections))
+    network = NETWORKS[model_name].build(build_configs(sections))
     if weights is not None:
         network.load_state_dict(weights)
     return network

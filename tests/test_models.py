@@ -285,3 +285,13 @@ def test_presets_build_and_validate():
     assert isinstance(model_configs("tiny")["ser"], SERConfig)
     # model_configs must not mutate the shared preset data
     assert PRESETS["tiny"]["unet"]["base_channels"] == 8
+
+
+def test_every_network_has_a_training_task_and_rebuilds_from_a_checkpoint(cfgs):
+    from emogen.checkpoint import build_model
+    from emogen.models import NETWORKS
+    from emogen.training import MODELS
+
+    assert set(MODELS) == set(NETWORKS)
+    ser = build_model("ser", {"ser": dataclasses.asdict(cfgs["ser"])})
+    assert isinstance(ser, NETWORKS["ser"].network)

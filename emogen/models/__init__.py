@@ -1,4 +1,8 @@
-"""The networks, as plain torch.nn.Modules with one config dataclass each."""
+"""The networks, as plain torch.nn.Modules with one config dataclass each, and the
+registry of trainable networks by model name (what a checkpoint needs to rebuild one)."""
+
+from dataclasses import dataclass
+from typing import Any
 
 from torch import nn
 
@@ -12,9 +16,32 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+@dataclass(frozen=True)
+class NetworkSpec:
+    """A trainable network and the config sections it is built from and saved with
+    (its own section first)."""
+
+    network: type[nn.Module]
+    sections: tuple[str, ...]
+
+    def build(self, configs: dict[str, Any]) -> nn.Module:
+        """The untrained network from config dataclasses keyed by section."""
+        return self.network(configs[self.sections[0]])
+
+
+# Model names are defined here once; emogen.training pairs each with its training task.
+NETWORKS: dict[str, NetworkSpec] = {
+    "ser": NetworkSpec(ResNetSER, ("ser",)),
+    "vae": NetworkSpec(ConditionalVAE, ("vae",)),
+    "diffusion": NetworkSpec(UNet, ("unet", "diffusion")),
+}
+
+
 __all__ = [
     "AttentionBlock",
     "ConditionalVAE",
+    "NETWORKS",
+    "NetworkSpec",
     "ResNetSER",
     "SERConfig",
     "UNet",

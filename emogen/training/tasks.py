@@ -1,9 +1,9 @@
 """What differs between the three models, and the registry of models.
 
 A `Task` is small on purpose: the network it trains, a loss for a batch, validation
-sums; the worker loop (emogen.training.loop) does everything else. `MODELS` names each
-trainable model once, with its task, network and config sections: the loop, the
-driver, checkpoint loading and the CLI all read it.
+sums; the worker loop (emogen.training.loop) does everything else. `MODELS` pairs each
+network of `emogen.models.NETWORKS` (the one list of model names) with its task: the
+loop, the driver and the CLI read it; checkpoint loading needs only the networks.
 """
 
 from __future__ import annotations
@@ -19,9 +19,8 @@ from torch import nn
 from emogen.checkpoint import load_model, load_state
 from emogen.config import EMOTIONS
 from emogen.diffusion import diffusion_loss, make_train_scheduler
-from emogen.models.ser import ResNetSER
-from emogen.models.unet import UNet
-from emogen.models.vae import ConditionalVAE, vae_loss
+from emogen.models import NETWORKS, NetworkSpec
+from emogen.models.vae import vae_loss
 from emogen.training.augment import augment_mels
 from emogen.training.config import TrainConfig
 
@@ -37,7 +36,7 @@ class Task:
         self.cfgs, self.train, self.extra = cfgs, train, extra
 
     def build(self) -> nn.Module:
-        return MODELS[self.name].build_network(self.cfgs)
+        return NETWORKS[self.name].build(self.cfgs)
 
     def setup(self, model: nn.Module, device: torch.device) -> None:
         """Per-run preparation after the model is on its device (e.g. a frozen VAE)."""
@@ -167,27 +166,22 @@ class DiffusionTask(Task):
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A trainable model: its task, its network, and the config sections it is built
-    from and saved with (the network's own section first)."""
+    """A trainable model: its network (emogen.models.NETWORKS) and its training task."""
 
     name: str
     task: type[Task]
-    network: type[nn.Module]
-    sections: tuple[str, ...]
 
-    def build_network(self, configs: dict[str, Any]) -> nn.Module:
-        """The untrained network from config dataclasses keyed by section."""
-        return self.network(configs[self.sections[0]])
+    @property
+    def network(self) -> NetworkSpec:
+        return NETWORKS[self.name]
+
+    @property
+    def sections(self) -> tuple[str, ...]:
+        """The config sections it is built from and saved with (the network's own first)."""
+        return self.network.sections
 
 
-MODELS: dict[str, ModelSpec] = {
-    spec.name: spec
-    for spec in (
-        ModelSpec("ser", SERTask, ResNetSER, ("ser",)),
-        ModelSpec("vae", VAETask, ConditionalVAE, ("vae",)),
-        ModelSpec("diffusion", DiffusionTask, UNet, ("unet", "diffusion")),
-    )
-}
+MODELS: dict[str, ModelSpec] = {task.name: ModelSpec(task.name, task) for task in (SERTask, VAETask, DiffusionTask)}
 
 
 def model_spec(model: str) -> ModelSpec:
