@@ -15,18 +15,27 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, **kwargs: 
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # Ray Train V2 replaces print() in its workers by one that, when stdout is wrapped (as
+    # under `ray job submit`), prints the line AND logs it again: every line twice in the job
+    # log. The trainer passes this setting from the driver to its workers.
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
     if address or os.environ.get("RAY_ADDRESS"):
         ray.init(address=address, **kwargs)
     else:
         # The dashboard stays on: Ray Train's controller watches its workers through the
         # state API it serves (bound to 127.0.0.1 by default).
         ray.init(num_cpus=num_cpus, **kwargs)
-    progress_bars_only_on_a_terminal()
+    plain_output_off_a_terminal()
 
 
-def progress_bars_only_on_a_terminal() -> None:
-    """Ray Data's progress bars redraw a line with carriage returns and escape codes: on a
-    terminal that is progress, in `ray job logs` or a redirected file it is noise."""
+def plain_output_off_a_terminal() -> None:
+    """Progress bars and colors only when stderr is a terminal. Ray Data's bars are redrawn
+    with carriage returns and cursor moves (the driver hides and redraws them around every
+    worker line it forwards): in `ray job logs` or a redirected file these are escape codes
+    in the text. Without a terminal, forwarded worker lines also lose their color codes."""
     from ray.data import DataContext
 
-    DataContext.get_current().enable_progress_bars = sys.stderr.isatty()
+    on_a_terminal = sys.stderr.isatty()
+    DataContext.get_current().enable_progress_bars = on_a_terminal
+    if not on_a_terminal:
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")  # read by the driver as it prints each line

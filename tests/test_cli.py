@@ -46,3 +46,26 @@ def test_a_bug_keeps_its_traceback(monkeypatch):
     monkeypatch.setattr(cli, "cmd_corpus", broken)
     with pytest.raises(KeyError, match="a bug"):
         cli.main(["corpus", "--out", "unused"])
+
+
+def test_job_output_is_plain_text_off_a_terminal(monkeypatch):
+    """Under `ray job submit` stderr is a file: no progress bars or color codes, and Ray
+    Train's print patch (which printed every worker line twice there) is off."""
+    import io
+    import os
+
+    import ray
+    from ray.data import DataContext
+
+    from emogen.runtime import init_ray
+
+    for name in ("RAY_TRAIN_ENABLE_PRINT_PATCH", "RAY_COLOR_PREFIX"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kwargs: None)
+    context = DataContext.get_current()
+    monkeypatch.setattr(context, "enable_progress_bars", True)
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    init_ray(num_cpus=1)
+    assert os.environ["RAY_TRAIN_ENABLE_PRINT_PATCH"] == "0" and os.environ["RAY_COLOR_PREFIX"] == "0"
+    assert context.enable_progress_bars is False

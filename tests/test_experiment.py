@@ -442,6 +442,11 @@ def test_augment_job_on_a_separate_ray_head(ray_session, tmp_path):
 
         # the job's last line is the experiment summary; its files exist
         summary = json.loads(logs.strip().splitlines()[-1])
+        # each training's epoch line once (Ray Train's print patch doubled them) and no
+        # progress bar redrawn into the log (emogen.runtime.init_ray)
+        epoch_lines = re.findall(r"\[[^\]\n]+\] epoch \d+/\d+", logs)
+        assert epoch_lines and len(epoch_lines) == len(set(epoch_lines)), epoch_lines
+        assert "\x1b[A" not in logs and "\r" not in logs
         assert summary["out"] == str(out) and set(summary["unweighted_accuracy"]) == set(CONDITIONS)
         results = json.loads((out / "results.json").read_text())
         assert results["seeds"] == [0] and results["preset"] == "tiny"
