@@ -56,9 +56,11 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 def load_state(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """A checkpoint (see resolve_checkpoint) -> the state dict, loaded with weights_only=True."""
+    from emogen.errors import MissingInputError
+
     path = resolve_checkpoint(path)
     if not path.exists():
-        raise FileNotFoundError(f"no checkpoint at {path}")
+        raise MissingInputError(f"no checkpoint at {path}")
     return torch.load(path, map_location=map_location, weights_only=True)
 
 

@@ -64,9 +64,11 @@ def cmd_preprocess(args: argparse.Namespace) -> dict:
 
 def cmd_train(args: argparse.Namespace) -> dict:
     from emogen.config import load_overrides
+    from emogen.data import features_dir
     from emogen.runtime import init_ray
     from emogen.training import FitConfig, fit
 
+    features_dir(args.data)  # a wrong --data is one line, before Ray starts
     overrides = load_overrides(args.config)
     overrides.pop("best_metric", None)  # best_config.json from a sweep carries its score
     init_ray(args.address, args.num_cpus)

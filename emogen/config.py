@@ -70,11 +70,23 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 def load_overrides(path: str | Path | None) -> dict[str, Any]:
     """Read a JSON or YAML file of config overrides (sections keyed by concern)."""
+    from emogen.errors import InvalidInputError, MissingInputError
+
     if path is None:
         return {}
+    if not Path(path).is_file():
+        raise MissingInputError(f"--config: no file at {path}")
     text = Path(path).read_text()
-    if str(path).endswith((".yaml", ".yml")):
-        import yaml
+    is_yaml = str(path).endswith((".yaml", ".yml"))
+    try:
+        if is_yaml:
+            import yaml
 
-        return yaml.safe_load(text) or {}
-    return json.loads(text)
+            data = yaml.safe_load(text) or {}
+        else:
+            data = json.loads(text)
+    except Exception as exc:  # json.JSONDecodeError, yaml.YAMLError: the file, not a bug
+        raise InvalidInputError(f"--config: {path} is not valid {'YAML' if is_yaml else 'JSON'}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise InvalidInputError(f"--config: {path} must hold a mapping of sections, e.g. {{\"train\": {{\"lr\": 0.001}}}}")
+    return data

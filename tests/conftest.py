@@ -40,6 +40,17 @@ def tiny_features(tmp_path_factory, ray_session):
 
 
 @pytest.fixture(scope="session")
+def diffusion_checkpoint(tiny_features, tmp_path_factory):
+    """A tiny mel-space diffusion generator trained for one epoch (the served model)."""
+    from emogen.training import FitConfig, fit
+
+    root = tmp_path_factory.mktemp("serve-train")
+    summary = fit("diffusion", tiny_features, FitConfig(preset="tiny", epochs=1, storage_path=root / "train",
+                                                         run_name="diff-serve", tracking_uri=f"sqlite:///{root / 'mlflow.db'}"))
+    return summary["checkpoint"]
+
+
+@pytest.fixture(scope="session")
 def tracking_uri(tmp_path_factory):
     """A throwaway local MLflow store shared by the session's training runs."""
     return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"

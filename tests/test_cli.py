@@ -22,12 +22,20 @@ def run_emogen(*args: str, cwd: Path) -> subprocess.CompletedProcess:
         (["preprocess", "--csv", "missing.csv", "--output", "out"], "label CSV not found: missing.csv"),
         (["tune", "ser", "--data", "missing-data"], "no features at missing-data: run `emogen preprocess` first"),
         (["tune", "ser", "--data", ".", "--space", "bad_space.yaml"], "bad_space.yaml: ser.train.lr: uniform takes 2 numbers"),
+        (["train", "ser", "--data", "missing-data"], "no features at missing-data: run `emogen preprocess` first"),
+        (["train", "ser", "--data", ".", "--config", "missing.json"], "--config: no file at missing.json"),
+        (["train", "ser", "--data", ".", "--config", "bad.json"], "--config: bad.json is not valid JSON"),
+        (["train", "ser", "--data", ".", "--config", "list.json"], "--config: list.json must hold a mapping of sections"),
+        (["generate", "--checkpoint", "missing-run", "--emotion", "fear", "--out", "out"], "no checkpoint at missing-run"),
     ],
-    ids=["missing-input", "missing-csv", "missing-data", "bad-space"],
+    ids=["missing-input", "missing-csv", "missing-data", "bad-space", "train-missing-data", "missing-config",
+         "bad-config", "config-not-a-mapping", "missing-checkpoint"],
 )
 def test_user_errors_end_in_one_line_and_exit_code_2(tmp_path, args, message):
     (tmp_path / "bad_space.yaml").write_text("ser:\n  train:\n    lr: {uniform: [1.0e-4]}\n")
-    (tmp_path / "features").mkdir()  # `--data .` exists, so the space file is what fails
+    (tmp_path / "bad.json").write_text("{bad")
+    (tmp_path / "list.json").write_text("[1, 2]")
+    (tmp_path / "features").mkdir()  # `--data .` exists, so the space or config file is what fails
     proc = run_emogen(*args, cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.splitlines()

@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import pytest
-from test_serve import diffusion_checkpoint  # noqa: F401  (fixture: a tiny trained diffusion checkpoint)
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -67,7 +66,7 @@ def test_wheel_ships_the_serving_package(installed_venv, tmp_path):
     assert out[1] == "<!doctype html>"
 
 
-def test_installed_emogen_serve(installed_venv, diffusion_checkpoint, tmp_path):  # noqa: F811
+def test_installed_emogen_serve(installed_venv, diffusion_checkpoint, tmp_path):
     """`emogen serve` from the wheel, in a directory outside the checkout, on its own Ray
     (its own temp dir: a short path, Ray's unix sockets live under it)."""
     import httpx

@@ -20,16 +20,6 @@ pytestmark = pytest.mark.slow
 CHROMIUM = Path("/usr/bin/chromium")
 
 
-@pytest.fixture(scope="module")
-def diffusion_checkpoint(tiny_features, tmp_path_factory):
-    from emogen.training import FitConfig, fit
-
-    root = tmp_path_factory.mktemp("serve-train")
-    summary = fit("diffusion", tiny_features, FitConfig(preset="tiny", epochs=1, storage_path=root / "train",
-                                                         run_name="diff-serve", tracking_uri=f"sqlite:///{root / 'mlflow.db'}"))
-    return summary["checkpoint"]
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
