@@ -104,7 +104,7 @@ def cmd_experiment(args: argparse.Namespace) -> dict:
     config = _experiment_config(args)
     seconds: dict[str, float] = {}
     data = args.data or _preprocess_for_experiment(args, args.input, args.csv, args.dataset, seconds)
-    command = "emogen " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    command = "emogen " + shlex.join(map(str, args.argv))  # the subcommand included, also when run as jobs/augment.py
     return _run_experiment(args, data, config, seconds, command)
 
 
@@ -310,6 +310,7 @@ def main(argv: list[str] | None = None) -> None:
     configure_logging()
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     func: Callable[[argparse.Namespace], dict] = args.func
     try:
         summary = func(args)

@@ -450,6 +450,7 @@ def test_augment_job_on_a_separate_ray_head(ray_session, tmp_path):
         assert summary["out"] == str(out) and set(summary["unweighted_accuracy"]) == set(CONDITIONS)
         results = json.loads((out / "results.json").read_text())
         assert results["seeds"] == [0] and results["preset"] == "tiny"
+        assert results["command"].startswith("emogen experiment --input ")  # the report's "Reproduce" line
         # the CLI's --ser-epochs; the control scales it by real+diffusion's clips per epoch
         runs = results["runs"]
         assert all(r["epochs"] == 1 for c in CONDITIONS if c != "real-matched" for r in runs[c])
