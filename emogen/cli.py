@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
-import typing
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from emogen.config import AudioConfig
 from emogen.errors import UserError
 from emogen.logs import configure_logging, get_logger
+from emogen.options import add_config_options, add_ray_options, config_values
 
 if TYPE_CHECKING:
     from emogen.experiment import ExperimentConfig
@@ -72,9 +71,7 @@ def cmd_train(args: argparse.Namespace) -> dict:
     overrides = load_overrides(args.config)
     overrides.pop("best_metric", None)  # best_config.json from a sweep carries its score
     init_ray(args.address, args.num_cpus)
-    # add_train_arguments names each option after its FitConfig field
-    options = {f.name: getattr(args, f.name) for f in dataclasses.fields(FitConfig) if hasattr(args, f.name)}
-    return fit(args.model, args.data, FitConfig(**{**options, "overrides": overrides}))
+    return fit(args.model, args.data, FitConfig(**{**config_values(FitConfig, args), "overrides": overrides}))
 
 
 def cmd_generate(args: argparse.Namespace) -> dict:
@@ -126,7 +123,7 @@ def _experiment_config(args: argparse.Namespace) -> ExperimentConfig:
     """The preset's experiment section with the options given (each named after its field)."""
     from emogen.experiment import ExperimentConfig, experiment_config
 
-    return experiment_config(args.preset, {f.name: getattr(args, f.name) for f in dataclasses.fields(ExperimentConfig)})
+    return experiment_config(args.preset, config_values(ExperimentConfig, args))
 
 
 def _preprocess_for_experiment(args: argparse.Namespace, inputs: list[Path] | None, csv: Path | None, dataset: str,
@@ -173,36 +170,19 @@ def _run_experiment(args: argparse.Namespace, features: Path, config: Experiment
 # -------------------------------------------------------------------------- parser
 
 
-def _ray_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else start a local instance)")
-    p.add_argument("--num-cpus", type=int, default=None, help="CPUs for a local Ray instance (default: all)")
-
-
 def add_train_arguments(p: argparse.ArgumentParser, model: str | None) -> None:
     """Options shared by `emogen train MODEL` and jobs/train_MODEL.py: the FitConfig fields
-    (same names, same defaults) plus where the data and the Ray cluster are."""
+    (same names, same defaults) plus the data, overrides file and the Ray cluster."""
     from emogen.training import MODELS, FitConfig
 
-    defaults = FitConfig()
     if model is None:
         p.add_argument("model", choices=list(MODELS))
     else:
         p.set_defaults(model=model)
     p.add_argument("--data", type=Path, required=True, help="preprocess output folder (or its features/)")
-    p.add_argument("--preset", default=defaults.preset, help="tiny | demo | paper: model sizes and training defaults")
     p.add_argument("--config", type=Path, default=None, help="JSON/YAML overrides, e.g. {\"train\": {\"lr\": 1e-3}, \"ser\": {...}}")
-    p.add_argument("--epochs", type=int, default=defaults.epochs)
-    p.add_argument("--num-workers", type=int, default=defaults.num_workers, help="Ray Train workers (data-parallel)")
-    p.add_argument("--use-gpu", action="store_true", default=defaults.use_gpu, help="one GPU per worker, NCCL")
-    p.add_argument("--storage-path", default=defaults.storage_path, help="local dir, shared file system or s3:// URI")
-    p.add_argument("--run-name", default=defaults.run_name, help="re-use a name to resume that run (default MODEL-PRESET)")
-    p.add_argument("--tracking-uri", default=defaults.tracking_uri, help="MLflow tracking URI (default: local store in runs/mlflow)")
-    p.add_argument("--vae-checkpoint", default=defaults.vae_checkpoint, help="diffusion in latent space: the trained VAE checkpoint")
-    p.add_argument("--extra-train", action="append", default=defaults.extra_train,
-                   help="features dataset added to training only (e.g. generated clips); repeatable")
-    p.add_argument("--max-failures", type=int, default=defaults.max_failures, help="worker-group restarts from the last checkpoint")
-    p.add_argument("--fail-at-epoch", type=int, default=defaults.fail_at_epoch, help=argparse.SUPPRESS)  # fault-tolerance drills
-    _ray_options(p)
+    add_config_options(p, FitConfig)
+    add_ray_options(p)
 
 
 def add_experiment_arguments(p: argparse.ArgumentParser, demo: bool = False) -> None:
@@ -223,29 +203,9 @@ def add_experiment_arguments(p: argparse.ArgumentParser, demo: bool = False) -> 
     p.add_argument("--config", type=Path, default=None,
                    help='JSON/YAML preset overrides, e.g. {"ser": {"dropout": 0.2}, "train_ser": {"epochs": 10}, "train": {"lr": 1e-3}}')
     p.add_argument("--name", default="demo" if demo else None, help="run name prefix (default: the --out folder name)")
-    _add_config_options(p, ExperimentConfig)
+    add_config_options(p, ExperimentConfig, unset_means_preset=True)
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: local store in runs/mlflow)")
-    _ray_options(p)
-
-
-def _add_config_options(p: argparse.ArgumentParser, config_class: type) -> None:
-    """One option per field of a config dataclass (--field-name), default None so that the
-    caller can tell "not given"; the type from the annotation, help and choices from the
-    field's metadata."""
-    hints = typing.get_type_hints(config_class)
-    for option in dataclasses.fields(config_class):
-        flag, kind, help_text = "--" + option.name.replace("_", "-"), hints[option.name], option.metadata.get("help", "")
-        if kind is bool:
-            p.add_argument(flag, action="store_true", default=None, help=help_text)
-            continue
-        if option.default is not None:
-            shown = " ".join(map(str, option.default)) if isinstance(option.default, tuple) else option.default
-            help_text += f" (default: the preset's, else {shown})"
-        if typing.get_origin(kind) is tuple:  # tuple[int, ...]
-            p.add_argument(flag, type=typing.get_args(kind)[0], nargs="+", default=None, help=help_text)
-        else:
-            value_type = next((t for t in typing.get_args(kind) if t is not type(None)), kind)  # X | None -> X
-            p.add_argument(flag, type=value_type, default=None, choices=option.metadata.get("choices"), help=help_text)
+    add_ray_options(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -266,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", type=Path, required=True)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--concurrency", type=int, default=None, help="featurizer actors (default: one per CPU)")
-    _ray_options(p)
+    add_ray_options(p)
     p.set_defaults(func=cmd_preprocess)
 
     p = sub.add_parser("train", help="train a model with Ray Train (checkpoints every epoch, resumable)")

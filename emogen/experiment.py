@@ -46,6 +46,7 @@ import numpy as np
 from emogen.config import EMOTIONS, replace
 from emogen.diffusion import SAMPLERS
 from emogen.logs import get_logger
+from emogen.options import option
 from emogen.presets import preset_sections
 from emogen.results import (
     AUGMENTED_BY,
@@ -78,36 +79,31 @@ from emogen.results import (
 log = get_logger("experiment")
 
 
-def _option(default: Any, help: str, **argparse_options: Any) -> Any:
-    """A config field that is also an `emogen experiment` option (emogen.cli builds it)."""
-    return field(default=default, metadata={"help": help, **argparse_options})
-
-
 @dataclass(frozen=True)
 class ExperimentConfig:
     """What the experiment does; a preset's "experiment" section sets the defaults. Every
     field is an `emogen experiment` option of the same name (--per-emotion, ...)."""
 
-    seeds: tuple[int, ...] = _option((0, 1, 2), "SER / sampling seeds")
+    seeds: tuple[int, ...] = option((0, 1, 2), "SER / sampling seeds")
     # Generated clips per emotion: per_emotion if > 0, else ratio x real training clips / 6
     # (balanced over the emotions whatever the real class balance is).
-    per_emotion: int = _option(0, "generated clips per emotion (0: from --ratio)")
-    ratio: float = _option(1.0, "generated / real training clips, balanced over emotions")
+    per_emotion: int = option(0, "generated clips per emotion (0: from --ratio)")
+    ratio: float = option(1.0, "generated / real training clips, balanced over emotions")
     # None: the preset's diffusion sampler, steps and guidance
-    sampler: str | None = _option(None, "diffusion sampler (default: the preset's)", choices=tuple(SAMPLERS))
-    steps: int | None = _option(None, "sampling steps (default: the preset's)")
-    guidance_scale: float | None = _option(None, "classifier-free guidance (default: the preset's)")
-    min_confidence: float = _option(
+    sampler: str | None = option(None, "diffusion sampler (default: the preset's)", choices=tuple(SAMPLERS))
+    steps: int | None = option(None, "sampling steps (default: the preset's)")
+    guidance_scale: float | None = option(None, "classifier-free guidance (default: the preset's)")
+    min_confidence: float = option(
         0.0, "keep generated clips the seed's real-trained SER gives >= this probability for their emotion")
     # None: the preset's train_ser / train_vae / train_diffusion
-    ser_epochs: int | None = _option(None, "epochs of every SER (default: the preset's)")
-    vae_epochs: int | None = _option(None, "VAE epochs (default: the preset's)")
-    diffusion_epochs: int | None = _option(None, "diffusion epochs (default: the preset's)")
-    num_workers: int = _option(1, "Ray Train workers for the VAE and diffusion trainings")
-    cpus_per_worker: float | None = _option(None, "CPUs (torch threads) per VAE / diffusion worker (default: Ray Train's 1)")
-    use_gpu: bool = _option(False, "GPUs for training, generation and evaluation")
-    cpus_per_task: float = _option(1.0, "CPUs per SER training / generation task")
-    wavs_per_emotion: int = _option(1, "Griffin-Lim clips per emotion and source in the report")
+    ser_epochs: int | None = option(None, "epochs of every SER (default: the preset's)")
+    vae_epochs: int | None = option(None, "VAE epochs (default: the preset's)")
+    diffusion_epochs: int | None = option(None, "diffusion epochs (default: the preset's)")
+    num_workers: int = option(1, "Ray Train workers for the VAE and diffusion trainings")
+    cpus_per_worker: float | None = option(None, "CPUs (torch threads) per VAE / diffusion worker (default: Ray Train's 1)")
+    use_gpu: bool = option(False, "GPUs for training, generation and evaluation")
+    cpus_per_task: float = option(1.0, "CPUs per SER training / generation task")
+    wavs_per_emotion: int = option(1, "Griffin-Lim clips per emotion and source in the report")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))

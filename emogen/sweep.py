@@ -38,7 +38,7 @@ import math
 import os
 import re
 import time
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any
@@ -48,6 +48,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, Validatio
 
 from emogen.errors import InvalidInputError, MissingInputError
 from emogen.logs import get_logger
+from emogen.options import add_config_options, add_ray_options, config_values, option
 from emogen.training import MODELS, SingleProcessSession, loop_config, require_vae
 
 log = get_logger("tune")
@@ -477,43 +478,38 @@ def _parent_run(name: str, tracking_uri: str | None, params: dict[str, Any]) -> 
     return run_id, experiment_id
 
 
-def _option(default: Any, help: str, **argparse_keywords: Any) -> Any:
-    """A SweepConfig field that is also an option of `emogen tune` (metadata: add_argument's keywords)."""
-    return field(default=default, metadata={"help": help, **argparse_keywords})
-
-
 @dataclass
 class SweepConfig:
     """Everything a sweep takes; the options of `emogen tune MODEL` and tune/sweep.py are
     built from these fields (see add_arguments), so each default lives here only."""
 
-    model: str = field(metadata={"choices": list(MODELS), "help": "the model to tune"})
-    data: Path = field(metadata={"type": Path, "help": "preprocess output folder (or its features/)"})
-    preset: str = _option("demo", "tiny | demo | paper: model sizes and training defaults")
-    space: str | Path | dict | None = _option(
+    model: str = option(help="the model to tune", positional=True, choices=list(MODELS))
+    data: Path = option(help="preprocess output folder (or its features/)")
+    preset: str = option("demo", "tiny | demo | paper: model sizes and training defaults")
+    space: str | Path | dict | None = option(
         None, f"search space YAML/JSON (default: the built-in emogen/{SPACES_RESOURCE})", type=Path)
-    search: str = _option("random", "random (default), grid (choice -> every value), optuna/hyperopt if installed",
+    search: str = option("random", "random (default), grid (choice -> every value), optuna/hyperopt if installed",
                           choices=list(SEARCHERS))
-    num_samples: int = _option(8, "trials (each grid point is repeated this many times)", type=int)
-    epochs: int | None = _option(None, "epochs per trial (ASHA's max_t; default: the preset's)", type=int)
-    metric: str = _option("val_loss", "reported metric to optimize (e.g. val_loss, val_uar)")
-    mode: str = _option("min", "min or max of the metric", choices=list(MODES))
-    scheduler: str = _option("asha", "asha: early-stop weak trials", choices=list(SCHEDULERS))
-    grace_period: int = _option(1, "ASHA: epochs before a trial can be stopped", type=int)
-    reduction_factor: int = _option(2, "ASHA: keep the top 1/N at each rung", type=int)
-    max_concurrent: int | None = _option(None, "trials running at once (default: as resources allow)", type=int)
-    cpus_per_trial: float = _option(1.0, "CPUs per trial (per worker with --num-workers > 1)", type=float)
-    gpus_per_trial: float = _option(0.0, "GPUs per trial (per worker with --num-workers > 1)", type=float)
-    num_workers: int = _option(1, "data-parallel Ray Train workers per trial (1 = in the trial process)", type=int)
-    time_budget_s: float | None = _option(None, "stop the sweep after this many seconds", type=float)
-    storage_path: str | Path = _option("runs/tune", "local dir, shared file system or s3:// URI")
-    name: str | None = _option(None, "sweep name (default tune-MODEL-PRESET); an existing one is resumed")
+    num_samples: int = option(8, "trials (each grid point is repeated this many times)", type=int)
+    epochs: int | None = option(None, "epochs per trial (ASHA's max_t; default: the preset's)", type=int)
+    metric: str = option("val_loss", "reported metric to optimize (e.g. val_loss, val_uar)")
+    mode: str = option("min", "min or max of the metric", choices=list(MODES))
+    scheduler: str = option("asha", "asha: early-stop weak trials", choices=list(SCHEDULERS))
+    grace_period: int = option(1, "ASHA: epochs before a trial can be stopped", type=int)
+    reduction_factor: int = option(2, "ASHA: keep the top 1/N at each rung", type=int)
+    max_concurrent: int | None = option(None, "trials running at once (default: as resources allow)", type=int)
+    cpus_per_trial: float = option(1.0, "CPUs per trial (per worker with --num-workers > 1)", type=float)
+    gpus_per_trial: float = option(0.0, "GPUs per trial (per worker with --num-workers > 1)", type=float)
+    num_workers: int = option(1, "data-parallel Ray Train workers per trial (1 = in the trial process)", type=int)
+    time_budget_s: float | None = option(None, "stop the sweep after this many seconds", type=float)
+    storage_path: str | Path = option("runs/tune", "local dir, shared file system or s3:// URI")
+    name: str | None = option(None, "sweep name (default tune-MODEL-PRESET); an existing one is resumed")
     # None: resume when the sweep exists; True: require it; False: start fresh (fails if it exists)
-    resume: bool | None = _option(None, "require an existing sweep of this name and resume it",
+    resume: bool | None = option(None, "require an existing sweep of this name and resume it",
                                   action="store_const", const=True)
-    tracking_uri: str | None = _option(None, "MLflow tracking URI (default: local store in runs/mlflow)")
-    vae_checkpoint: str | None = _option(None, "latent diffusion: the trained VAE checkpoint")
-    max_failures: int = _option(0, "retries of a failed trial from its last checkpoint", type=int)
+    tracking_uri: str | None = option(None, "MLflow tracking URI (default: local store in runs/mlflow)")
+    vae_checkpoint: str | None = option(None, "latent diffusion: the trained VAE checkpoint")
+    max_failures: int = option(0, "retries of a failed trial from its last checkpoint", type=int)
 
     def __post_init__(self) -> None:
         if self.model not in MODELS:
@@ -688,25 +684,15 @@ def _close_runs(uri: str, experiment_id: str, parent_run_id: str, rows: list[dic
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Options of `emogen tune MODEL` (and tune/sweep.py): one per SweepConfig field, plus
     where Ray runs."""
-    for option in fields(SweepConfig):
-        keywords = dict(option.metadata)
-        if option.name == "model":
-            p.add_argument("model", **keywords)
-            continue
-        if option.default is MISSING:
-            keywords["required"] = True
-        else:
-            keywords["default"] = option.default
-        p.add_argument("--" + option.name.replace("_", "-"), **keywords)
-    p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else start a local instance)")
-    p.add_argument("--num-cpus", type=int, default=None, help="CPUs for a local Ray instance (default: all)")
+    add_config_options(p, SweepConfig)
+    add_ray_options(p)
 
 
 def cmd_tune(args: argparse.Namespace) -> dict:
     from emogen.data import features_dir
     from emogen.runtime import init_ray
 
-    config = SweepConfig(**{option.name: getattr(args, option.name) for option in fields(SweepConfig)})
+    config = SweepConfig(**config_values(SweepConfig, args))
     features_dir(config.data)  # a wrong --data is reported before Ray starts
     if config.space is not None:
         load_space(config.model, config.space)  # so is a bad --space file

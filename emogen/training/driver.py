@@ -4,6 +4,7 @@ the current process, e.g. inside a Ray task)."""
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import time
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ from typing import Any
 
 from emogen.checkpoint import STATE_FILE, load_state
 from emogen.config import AudioConfig
+from emogen.options import option
 from emogen.presets import model_configs
 from emogen.training.config import TrainConfig, train_config
 from emogen.training.loop import run_training, train_loop_per_worker
@@ -135,24 +137,24 @@ def start_child_run(
 @dataclass(frozen=True)
 class FitConfig:
     """How `fit` runs a training, besides the model and the features; `emogen train`'s
-    options are built from these fields and their defaults."""
+    options are the fields declared with `option` (emogen.options), same names and defaults."""
 
-    preset: str = "demo"
-    # {"train": {...}, "ser": {...}, ...} on top of the preset
+    preset: str = option("demo", "tiny | demo | paper: model sizes and training defaults")
+    # {"train": {...}, "ser": {...}, ...} on top of the preset (`emogen train --config FILE`)
     overrides: dict[str, Any] | None = None
-    epochs: int | None = None  # None: the preset's
-    num_workers: int = 1
-    use_gpu: bool = False
-    storage_path: str | Path = "runs/train"
-    # Re-running with the same storage_path and run_name resumes from the run's latest
-    # checkpoint; None: "<model>-<preset>".
-    run_name: str | None = None
-    tracking_uri: str | None = None
-    vae_checkpoint: str | None = None  # latent diffusion: the trained VAE
-    max_failures: int = 1  # worker-group restarts from the last checkpoint
-    fail_at_epoch: int = -1  # fault-tolerance drill (TrainConfig.fail_at_epoch); -1: none
-    # Features datasets added to the training split only (generated clips).
-    extra_train: list[str | Path] | None = None
+    epochs: int | None = option(None, "epochs (default: the preset's)")
+    num_workers: int = option(1, "Ray Train workers (data-parallel)")
+    use_gpu: bool = option(False, "one GPU per worker, NCCL")
+    storage_path: str | Path = option("runs/train", "local dir, shared file system or s3:// URI")
+    # Re-running with the same storage_path and run_name resumes from the run's latest checkpoint.
+    run_name: str | None = option(None, "re-use a name to resume that run (default MODEL-PRESET)")
+    tracking_uri: str | None = option(None, "MLflow tracking URI (default: local store in runs/mlflow)")
+    vae_checkpoint: str | None = option(None, "diffusion in latent space: the trained VAE checkpoint")
+    extra_train: list[str | Path] | None = option(
+        None, "features dataset added to training only (e.g. generated clips); repeatable")
+    max_failures: int = option(1, "worker-group restarts from the last checkpoint")
+    # a fault-tolerance drill (TrainConfig.fail_at_epoch); -1: none
+    fail_at_epoch: int = option(-1, argparse.SUPPRESS)
     parent_run_id: str | None = None  # the MLflow run is a child of this one (an experiment's)
     cpus_per_worker: float | None = None  # CPUs (= torch threads) per worker; None: Ray Train's 1
 
