@@ -77,3 +77,23 @@ def test_job_output_is_plain_text_off_a_terminal(monkeypatch):
     init_ray(num_cpus=1)
     assert os.environ["RAY_TRAIN_ENABLE_PRINT_PATCH"] == "0" and os.environ["RAY_COLOR_PREFIX"] == "0"
     assert context.enable_progress_bars is False
+
+
+def test_train_options_are_fit_config_fields_with_their_defaults():
+    """`emogen train` parses to exactly FitConfig's option fields, defaults included, and
+    what only code passes (overrides, the MLflow parent run) is not an option."""
+    import dataclasses
+
+    from emogen.cli import build_parser
+    from emogen.options import config_values
+    from emogen.training import FitConfig
+
+    args = build_parser().parse_args(["train", "ser", "--data", "features"])
+    parsed = config_values(FitConfig, args)
+    options = {f.name for f in dataclasses.fields(FitConfig) if "help" in f.metadata}
+    assert set(parsed) == options and {"overrides", "parent_run_id"}.isdisjoint(parsed)
+    assert FitConfig(**parsed) == FitConfig()
+    args = build_parser().parse_args(["train", "diffusion", "--data", "f", "--use-gpu", "--epochs", "3",
+                                      "--extra-train", "a", "--extra-train", "b"])
+    config = FitConfig(**config_values(FitConfig, args))
+    assert config.use_gpu and config.epochs == 3 and config.extra_train == ["a", "b"]
