@@ -287,3 +287,44 @@ def speaker_split(
         for i, spk in enumerate(speakers):
             assignment[spk] = "test" if i < n_test else "val" if i < n_test + n_val else "train"
     return table["speaker"].map(assignment).rename("split")
+
+
+def speaker_folds(table: pd.DataFrame, k: int = 4, val_fraction: float = 0.15, seed: int = 0) -> list[pd.Series]:
+    """Speaker-grouped K folds: one 'train'/'val'/'test' Series per fold, like speaker_split.
+
+    Each dataset's speakers are shuffled with the seed and dealt round-robin into k test
+    groups (continuing across datasets, so fold sizes stay even): test groups are disjoint
+    and every speaker is tested exactly once; a dataset with at least k speakers has a test
+    speaker in every fold. Validation speakers come from the fold's other speakers, per
+    dataset (a share val_fraction of them, at least one where two or more remain), so no
+    fold validates on its own test speakers.
+    """
+    if k < 2:
+        raise ValueError(f"need at least 2 folds, got {k}")
+    if not 0 <= val_fraction < 1:
+        raise ValueError("need 0 <= val_fraction < 1")
+    n_speakers = table["speaker"].nunique()
+    if n_speakers < k:
+        raise ValueError(f"{k} folds need at least {k} speakers, the table has {n_speakers}")
+    rng = np.random.default_rng(seed)
+    fold_of: dict[str, int] = {}
+    speakers_of: dict[str, list[str]] = {}
+    dealt = 0
+    for dataset in sorted(table["dataset"].unique()):
+        speakers = sorted(table.loc[table["dataset"] == dataset, "speaker"].unique())
+        speakers = [speakers[i] for i in rng.permutation(len(speakers))]
+        speakers_of[dataset] = speakers
+        for spk in speakers:
+            fold_of[spk] = dealt % k
+            dealt += 1
+    folds = []
+    for fold in range(k):
+        assignment: dict[str, str] = {}
+        for dataset, speakers in speakers_of.items():
+            rest = [spk for spk in speakers if fold_of[spk] != fold]
+            n_val = max(1, int(round(len(rest) * val_fraction))) if len(rest) >= 2 and val_fraction > 0 else 0
+            val = {rest[i] for i in rng.permutation(len(rest))[:n_val]}
+            for spk in speakers:
+                assignment[spk] = "test" if fold_of[spk] == fold else "val" if spk in val else "train"
+        folds.append(table["speaker"].map(assignment).rename("split"))
+    return folds

@@ -15,6 +15,7 @@ from emogen.datasets import (
     parse_ravdess_name,
     ravdess_name,
     scan_folder,
+    speaker_folds,
     speaker_split,
     summarize_labels,
 )
@@ -122,3 +123,35 @@ def test_speaker_split_is_speaker_independent_and_deterministic():
 def test_speaker_split_with_two_speakers_keeps_a_test_speaker():
     split = speaker_split(_table(2, 0), seed=0)
     assert set(split) == {"train", "test"}
+
+
+@pytest.mark.parametrize("k", [2, 4, 5])
+def test_speaker_folds_test_every_speaker_once(k):
+    t = _table()
+    folds = speaker_folds(t, k=k, val_fraction=0.15, seed=1)
+    assert len(folds) == k
+    tested = [set(t.loc[split == "test", "speaker"]) for split in folds]
+    for i in range(k):
+        for j in range(i + 1, k):
+            assert not tested[i] & tested[j]
+    assert set().union(*tested) == set(t["speaker"])
+    assert sum(len(s) for s in tested) == t["speaker"].nunique()
+    for split, test_speakers in zip(folds, tested):
+        assert (t.assign(split=split).groupby("speaker")["split"].nunique() == 1).all()
+        assert not set(t.loc[split == "val", "speaker"]) & test_speakers
+        assert set(split) == {"train", "val", "test"}
+        for ds in ("emodb", "ravdess"):  # both have >= k speakers: each in every split
+            assert set(split[t.dataset == ds]) == {"train", "val", "test"}
+
+
+def test_speaker_folds_deterministic_and_checked():
+    t = _table()
+    a, b = speaker_folds(t, k=4, seed=3), speaker_folds(t, k=4, seed=3)
+    assert all(x.equals(y) for x, y in zip(a, b))
+    assert not all(x.equals(y) for x, y in zip(a, speaker_folds(t, k=4, seed=4)))
+    no_val = speaker_folds(t, k=4, val_fraction=0.0)
+    assert all("val" not in set(split) for split in no_val)
+    with pytest.raises(ValueError):
+        speaker_folds(t, k=1)
+    with pytest.raises(ValueError):
+        speaker_folds(_table(2, 1), k=4)
