@@ -2,8 +2,10 @@
 
 - `SERClassifier`: a trained SER checkpoint -> class probabilities and penultimate
   embeddings for any batch of scaled log-mels (FID / IS / clarity are computed on them).
-- `evaluate_split`: SER metrics (WA, UA, macro F1, confusion) on one speaker-independent
-  split of a features dataset, the same split the training jobs used.
+- `held_out_report`: WA, UA, macro F1, confusion, and UA per held-out speaker, of any
+  classifier's predictions (an SER's, the linear probe's).
+- `evaluate_split`: those metrics of an SER on one speaker-independent split of a
+  features dataset, the same split the training jobs used.
 - `write_generated_features`: generated mels in the preprocessing's Parquet schema, so
   `emogen train ser --extra-train DIR` mixes them into training without a second format.
 """
@@ -21,7 +23,7 @@ import torch
 from emogen.checkpoint import load_model, load_state
 from emogen.config import EMOTIONS
 from emogen.data import FEATURES_DIR, STATUS_OK, decode_mels, read_features
-from emogen.metrics import classification_report
+from emogen.metrics import classification_report, per_speaker_ua
 
 
 class SERClassifier:
@@ -58,13 +60,18 @@ def split_table(features: str | Path, assignment: dict[str, str], split: str) ->
     return table[table["clip_id"].map(assignment) == split].reset_index(drop=True)
 
 
+def held_out_report(labels: np.ndarray, preds: np.ndarray, speakers: np.ndarray) -> dict:
+    """`classification_report` plus "per_speaker": UA of each held-out speaker's clips."""
+    return {**classification_report(labels, preds), "per_speaker": per_speaker_ua(labels, preds, speakers)}
+
+
 def evaluate_split(classifier: SERClassifier, features: str | Path, assignment: dict[str, str], split: str = "test") -> dict:
-    """WA / UA / macro F1 / confusion of a classifier on one split of a features dataset."""
+    """WA / UA / macro F1 / confusion and per-speaker UA of a classifier on one split of a features dataset."""
     table = split_table(features, assignment, split)
     if table.empty:
         raise ValueError(f"the {split} split of {features} is empty")
     probs, _ = classifier.predict(decode_mels(table))
-    return classification_report(table["label"].to_numpy(), probs.argmax(axis=1))
+    return held_out_report(table["label"].to_numpy(), probs.argmax(axis=1), table["speaker"].to_numpy())
 
 
 def write_generated_features(mels: np.ndarray, labels: np.ndarray, out_dir: str | Path, source: str) -> Path:

@@ -51,6 +51,13 @@ def classification_report(labels: np.ndarray, preds: np.ndarray, num_classes: in
     }
 
 
+def per_speaker_ua(labels: np.ndarray, preds: np.ndarray, speakers: np.ndarray, num_classes: int = len(EMOTIONS)) -> dict[str, float]:
+    """UA of each speaker's clips, over the classes that speaker has (as `classification_report`)."""
+    labels, preds, speakers = np.asarray(labels), np.asarray(preds), np.asarray(speakers).astype(str)
+    return {str(speaker): classification_report(labels[speakers == speaker], preds[speakers == speaker], num_classes)["unweighted_accuracy"]
+            for speaker in sorted(set(speakers.tolist()))}
+
+
 def emotional_clarity(requested: np.ndarray, predicted: np.ndarray) -> float:
     """Share of generated clips that a real-trained SER assigns to their requested emotion."""
     requested, predicted = np.asarray(requested), np.asarray(predicted)

@@ -75,3 +75,16 @@ def test_inception_score_bounds():
 def test_mean_and_spread():
     assert mean_and_spread([0.5, 0.7, 0.6]) == {"mean": pytest.approx(0.6), "std": pytest.approx(0.1), "n": 3}
     assert mean_and_spread([0.5])["std"] == 0.0
+
+
+def test_per_speaker_ua_is_each_speakers_classification_report():
+    from emogen.metrics import per_speaker_ua
+
+    labels = np.array([0, 0, 1, 1, 0, 2, 2, 2])
+    preds = np.array([0, 1, 1, 1, 0, 2, 0, 0])
+    speakers = np.array(["03", "03", "03", "03", "11", "11", "11", "11"])
+    result = per_speaker_ua(labels, preds, speakers)
+    assert list(result) == ["03", "11"]
+    assert result["03"] == pytest.approx((1 / 2 + 2 / 2) / 2)  # classes 0 and 1 only
+    assert result["11"] == pytest.approx((1 / 1 + 1 / 3) / 2)  # classes 0 and 2 only
+    assert result["11"] == pytest.approx(balanced_accuracy_score(labels[4:], preds[4:]))
