@@ -10,11 +10,14 @@ model or as the results.json dict) and the sample files beside it into:
 
 Sections, in order: title (name, preset, date, total time); "What this run shows", a
 paragraph generated from the numbers (UA gains in points, whether the two targets are met,
-seeds and test size, never a significance claim); the SER table (`results_table`, also
-printed by the CLI) and the per-seed table; generated-data quality (clarity, FID, IS, clip
-counts); generator training; data and configuration; time per stage; plots (SER scores,
-one confusion matrix per condition, mel grid, training curves, clarity); audio samples;
-how to reproduce; MLflow.
+seeds and test size, whether the SER beats the linear probe, and "significant at 5 %" /
+"not significant" only from the stored paired tests, or why there is no test); the SER
+table (`results_table`, also printed by the CLI, with the linear probe as a reference
+row), the paired statistics, UA per held-out speaker and the per-seed table;
+generated-data quality (clarity, FID, IS, clip counts, the judge's own held-out UA);
+generator training; data and configuration; time per stage; plots (SER scores, one
+confusion matrix per condition, UA per held-out speaker, mel grid, training curves,
+clarity); audio samples; how to reproduce; MLflow.
 
 Only the SER runs are needed: a missing section is skipped or shown as "n/a", never a
 crash, because a partial experiment still deserves a report.
@@ -43,9 +46,11 @@ from emogen.results import (
     DIFFUSION,
     GENERATED_FROM,
     GENERATORS,
+    PROBE,
     REAL,
     UA,
     VAE,
+    Comparison,
     ExperimentResults,
     GeneratorRun,
     SERRun,
@@ -65,10 +70,11 @@ _LABELS = {
     CONTROL: "real, matched steps",
     **{condition: f"real+{_GENERATOR_LABELS[generator]}" for condition, generator in GENERATED_FROM.items()},
     **_GENERATOR_LABELS,
+    PROBE: "linear probe (reference)",
 }
 _GENERATOR_COLORS = {VAE: "#DD8452", DIFFUSION: "#55A868"}
 # a condition with generated clips takes its generator's colour
-_COLORS = {REAL: "#4C72B0", CONTROL: "#8C8C8C", **{AUGMENTED_BY[g]: c for g, c in _GENERATOR_COLORS.items()}, **_GENERATOR_COLORS}
+_COLORS = {PROBE: "#222222", REAL: "#4C72B0", CONTROL: "#8C8C8C", **{AUGMENTED_BY[g]: c for g, c in _GENERATOR_COLORS.items()}, **_GENERATOR_COLORS}
 _MINUS = "\u2212"  # a typographic minus lines up with "+" in tables
 NA = "n/a"
 _AUDIO_MIME = {".wav": "audio/wav", ".flac": "audio/flac", ".mp3": "audio/mpeg", ".ogg": "audio/ogg"}
@@ -89,6 +95,27 @@ def _metric_stat(results: ExperimentResults, condition: str, metric: str) -> Spr
 def _ua_gain(results: ExperimentResults, condition: str) -> Spread | None:
     """UA of `condition` minus UA of real, as a fraction, paired by seed."""
     return results.gains.get(condition, {}).get(UA)
+
+
+def _per_speaker(results: ExperimentResults) -> dict[str, dict[str, float]]:
+    """{condition or PROBE: {speaker: UA}}, a condition's UA averaged over its runs."""
+    table: dict[str, dict[str, float]] = {}
+    for cond in results.conditions:
+        values: dict[str, list[float]] = {}
+        for run in _runs(results, cond):
+            for speaker, ua in run.per_speaker.items():
+                values.setdefault(speaker, []).append(ua)
+        if values:
+            table[cond] = {speaker: float(np.mean(v)) for speaker, v in sorted(values.items())}
+    if results.probe is not None and results.probe.per_speaker:
+        table[PROBE] = dict(sorted(results.probe.per_speaker.items()))
+    return table
+
+
+def _comparisons(results: ExperimentResults) -> list[tuple[str, str, Comparison]]:
+    """(condition, reference, comparison): against real first, then against the control."""
+    return [(cond, ref, comparison) for ref in (REAL, CONTROL)
+            for cond, comparison in results.comparisons.get(ref, {}).items()]
 
 
 # --------------------------------------------------------------------------- formatting
@@ -126,6 +153,25 @@ def _gain_text(points: float, threshold: float) -> str:
     if (round(points, 1) >= threshold) != (points >= threshold):
         text = _signed(points, 2)
     return text
+
+
+def _p_value(p: float | None) -> str:
+    if p is None:
+        return NA
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def _p_text(p: float | None) -> str:
+    """"p = 0.012", "p < 0.001" or "p n/a"."""
+    text = _p_value(p)
+    return f"p {text}" if p is None or text.startswith("<") else f"p = {text}"
+
+
+def _interval(low: float | None, high: float | None) -> str:
+    """A difference interval in points, "−3.0 to +7.2"."""
+    if low is None or high is None:
+        return NA
+    return f"{_signed(low * 100)} to {_signed(high * 100)}"
 
 
 def _count(x: float | None) -> str:
@@ -220,6 +266,11 @@ def _results_rows(results: ExperimentResults) -> tuple[list[str], list[list[Cell
             delta = NA if gain is None else _signed(gain.mean * 100)
         n = max((s.count for s in stats if s is not None), default=0) or len(_runs(results, cond))
         rows.append([_label(cond), *(_mean_std(s, scale=100) for s in stats), delta, str(n) if n else NA])
+    probe = results.probe
+    if probe is not None:
+        real = _metric_stat(results, REAL, UA)
+        delta = NA if real is None else _signed((probe.metrics.unweighted_accuracy - real.mean) * 100)
+        rows.append([_label(PROBE), *(_pct(probe.metrics.score(m)) for m, _ in SER_METRICS), delta, "1 fit"])
     return headers, rows
 
 
@@ -227,7 +278,8 @@ def results_table(results: ExperimentResults | Mapping[str, Any]) -> str:
     """The headline markdown table (also printed by the CLI): one row per condition
     (real, real with matched steps, real+VAE, real+diffusion); columns WA, UA, macro F1 as
     'mean ± std' in percent with 1 decimal (e.g. '61.4 ± 2.1'), 'ΔUA vs real' in points
-    ('+3.2' / '−1.0', '—' for real), n seeds."""
+    ('+3.2' / '−1.0', '—' for real), n seeds; and when the run has it, the linear probe
+    as a reference row (one deterministic fit, so no spread)."""
     headers, rows = _results_rows(as_results(results))
     return _md_table(Table(headers, rows))
 
@@ -366,9 +418,60 @@ def _findings_section(results: ExperimentResults) -> list[Block]:
         _ua_target_sentence(results, threshold),
         _clarity_target_sentence(results),
         *_steps_sentence(results),
-        "These are means and spreads over seeds, not significance tests.",
+        *_probe_sentences(results),
+        *_significance_sentences(results),
     ]
     return [Heading("What this run shows"), Para(" ".join(sentences))]
+
+
+def _probe_sentences(results: ExperimentResults) -> list[str]:
+    """Whether the baseline SER beats the linear probe: below it, the SER is a weaker
+    instrument than a linear model on the same mels."""
+    probe, real = results.probe, _metric_stat(results, REAL, UA)
+    if probe is None or real is None:
+        return []
+    probe_ua, gap = probe.metrics.unweighted_accuracy * 100, (real.mean - probe.metrics.unweighted_accuracy) * 100
+    text = (f"The linear probe (logistic regression on per-band mel statistics, fit once on the real training and "
+            f"validation clips) reaches UA {probe_ua:.1f}% on the same held-out speakers; the baseline SER (real) ")
+    if round(gap, 1) > 0:
+        return [text + f"beats it by {gap:.1f} points, so the SER learns more from the mels than a linear model does."]
+    if round(gap, 1) < 0:
+        return [text + f"is {-gap:.1f} points below it, so the SER is a weaker instrument than a linear model here "
+                "and its gains measure little."]
+    return [text + "ties with it, so the SER learns no more than a linear model here."]
+
+
+def _significance_sentence(condition: str, reference: str, comparison: Comparison) -> str:
+    paired, name = comparison.paired, f"{_label(condition)} vs {_label(reference)}"
+    if paired.mean is None:
+        return f"{name}: no shared seeds to pair, so no test."
+    text = f"{name}: UA {_signed(paired.mean * 100)} points"
+    if paired.n < 2:
+        text += (f" from n = {paired.n} pair; the test needs more: a paired test needs at least 2 pairs "
+                 "(run more seeds), so no significance is claimed")
+    elif paired.t_p is None:
+        text += f" over n = {paired.n} pairs; no paired t-test ({paired.note}), so no significance is claimed"
+    else:
+        verdict = "significant at 5 %" if paired.t_p < 0.05 else "not significant"
+        text += (f" (95 % CI {_interval(paired.ci_low, paired.ci_high)}; paired t {_p_text(paired.t_p)}, "
+                 f"Wilcoxon {_p_text(paired.wilcoxon_p)}; n = {paired.n} pairs): {verdict} by the paired t-test")
+        wilcoxon_says = None if paired.wilcoxon_p is None else paired.wilcoxon_p < 0.05
+        if wilcoxon_says is not None and wilcoxon_says != (paired.t_p < 0.05):
+            text += ", though the Wilcoxon test disagrees"
+    speakers = comparison.speakers
+    if speakers is not None and speakers.mean is not None:
+        text += f"; over {_plural(speakers.n, 'held-out speaker')} {_signed(speakers.mean * 100)} points"
+        if speakers.ci_low is not None:
+            text += f" (bootstrap 95 % CI {_interval(speakers.ci_low, speakers.ci_high)})"
+    return text + "."
+
+
+def _significance_sentences(results: ExperimentResults) -> list[str]:
+    """From the stored paired tests only; results without them (older runs) say so."""
+    comparisons = _comparisons(results)
+    if not comparisons:
+        return ["These are means and spreads over seeds, not significance tests."]
+    return [_significance_sentence(cond, ref, comparison) for cond, ref, comparison in comparisons]
 
 
 def _steps_sentence(results: ExperimentResults) -> list[str]:
@@ -407,6 +510,25 @@ def _ser_section(results: ExperimentResults) -> list[Block]:
         ),
         Table(headers, rows),
     ]
+    comparisons = _comparisons(results)
+    if comparisons:
+        blocks += [
+            Heading("Paired comparisons", 3),
+            Para("UA difference in points, paired by seed: mean, 95 % confidence interval from the paired t "
+                 "distribution, two-sided p-values of the paired t-test and the Wilcoxon signed-rank test; and the "
+                 "per-speaker UA difference (averaged over seeds) with a percentile bootstrap interval over the "
+                 "held-out speakers. n/a: too few pairs or speakers for the statistic."),
+            Table(["comparison", "ΔUA", "95 % CI", "paired t p", "Wilcoxon p", "n pairs", "ΔUA per speaker",
+                   "bootstrap 95 % CI", "n speakers"], [_comparison_row(*c) for c in comparisons]),
+        ]
+    per_speaker = _per_speaker(results)
+    if per_speaker:
+        speakers = sorted({s for values in per_speaker.values() for s in values})
+        blocks += [
+            Heading("UA per held-out speaker (%)", 3),
+            Table(["speaker", *(_label(c) for c in per_speaker)],
+                  [[speaker, *(_pct(values.get(speaker)) for values in per_speaker.values())] for speaker in speakers]),
+        ]
     per_seed = _per_seed_rows(results)
     if per_seed:
         blocks += [
@@ -414,6 +536,32 @@ def _ser_section(results: ExperimentResults) -> list[Block]:
             Table(["seed", "condition", "WA", "UA", "macro F1", "n_train", "n_generated", "epochs", "steps"], per_seed),
         ]
     return blocks
+
+
+def _comparison_row(condition: str, reference: str, comparison: Comparison) -> list[Cell]:
+    paired, speakers = comparison.paired, comparison.speakers
+    return [
+        f"{_label(condition)} vs {_label(reference)}",
+        NA if paired.mean is None else _signed(paired.mean * 100),
+        _interval(paired.ci_low, paired.ci_high),
+        _p_value(paired.t_p),
+        _p_value(paired.wilcoxon_p),
+        str(paired.n),
+        NA if speakers is None or speakers.mean is None else _signed(speakers.mean * 100),
+        NA if speakers is None else _interval(speakers.ci_low, speakers.ci_high),
+        NA if speakers is None else str(speakers.n),
+    ]
+
+
+def _judge_sentence(results: ExperimentResults) -> str | None:
+    """Clarity is relative to the judge: its own UA on real held-out clips, and the probe's."""
+    real, probe = _metric_stat(results, REAL, UA), results.probe
+    if real is None:
+        return None
+    text = f"For reference, the judge (each seed's real-trained SER) scores UA {real.mean * 100:.1f}% on the real held-out clips"
+    if probe is not None:
+        text += f"; the linear probe {probe.metrics.unweighted_accuracy * 100:.1f}%"
+    return text + "."
 
 
 def _quality_section(results: ExperimentResults) -> list[Block]:
@@ -429,6 +577,9 @@ def _quality_section(results: ExperimentResults) -> list[Block]:
         Table(["generator", "clarity", "FID", "IS", "n clips", "kept after filtering"], rows),
     ]
     generated = _in_generator_order(results.generated)
+    judge = _judge_sentence(results)
+    if judge:
+        blocks.append(Para(judge))
     reference = next((g.real_fid_reference for g in generated.values() if g.real_fid_reference is not None), None)
     if reference is not None:
         blocks.append(Para(f"For scale: FID of held-out real clips against training real clips is {reference:.1f}."))
@@ -596,6 +747,26 @@ def _plot_ser_scores(results: ExperimentResults, path: Path) -> Path | None:
     ax.set_title("SER scores (mean ± std over seeds)")
     # below the axes: inside, it would hide bars that sit anywhere from 0 to 100
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.08), ncols=len(conds), fontsize=8, frameon=False)
+    return _save(fig, path)
+
+
+def _plot_per_speaker(results: ExperimentResults, path: Path) -> Path | None:
+    per_speaker = _per_speaker(results)
+    if not per_speaker:
+        return None
+    speakers = sorted({s for values in per_speaker.values() for s in values})
+    fig = _figure((max(4.8, 0.5 * len(speakers) + 3.0), 3.6))
+    ax = fig.subplots()
+    x = np.arange(len(speakers))
+    for i, (name, values) in enumerate(per_speaker.items()):
+        ys = [values[s] * 100 if s in values else np.nan for s in speakers]
+        ax.plot(x, ys, marker="o", color=_color(name, i), linestyle="--" if name == PROBE else "-", label=_label(name))
+    ax.set_xticks(x, speakers, rotation=45 if len(speakers) > 8 else 0)
+    ax.set_xlabel("held-out speaker")
+    ax.set_ylabel("UA (%)")
+    ax.set_ylim(0, 105)
+    ax.set_title("UA per held-out speaker (mean over seeds)", fontsize=10)
+    ax.legend(fontsize=8)
     return _save(fig, path)
 
 
@@ -798,6 +969,13 @@ def _make_plots(results: ExperimentResults, out_dir: Path) -> tuple[list[Plot], 
             f"Test-set confusion of {_label(cond)}, summed over seeds: colour is the share of the true class (rows sum to 1), numbers are clip counts.",
             f"Confusion matrix of {_label(cond)} skipped: no confusion matrix in its runs.",
         )
+    add(
+        _plot_per_speaker(results, plot_dir / "per_speaker_ua.png"),
+        "UA per held-out speaker",
+        "UA of each held-out speaker's clips, one line per condition (mean over seeds), the linear probe dashed: "
+        "how much of a difference between conditions is one speaker.",
+        "Per-speaker plot skipped: no per-speaker UA in the results.",
+    )
     mel_plot, mel_note = _mel_grid(results, out_dir, plot_dir / "mel_grid.png")
     if mel_plot is not None:
         plots.append(mel_plot)

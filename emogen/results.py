@@ -7,6 +7,12 @@ once, for the experiment, the report and the tests.
 The JSON keys are those results.json had before it carried a `version`: such a file is
 version 1 and loads as it is. A file of another version fails to load with a message
 naming both versions.
+
+Still version 1, because every addition is optional and an older file loads unchanged:
+`SERRun.per_speaker` (UA per held-out speaker), `probe` (the linear probe's scores, the
+reference an SER must beat) and `comparisons` (paired statistics of each condition
+against real and against the matched-steps control). A file without them reports
+without them.
 """
 
 from __future__ import annotations
@@ -16,6 +22,8 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from emogen.stats import BootstrapInterval, PairedComparison, bootstrap_ci, paired_comparison
 
 RESULTS_VERSION = 1
 
@@ -27,6 +35,7 @@ AUGMENTED_BY = {generator: condition for condition, generator in GENERATED_FROM.
 # the control: real clips only, for as many optimizer steps as CONTROL_MATCHES's SER takes
 CONTROL, CONTROL_MATCHES = "real-matched", AUGMENTED_BY[DIFFUSION]
 CONDITIONS = (REAL, CONTROL, *GENERATED_FROM)
+PROBE = "probe"  # the linear probe's name beside the conditions (ExperimentResults.probe)
 SCORES = ("weighted_accuracy", "unweighted_accuracy", "macro_f1")
 UA = "unweighted_accuracy"
 UA_GAIN_TARGET_POINTS = 3.0  # the SPEC's target for real+diffusion over real
@@ -83,7 +92,32 @@ class SERRun(_Record):
     epochs: int
     stopped_early: bool = False
     metrics: SERMetrics
+    per_speaker: dict[str, float] = Field(default_factory=dict)  # UA per held-out speaker
     history: list[dict[str, float]] = Field(default_factory=list)
+
+    @property
+    def pair_key(self) -> str:
+        """What pairs this run with another condition's: the seed (the fold joins it once
+        runs carry one; comparisons go through this key alone)."""
+        return f"seed {self.seed}"
+
+
+class ProbeRun(_Record):
+    """`emogen.probe.LinearProbe` fit once on the real train+val clips of the split and
+    scored on the held-out speakers: the reference an SER has to beat to be a usable
+    instrument."""
+
+    n_train: int
+    metrics: SERMetrics
+    per_speaker: dict[str, float] = Field(default_factory=dict)
+
+
+class Comparison(_Record):
+    """UA of a condition minus UA of a reference condition."""
+
+    paired: PairedComparison  # over the pairs (seeds) both have
+    # per held-out speaker: the difference averaged over pairs, bootstrapped over speakers
+    speakers: BootstrapInterval | None = None
 
 
 class GeneratedSet(_Record):
@@ -165,6 +199,9 @@ class ExperimentResults(_Record):
     summary: dict[str, ScoreSpreads] = Field(default_factory=dict)
     gains: dict[str, ScoreSpreads] = Field(default_factory=dict)  # over REAL, paired by seed
     gains_over_matched: dict[str, ScoreSpreads] = Field(default_factory=dict)  # CONTROL_MATCHES over CONTROL
+    # {reference (REAL or CONTROL): {condition: Comparison}}, UA
+    comparisons: dict[str, dict[str, Comparison]] = Field(default_factory=dict)
+    probe: ProbeRun | None = None
     generated: dict[str, GeneratedSet] = Field(default_factory=dict)
     generators: dict[str, GeneratorRun] = Field(default_factory=dict)
     samples: Samples | None = None
@@ -218,6 +255,33 @@ def paired_gains(runs: list[SERRun], reference: list[SERRun]) -> ScoreSpreads:
     if not pairs:
         return {}
     return {score: spread(a.score(score) - b.score(score) for a, b in pairs) for score in SCORES}
+
+
+def compare(runs: list[SERRun], reference: list[SERRun], seed: int = 0) -> Comparison:
+    """UA of `runs` minus the reference's, paired by `SERRun.pair_key`; and per held-out
+    speaker, the difference averaged over the pairs, bootstrapped over speakers (seed: the
+    bootstrap's)."""
+    base = {run.pair_key: run for run in reference}
+    paired = paired_comparison({run.pair_key: run.metrics.score(UA) for run in runs},
+                               {key: run.metrics.score(UA) for key, run in base.items()})
+    differences: dict[str, list[float]] = {}
+    for run in runs:
+        other = base.get(run.pair_key)
+        for speaker, ua in run.per_speaker.items():
+            if other is not None and speaker in other.per_speaker:
+                differences.setdefault(speaker, []).append(ua - other.per_speaker[speaker])
+    speakers = bootstrap_ci({s: sum(d) / len(d) for s, d in differences.items()}, seed=seed) if differences else None
+    return Comparison(paired=paired, speakers=speakers)
+
+
+def comparisons(runs: Mapping[str, list[SERRun]]) -> dict[str, dict[str, Comparison]]:
+    """Every condition against real, and the conditions with generated clips against the
+    matched-steps control (what the clips add beyond the optimizer steps they bring)."""
+    out: dict[str, dict[str, Comparison]] = {}
+    for reference, conditions in ((REAL, [c for c in CONDITIONS if c != REAL]), (CONTROL, list(GENERATED_FROM))):
+        if runs.get(reference):
+            out[reference] = {c: compare(runs[c], runs[reference]) for c in conditions if runs.get(c)}
+    return out
 
 
 def as_results(results: ExperimentResults | Mapping[str, Any]) -> ExperimentResults:

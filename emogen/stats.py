@@ -8,8 +8,9 @@
   speakers (scipy.stats.bootstrap with a seeded numpy Generator).
 - `significant(p, alpha)`: the verdict a report states.
 
-A statistic that cannot be computed (fewer than 2 pairs, all differences equal) is None,
-never NaN, and `note` says why, so a report can say what the test needs.
+A statistic that cannot be computed (fewer than 2 pairs; all differences equal, where
+scipy's t-test gives p = 0 for any non-zero difference) is None, never NaN, and `note`
+says why, so a report can say what the test needs.
 """
 
 from __future__ import annotations
@@ -83,17 +84,21 @@ def paired_comparison(values: Mapping[Hashable, float], reference: Mapping[Hasha
         # scipy warns on identical differences and on small samples; the numbers (or None) say it
         warnings.simplefilter("ignore", RuntimeWarning)
         warnings.simplefilter("ignore", UserWarning)
-        t = sp_stats.ttest_1samp(differences, 0.0)
-        interval = t.confidence_interval(confidence)
-        t_p = _finite(t.pvalue)
-        if t_p is None or np.ptp(differences) == 0:
+        if np.ptp(differences) == 0:
+            # scipy gives p = 0 for equal non-zero differences: a zero-width interval is
+            # no evidence (small test sets make equal differences likely), so no t-test
+            t_p, ci_low, ci_high = None, None, None
             notes.append("all differences are equal: the t-test has no spread to test against")
+        else:
+            t = sp_stats.ttest_1samp(differences, 0.0)
+            interval = t.confidence_interval(confidence)
+            t_p, ci_low, ci_high = _finite(t.pvalue), _finite(interval.low), _finite(interval.high)
         try:
             wilcoxon_p = _finite(sp_stats.wilcoxon(differences).pvalue)
         except ValueError as error:  # e.g. every difference zero under a zero_method that drops them
             wilcoxon_p = None
             notes.append(f"Wilcoxon: {error}")
-    return PairedComparison(**base, mean=mean, ci_low=_finite(interval.low), ci_high=_finite(interval.high), t_p=t_p,
+    return PairedComparison(**base, mean=mean, ci_low=ci_low, ci_high=ci_high, t_p=t_p,
                             wilcoxon_p=wilcoxon_p, note="; ".join(notes) or None)
 
 

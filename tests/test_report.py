@@ -377,3 +377,130 @@ def test_results_json_round_trip_and_versions(tmp_path):
     (tmp_path / "results.json").write_text(json.dumps({**old, "version": 2}))
     with pytest.raises(ValueError, match="results.json version 2 is not readable here: this emogen reads version 1"):
         load_results(tmp_path / "results.json")
+
+
+# ------------------------------------------------------------------ statistics, probe, per-speaker UA
+
+
+def _paired(mean: float, n: int, t_p: float | None = None, wilcoxon_p: float | None = None,
+            ci: tuple[float, float] | None = None) -> dict:
+    paired = {"n": n, "pairs": [f"seed {k}" for k in range(n)], "differences": [mean] * n, "mean": mean}
+    if n < 2:
+        return {**paired, "note": f"{n} pair: a paired test needs at least 2 pairs"}
+    return {**paired, "t_p": t_p, "wilcoxon_p": wilcoxon_p, "ci_low": ci[0], "ci_high": ci[1]}
+
+
+def _with_comparison(paired: dict, speakers: dict | None = None) -> dict:
+    results = make_results(**MET)
+    results["comparisons"] = {"real": {"real+diffusion": {"paired": paired, **({"speakers": speakers} if speakers else {})}}}
+    return results
+
+
+def _findings(results: dict) -> str:
+    from emogen.report import _findings_section
+
+    return " ".join(b.text for b in _findings_section(ExperimentResults.model_validate(results)) if hasattr(b, "text"))
+
+
+@pytest.mark.parametrize(
+    ("paired", "phrase", "absent"),
+    [
+        (_paired(0.05, 6, 0.012, 0.031, (0.01, 0.09)),
+         "real+diffusion vs real: UA +5.0 points (95 % CI +1.0 to +9.0; paired t p = 0.012, Wilcoxon p = 0.031; "
+         "n = 6 pairs): significant at 5 % by the paired t-test.", "not significant"),
+        (_paired(0.021, 3, 0.41, 0.75, (-0.03, 0.072)),
+         "real+diffusion vs real: UA +2.1 points (95 % CI −3.0 to +7.2; paired t p = 0.410, Wilcoxon p = 0.750; "
+         "n = 3 pairs): not significant by the paired t-test.", "significant at 5 %"),
+        (_paired(0.021, 1),
+         "real+diffusion vs real: UA +2.1 points from n = 1 pair; the test needs more: a paired test needs at least "
+         "2 pairs (run more seeds), so no significance is claimed.", "significant at 5 %"),
+    ],
+    ids=["significant", "not-significant", "too-few-pairs"],
+)
+def test_findings_state_significance_from_the_stored_tests(paired, phrase, absent):
+    text = _findings(_with_comparison(paired))
+    assert phrase in text and absent not in text
+    assert "not significance tests" not in text  # the hedge is for results without tests
+
+
+def test_findings_name_a_disagreeing_wilcoxon_and_the_speaker_bootstrap():
+    speakers = {"n": 3, "units": ["emodb:03", "emodb:08", "ravdess:12"], "values": [0.01, 0.04, 0.07], "mean": 0.04,
+                "ci_low": 0.01, "ci_high": 0.07}
+    text = _findings(_with_comparison(_paired(0.04, 4, 0.03, 0.125, (0.005, 0.075)), speakers))
+    assert "significant at 5 % by the paired t-test, though the Wilcoxon test disagrees" in text
+    assert "over 3 held-out speakers +4.0 points (bootstrap 95 % CI +1.0 to +7.0)." in text
+
+
+def test_comparison_table_rows(tmp_path):
+    results = _with_comparison(_paired(0.05, 6, 0.0004, 0.031, (0.01, 0.09)),
+                               {"n": 3, "mean": 0.04, "ci_low": -0.01, "ci_high": 0.07})
+    md = write_report(results, tmp_path)["md"].read_text(encoding="utf-8")
+    assert table_row(md, "real+diffusion vs real")[1:] == ["+5.0", "+1.0 to +9.0", "< 0.001", "0.031", "6", "+4.0",
+                                                           "−1.0 to +7.0", "3"]
+
+
+def _with_probe_and_speakers(probe_ua: float) -> dict:
+    results = make_results(**MET)
+    per_speaker = {0: {"emodb:03": 0.5, "emodb:08": 0.6, "ravdess:12": 0.4}, 1: {"emodb:03": 0.7, "emodb:08": 0.4, "ravdess:12": 0.5}}
+    for cond, runs in results["runs"].items():
+        for run in runs:
+            run["per_speaker"] = {s: ua + (0.1 if cond == "real+diffusion" else 0.0) for s, ua in per_speaker[run["seed"]].items()}
+    probe_metrics = dict(results["runs"]["real"][0]["metrics"], unweighted_accuracy=probe_ua, weighted_accuracy=0.55, macro_f1=0.5)
+    results["probe"] = {"n_train": 364, "metrics": probe_metrics, "per_speaker": {"emodb:03": 0.3, "emodb:08": 0.9, "ravdess:12": 0.6}}
+    return results
+
+
+@pytest.mark.parametrize(("probe_ua", "phrase"), [(0.80, "is {gap} points below it"), (0.40, "beats it by {gap} points")])
+def test_probe_is_a_reference_row_and_a_finding(tmp_path, probe_ua, phrase):
+    results = _with_probe_and_speakers(probe_ua)
+    real_ua = np.mean([r["metrics"]["unweighted_accuracy"] for r in results["runs"]["real"]])
+    md = write_report(results, tmp_path)["md"].read_text(encoding="utf-8")
+    assert table_row(results_table(results), "linear probe (reference)")[1:] == [
+        "55.0", f"{probe_ua * 100:.1f}", "50.0", _signed_points(probe_ua - real_ua), "1 fit"]
+    text = section(md, "What this run shows")
+    assert f"reaches UA {probe_ua * 100:.1f}% on the same held-out speakers" in text
+    assert phrase.format(gap=f"{abs(real_ua - probe_ua) * 100:.1f}") in text
+    quality = section(md, "Generated data quality")
+    assert f"scores UA {real_ua * 100:.1f}% on the real held-out clips; the linear probe {probe_ua * 100:.1f}%" in quality
+
+
+def _signed_points(fraction: float) -> str:
+    return ("+" if fraction > 0 else "\u2212") + f"{abs(fraction) * 100:.1f}"
+
+
+def test_per_speaker_table_and_plot(tmp_path):
+    results = _with_probe_and_speakers(0.6)
+    paths = write_report(results, tmp_path)
+    md = paths["md"].read_text(encoding="utf-8")
+    assert set(paths["plots"]) == EXPECTED_PLOTS - {"mel_grid"} | {"per_speaker_ua"}  # no samples written
+    assert "](plots/per_speaker_ua.png)" in md
+    table = section(md, "Speech-emotion recognition").split("### UA per held-out speaker (%)")[1]
+    assert table_row(table, "speaker")[1:] == ["real", "real+VAE", "real+diffusion", "linear probe (reference)"]
+    assert table_row(table, "emodb:03")[1:] == ["60.0", "60.0", "70.0", "30.0"]  # mean over the seeds' 50 and 70
+    assert table_row(table, "ravdess:12")[1:] == ["45.0", "45.0", "55.0", "60.0"]
+
+
+def test_new_fields_round_trip_as_version_1(tmp_path):
+    from emogen.results import comparisons
+
+    results = ExperimentResults.model_validate(_with_probe_and_speakers(0.6))
+    results.comparisons = comparisons(results.runs)
+    (tmp_path / "results.json").write_text(json.dumps(results.to_json()))
+    loaded = load_results(tmp_path)
+    assert loaded.version == 1 and loaded.to_json() == results.to_json()
+    assert loaded.probe.per_speaker["emodb:08"] == 0.9 and loaded.runs["real"][0].per_speaker["emodb:03"] == 0.5
+
+
+def test_comparisons_pair_by_seed_and_average_speakers_over_seeds():
+    from emogen.results import comparisons
+
+    results = ExperimentResults.model_validate(_with_probe_and_speakers(0.6))
+    del results.runs["real+vae"][1]  # seed 1 has no real+vae run: one pair
+    found = comparisons(results.runs)
+    assert set(found) == {"real"}  # no matched-steps control in these results
+    vae, diffusion = found["real"]["real+vae"], found["real"]["real+diffusion"]
+    assert vae.paired.n == 1 and vae.paired.t_p is None and diffusion.paired.n == 2
+    assert diffusion.paired.differences == pytest.approx(
+        [d.metrics.unweighted_accuracy - r.metrics.unweighted_accuracy for d, r in zip(results.runs["real+diffusion"], results.runs["real"])])
+    assert diffusion.speakers.units == ["emodb:03", "emodb:08", "ravdess:12"]
+    assert diffusion.speakers.values == pytest.approx([0.1, 0.1, 0.1])  # +0.1 for every speaker and seed

@@ -52,9 +52,13 @@ def test_too_few_pairs_give_none_and_say_why(n):
     assert "pair" in result.note
 
 
-def test_equal_differences_are_not_nan():
-    result = paired_comparison({0: 0.5, 1: 0.5, 2: 0.5}, {0: 0.5, 1: 0.5, 2: 0.5})
-    assert result.mean == 0.0 and result.t_p is None and "no spread" in result.note
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # scipy's Wilcoxon on all-zero input
+@pytest.mark.parametrize("difference", [0.0, 0.125])
+def test_equal_differences_give_no_t_test(difference):
+    """scipy says p = 0 for equal non-zero differences; that is no evidence, so None."""
+    result = paired_comparison({k: 0.5 + difference for k in range(3)}, {k: 0.5 for k in range(3)})
+    assert result.mean == difference and result.t_p is None and result.ci_low is None and "no spread" in result.note
+    assert result.wilcoxon_p == pytest.approx(sp_stats.wilcoxon(np.full(3, difference)).pvalue)
     for value in (result.ci_low, result.ci_high, result.wilcoxon_p):
         assert value is None or math.isfinite(value)
     assert "NaN" not in result.model_dump_json()
