@@ -504,3 +504,12 @@ def test_comparisons_pair_by_seed_and_average_speakers_over_seeds():
         [d.metrics.unweighted_accuracy - r.metrics.unweighted_accuracy for d, r in zip(results.runs["real+diffusion"], results.runs["real"])])
     assert diffusion.speakers.units == ["emodb:03", "emodb:08", "ravdess:12"]
     assert diffusion.speakers.values == pytest.approx([0.1, 0.1, 0.1])  # +0.1 for every speaker and seed
+
+
+def test_findings_without_a_t_test_say_why():
+    paired = {"n": 3, "pairs": ["seed 0", "seed 1", "seed 2"], "differences": [0.0167] * 3, "mean": 0.0167,
+              "wilcoxon_p": 0.25, "note": "all differences are equal: the t-test has no spread to test against"}
+    text = _findings(_with_comparison(paired))
+    assert ("real+diffusion vs real: UA +1.7 points over n = 3 pairs; no paired t-test (all differences are equal: "
+            "the t-test has no spread to test against), so no significance is claimed.") in text
+    assert "significant at 5 %" not in text and "not significant" not in text
