@@ -12,10 +12,15 @@ One job, on one speaker-independent split (train / val / held-out test speakers)
    and a control: an SER on the real clips alone trained for as many optimizer steps as
    the real+diffusion one (more clips per epoch at equal epochs means more steps, and an
    undertrained baseline gains from steps whatever the extra clips contain);
-3. every SER evaluated on the same held-out speakers (WA, UA, macro F1, confusion);
-   the generated sets scored by the baseline SER (clarity, FID on its embeddings against
-   the held-out real clips, Inception Score on its probabilities);
-4. results.json (`emogen.results`: every number, seconds per stage), report.md /
+3. every SER evaluated on the same held-out speakers (WA, UA, macro F1, confusion, UA per
+   speaker), and beside them the linear probe (`emogen.probe`, fit once on the real
+   train+val clips), the reference an SER must beat; the generated sets scored by the
+   baseline SER (clarity, FID on its embeddings against the held-out real clips,
+   Inception Score on its probabilities);
+4. paired statistics (`emogen.stats`) of each condition's UA against real and against
+   the matched-steps control: over seeds (mean, 95 % t interval, paired t and Wilcoxon
+   p-values) and over held-out speakers (bootstrap interval);
+5. results.json (`emogen.results`: every number, seconds per stage), report.md /
    report.html with plots and Griffin-Lim WAVs, one MLflow parent run with a child run
    per training.
 
@@ -57,6 +62,7 @@ from emogen.results import (
     GENERATED_FROM,
     GENERATORS,
     REAL,
+    SCORES,
     UA,
     UA_GAIN_TARGET_POINTS,
     VAE,
@@ -70,7 +76,9 @@ from emogen.results import (
     Samples,
     SERMetrics,
     SERRun,
+    ProbeRun,
     Targets,
+    comparisons,
     paired_gains,
     spread,
     summarize,
@@ -143,6 +151,7 @@ class StageKind(enum.Enum):
     SER = "ser"
     GENERATED = "generated"
     FID_REFERENCE = "fid_reference"
+    PROBE = "probe"
 
 
 @dataclass(frozen=True)
@@ -178,6 +187,10 @@ class StageKey:
     @classmethod
     def fid_reference(cls, seed: int) -> StageKey:
         return cls(StageKind.FID_REFERENCE, seed=seed)
+
+    @classmethod
+    def probe(cls) -> StageKey:
+        return cls(StageKind.PROBE)
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -224,6 +237,7 @@ class Split:
     test: Any  # the test rows
     test_mels: Any  # ray.ObjectRef
     test_labels: Any  # ray.ObjectRef
+    test_speakers: Any  # numpy array of the test rows' speakers
 
 
 @dataclass
@@ -248,6 +262,7 @@ class ExperimentContext:
     seconds: dict[str, float]  # wall seconds per stage, the caller's (corpus, preprocess) first
     generators: dict[str, dict[str, Any]] = field(default_factory=dict)  # fit() summaries
     runs: dict[str, list[SERRun]] = field(default_factory=dict)
+    probe: ProbeRun | None = None
     samples: Samples | None = None
     results: ExperimentResults | None = None
 
@@ -285,7 +300,8 @@ def _start(features: str | Path, out_dir: str | Path, preset: str, config: Exper
     test = table[table["split"] == "test"].reset_index(drop=True)
     if test.empty or counts["val"] == 0:
         raise ValueError(f"the speaker split of {features} left no validation or test speakers; the experiment needs both")
-    split = Split(assignment, table, counts, test, ray.put(decode_mels(test)), ray.put(test["label"].to_numpy()))
+    split = Split(assignment, table, counts, test, ray.put(decode_mels(test)), ray.put(test["label"].to_numpy()),
+                  test["speaker"].astype(str).to_numpy())
     per_emotion = config.per_emotion or max(1, round(config.ratio * counts["train"] / len(EMOTIONS)))
     diffusion_space = model_configs(preset, overrides)["diffusion"].space
     params = {"preset": preset, "features": str(features), "experiment": dataclasses.asdict(config), "per_emotion": per_emotion,
@@ -389,13 +405,32 @@ def _generate_task(generator_checkpoint: str, ser_checkpoint: str, per_emotion: 
     }
 
 
-def _evaluate_task(ser_checkpoint: str, mels: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
-    from emogen.evaluate import SERClassifier
+def _evaluate_task(ser_checkpoint: str, mels: np.ndarray, labels: np.ndarray, speakers: np.ndarray | None = None) -> dict[str, Any]:
+    """Scores and embeddings of an SER on labelled clips; with speakers, also UA per speaker."""
+    from emogen.evaluate import SERClassifier, held_out_report
     from emogen.metrics import classification_report
 
     _set_threads()
     probs, embeddings = SERClassifier.from_checkpoint(ser_checkpoint).predict(mels)
-    return {**classification_report(labels, probs.argmax(axis=1)), "embeddings": embeddings}
+    preds = probs.argmax(axis=1)
+    report = classification_report(labels, preds) if speakers is None else held_out_report(labels, preds, speakers)
+    return {**report, "embeddings": embeddings}
+
+
+def _fit_probe(ctx: ExperimentContext) -> dict[str, Any]:
+    """The linear probe on the real train+val clips (what the SERs learn from and stop
+    on), scored on the held-out speakers. One deterministic fit, cheap: in the driver."""
+    import ray
+
+    from emogen.data import decode_mels
+    from emogen.evaluate import held_out_report
+    from emogen.probe import LinearProbe
+
+    rows = ctx.split.table[ctx.split.table["split"].isin(["train", "val"])]
+    probe = LinearProbe().fit(decode_mels(rows), rows["label"].to_numpy())
+    preds = probe.predict(ray.get(ctx.split.test_mels))
+    return {"n_train": int(len(rows)),
+            **held_out_report(ray.get(ctx.split.test_labels), np.asarray(preds), ctx.split.test_speakers)}
 
 
 def _griffin_lim_task(mels: np.ndarray) -> np.ndarray:
@@ -547,23 +582,30 @@ def train_augmented(ctx: ExperimentContext) -> None:
 
 
 def evaluate(ctx: ExperimentContext) -> None:
-    """Every SER on the held-out speakers (Ray tasks)."""
+    """Every SER on the held-out speakers (Ray tasks), and the linear probe (in the driver
+    meanwhile)."""
     import ray
 
     evaluate_task = ctx.remote(_evaluate_task)
     trained = {(c, s): ctx.finished[StageKey.ser(c, s)] for c in CONDITIONS for s in ctx.config.seeds}
-    refs = {key: evaluate_task.remote(summary["checkpoint"], ctx.split.test_mels, ctx.split.test_labels)
+    speakers = ray.put(ctx.split.test_speakers)
+    refs = {key: evaluate_task.remote(summary["checkpoint"], ctx.split.test_mels, ctx.split.test_labels, speakers)
             for key, summary in trained.items()}
+    probe = ctx.finished.run(StageKey.probe(), lambda: _fit_probe(ctx))
+    probe = dict(probe)
+    ctx.probe = ProbeRun(n_train=probe.pop("n_train"), per_speaker=probe.pop("per_speaker"),
+                         metrics=SERMetrics.model_validate(probe))
     ctx.runs = {c: [] for c in CONDITIONS}
     for (condition, seed), ref in refs.items():
         metrics = ray.get(ref)
         metrics.pop("embeddings")
+        per_speaker = metrics.pop("per_speaker")
         summary, n_generated = trained[(condition, seed)], _n_generated(ctx, condition, seed)
         ctx.runs[condition].append(SERRun(
             seed=seed, checkpoint=summary["checkpoint"], n_train=ctx.split.counts["train"] + n_generated,
             n_generated=n_generated, train_steps=int(summary["history"][-1]["steps"]), train_seconds=summary.get("seconds"),
             epochs=summary["epochs_completed"], stopped_early=summary["stopped_early"],
-            metrics=SERMetrics.model_validate(metrics), history=summary["history"],
+            metrics=SERMetrics.model_validate(metrics), per_speaker=per_speaker, history=summary["history"],
         ))
 
 
@@ -632,8 +674,8 @@ STAGES: tuple[Stage, ...] = (
           generate),
     Stage("train_ser_augmented", lambda ctx: f"training {len(ctx.config.seeds) * (len(CONDITIONS) - 1)} SERs: real+VAE, "
           "real+diffusion, and real alone for real+diffusion's optimizer steps (Ray tasks)", train_augmented),
-    Stage("evaluate", lambda ctx: f"evaluating {len(CONDITIONS) * len(ctx.config.seeds)} SERs on "
-          f"{ctx.split.counts['test']} held-out clips (Ray tasks)", evaluate),
+    Stage("evaluate", lambda ctx: f"evaluating {len(CONDITIONS) * len(ctx.config.seeds)} SERs (Ray tasks) and the "
+          f"linear probe on {ctx.split.counts['test']} held-out clips", evaluate),
     Stage("samples", lambda ctx: "Griffin-Lim audio for the report", listening_samples),
     Stage("report", lambda ctx: "writing results.json, report.md, report.html", write_reports),
 )
@@ -698,6 +740,8 @@ def _results(ctx: ExperimentContext) -> ExperimentResults:
         gains=gains,
         # what the generated clips add beyond the optimizer steps they bring
         gains_over_matched={CONTROL_MATCHES: paired_gains(runs[CONTROL_MATCHES], runs[CONTROL])},
+        comparisons=comparisons(runs),
+        probe=ctx.probe,
         generated=generated,
         generators={gen: _generator_run(run, gen) for gen, run in ctx.generators.items()},
         samples=ctx.samples,
@@ -754,6 +798,8 @@ def _log_parent(results: ExperimentResults, out: Path, tracking_uri: str | None)
         metrics[f"{_condition_dir(condition)}.ua_gain.mean"] = scores[UA].mean
     for condition, scores in results.gains_over_matched.items():
         metrics[f"{_condition_dir(condition)}.ua_gain_over_matched.mean"] = scores[UA].mean
+    if results.probe is not None:
+        metrics.update({f"probe.{score}": results.probe.metrics.score(score) for score in SCORES})
     for gen, info in results.generated.items():
         metrics.update({f"{gen}.clarity": info.clarity.mean, f"{gen}.fid": info.fid.mean,
                         f"{gen}.inception_score": info.inception_score.mean})

@@ -89,6 +89,9 @@ def test_tiny_experiment_end_to_end(tiny_experiment, tiny_features):
             present = cm.sum(axis=1) > 0
             assert m["unweighted_accuracy"] == pytest.approx((np.diag(cm)[present] / cm.sum(axis=1)[present]).mean())
             assert run["epochs"] >= 1 and len(run["history"]) == run["epochs"] and Path(run["checkpoint"]).is_dir()
+            # UA of every held-out speaker, and of no other
+            assert set(run["per_speaker"]) == set(results["data"]["test_speakers"])
+            assert all(0.0 <= ua <= 1.0 for ua in run["per_speaker"].values())
             assert run["train_steps"] == run["history"][-1]["steps"] >= run["epochs"]
             if condition in ("real", "real-matched"):
                 assert run["n_generated"] == 0 and run["n_train"] == counts["train"]
@@ -117,6 +120,26 @@ def test_tiny_experiment_end_to_end(tiny_experiment, tiny_features):
     ua_gain = results["gains"]["real+diffusion"]["unweighted_accuracy"]["mean"]
     assert results["targets"]["diffusion_ua_gain_met"] == (ua_gain * 100 >= 3.0)
 
+    # the linear probe: fit on train+val, scored on the same held-out speakers
+    probe = results["probe"]
+    assert probe["n_train"] == counts["train"] + counts["val"]
+    assert probe["metrics"]["count"] == counts["test"] and all(0.0 <= probe["metrics"][s] <= 1.0 for s in SCORES)
+    assert set(probe["per_speaker"]) == set(results["data"]["test_speakers"])
+
+    # paired statistics: every condition against real, the generated ones against the control; 1 seed = 1 pair, no test
+    comparisons = results["comparisons"]
+    assert set(comparisons["real"]) == set(CONDITIONS[1:]) and set(comparisons["real-matched"]) == set(GENERATED_FROM)
+    ua_of = {c: {r["seed"]: r["metrics"]["unweighted_accuracy"] for r in results["runs"][c]} for c in CONDITIONS}
+    for reference, per_condition in comparisons.items():
+        for condition, comparison in per_condition.items():
+            paired = comparison["paired"]
+            assert paired["n"] == len(results["seeds"]) and paired["pairs"] == ["seed 0"]
+            assert paired["differences"] == pytest.approx([ua_of[condition][0] - ua_of[reference][0]])
+            assert "t_p" not in paired and "wilcoxon_p" not in paired and "at least 2 pairs" in paired["note"]
+            assert comparison["speakers"]["n"] == len(results["data"]["test_speakers"])
+    report_md = (out / "report.md").read_text()
+    assert "| linear probe (reference) |" in report_md and "a paired test needs at least 2 pairs" in report_md
+
     # generated sets: sizes, clarity, FID, IS
     for gen in GENERATORS:
         info = results["generated"][gen]
@@ -133,7 +156,7 @@ def test_tiny_experiment_end_to_end(tiny_experiment, tiny_features):
     html = (out / "report.html").read_text()
     assert "real+diffusion" in html and "real+diffusion" in (out / "report.md").read_text()
     plots = {p.stem for p in (out / "plots").glob("*.png")}
-    assert {"ser_scores", "mel_grid", "confusion_real", "confusion_real_diffusion"} <= plots
+    assert {"ser_scores", "mel_grid", "confusion_real", "confusion_real_diffusion", "per_speaker_ua"} <= plots
     wavs = results["samples"]["wavs"]
     real_emotions = {e for e in EMOTIONS if class_counts["test"][e] > 0}
     assert {(w["source"], w["emotion"]) for w in wavs} == {("real", e) for e in real_emotions} | {
@@ -171,6 +194,7 @@ def test_experiment_mlflow_parent_and_children(tiny_experiment):
     assert parent.data.metrics["real_diffusion.ua_gain_over_matched.mean"] == pytest.approx(
         results["gains_over_matched"]["real+diffusion"]["unweighted_accuracy"]["mean"])
     assert "vae.clarity" in parent.data.metrics and "seconds.total" in parent.data.metrics
+    assert parent.data.metrics["probe.unweighted_accuracy"] == pytest.approx(results["probe"]["metrics"]["unweighted_accuracy"])
     report = {a.path for a in client.list_artifacts(parent_id, "report")}
     assert {"report/results.json", "report/report.html", "report/report.md"} <= report
 
@@ -209,6 +233,7 @@ def test_rerun_resumes_without_training(tiny_experiment, tiny_features, tracking
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.pt")} == checkpoints
     assert again["summary"] == first["summary"] and again["gains"] == first["gains"]
     assert again["generated"] == first["generated"]
+    assert again["probe"] == first["probe"] and again["comparisons"] == first["comparisons"]
     for condition in CONDITIONS:
         assert [r["metrics"]["confusion"] for r in again["runs"][condition]] == [
             r["metrics"]["confusion"] for r in first["runs"][condition]]
