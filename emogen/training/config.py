@@ -22,9 +22,12 @@ class TrainConfig:
     # without improvement (0 = never stop early).
     lr_factor: float = 0.5
     lr_patience: int = 2
+    # "plateau" (above) or "cosine": lr decays to 0 over the epochs by a half cosine
+    lr_schedule: str = "plateau"
     early_stopping_patience: int = 0
     kl_warmup_epochs: int = 0  # VAE: KL weight ramps 0 -> 1 over these epochs
     label_smoothing: float = 0.0  # SER
+    mixup: float = 0.0  # SER: Beta(mixup, mixup) mixing of batch pairs (0 = off)
     # SER input augmentation (training batches only; `augment_mels`): shift along the mel
     # axis by up to freq_shift bins (speaker / vocal-tract variation), roll in time, and
     # spec_masks frequency and time masks (SpecAugment) up to the given widths.

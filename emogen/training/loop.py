@@ -59,12 +59,16 @@ def run_training(config: dict[str, Any], session: RayTrainSession) -> None:
 
     task = MODELS[config["model"]].task(cfgs, train_cfg, extra)
     model = task.build()
+    train_shard = session.get_dataset_shard("train")
     if state is not None:
         model.load_state_dict(state["model"])
+    else:
+        # each worker from its own shard; DDP then broadcasts rank 0's buffers
+        task.fit_data_stats(model, train_shard)
     model = session.prepare_model(model)
     task.setup(model, device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
-    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=train_cfg.lr_factor, patience=train_cfg.lr_patience)
+    plateau = _lr_scheduler(optimizer, train_cfg)
     use_amp = train_cfg.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
 
@@ -78,7 +82,6 @@ def run_training(config: dict[str, Any], session: RayTrainSession) -> None:
         history, resumes, best_model = state["history"], state["resumes"] + [state["epoch"]], state["best_model"]
 
     mlflow = _mlflow_for_rank0(config.get("mlflow"), rank)
-    train_shard = session.get_dataset_shard("train")
     val_shard = session.get_dataset_shard("val")
     stopped_early = state is not None and state.get("stopped_early", False)
     steps = int(history[-1].get("steps", 0)) if history else 0  # optimizer steps so far, per worker
@@ -134,7 +137,10 @@ def run_training(config: dict[str, Any], session: RayTrainSession) -> None:
         if val_count:  # tiny corpora may have no validation speaker: then train loss decides
             metrics.update({f"val_{k}": v for k, v in task.finalize(val_sums, val_count).items()})
         monitor = metrics.get("val_loss", metrics["train_loss"])
-        plateau.step(monitor)
+        if isinstance(plateau, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            plateau.step(monitor)
+        else:
+            plateau.step()
         if monitor < best - 1e-6:
             best, bad_epochs = monitor, 0
             best_model = {k: v.detach().cpu().clone() for k, v in _unwrap(model).state_dict().items()}
@@ -178,6 +184,15 @@ def run_training(config: dict[str, Any], session: RayTrainSession) -> None:
         if state is not None and start_epoch >= train_cfg.epochs and history:
             # A finished run re-run by name: nothing to train, report where it stands.
             _report(session, dict(history[-1]), None)
+
+
+def _lr_scheduler(optimizer: torch.optim.Optimizer, train_cfg: TrainConfig) -> Any:
+    if train_cfg.lr_schedule == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=train_cfg.lr_factor, patience=train_cfg.lr_patience)
+    if train_cfg.lr_schedule == "cosine":
+        epochs = max(train_cfg.epochs, 1)
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 0.5 * (1 + math.cos(math.pi * min(epoch, epochs) / epochs)))
+    raise ValueError(f"unknown lr_schedule {train_cfg.lr_schedule!r}; expected plateau or cosine")
 
 
 def _batches(shard: Any, batch_size: int, device: torch.device, shuffle: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

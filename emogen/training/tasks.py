@@ -41,6 +41,10 @@ class Task:
     def setup(self, model: nn.Module, device: torch.device) -> None:
         """Per-run preparation after the model is on its device (e.g. a frozen VAE)."""
 
+    def fit_data_stats(self, model: nn.Module, train_shard: Any) -> None:
+        """Statistics of the training data the model keeps (e.g. input normalization);
+        called once, before the first epoch of a fresh run (a resumed model has them)."""
+
     def loss(self, model: nn.Module, mel: torch.Tensor, label: torch.Tensor, epoch: int) -> tuple[torch.Tensor, dict[str, float]]:
         raise NotImplementedError
 
@@ -61,11 +65,41 @@ class Task:
 class SERTask(Task):
     name = "ser"
 
+    def fit_data_stats(self, model, train_shard):
+        if not self.cfgs["ser"].input_norm:
+            return
+        from emogen.data import decode_mels
+
+        # float64 sums: a few thousand clips x 173 frames per band
+        total, total_sq, count = 0.0, 0.0, 0
+        for batch in train_shard.iter_batches(batch_size=256, batch_format="numpy"):
+            if len(batch["label"]) == 0:
+                continue
+            mel = decode_mels(batch).astype(np.float64)
+            total = total + mel.sum(axis=(0, 2))
+            total_sq = total_sq + (mel**2).sum(axis=(0, 2))
+            count += mel.shape[0] * mel.shape[2]
+        if count == 0:
+            return
+        mean = total / count
+        std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0))
+        model.set_input_stats(torch.from_numpy(mean), torch.from_numpy(std))
+
     def loss(self, model, mel, label, epoch):
+        smoothing = self.train.label_smoothing
         if model.training:  # validation batches go through `evaluate`, never augmented
             mel = augment_mels(mel, self.train)
+            if self.train.mixup > 0 and mel.shape[0] > 1:
+                lam = float(np.random.default_rng(int(torch.randint(0, 2**31, ())))
+                            .beta(self.train.mixup, self.train.mixup))
+                perm = torch.randperm(mel.shape[0], device=mel.device)
+                logits = model((lam * mel + (1 - lam) * mel[perm]).unsqueeze(1))
+                loss = lam * F.cross_entropy(logits, label, label_smoothing=smoothing) + (1 - lam) * F.cross_entropy(
+                    logits, label[perm], label_smoothing=smoothing
+                )
+                return loss, {}
         logits = model(mel.unsqueeze(1))
-        loss = F.cross_entropy(logits, label, label_smoothing=self.train.label_smoothing)
+        loss = F.cross_entropy(logits, label, label_smoothing=smoothing)
         return loss, {}
 
     @torch.no_grad()
