@@ -202,6 +202,64 @@ def test_ser_shapes_and_embedding(cfgs, frames):
     torch.testing.assert_close(model.head(emb), logits)  # forward = head(embed) in eval mode
 
 
+@pytest.mark.parametrize("frames", [173, 50])
+def test_ser_stats_pooling_doubles_the_embedding(cfgs, frames):
+    cfg = dataclasses.replace(cfgs["ser"], pooling="stats")
+    model = ResNetSER(cfg).eval()
+    x = mels(3, frames)
+    with torch.no_grad():
+        logits, emb = model(x), model.embed(x)
+    assert cfg.embed_dim == 2 * cfg.widths[-1]
+    assert emb.shape == (3, cfg.embed_dim) and logits.shape == (3, NUM_CLASSES)
+    torch.testing.assert_close(model.head(emb), logits)
+    with torch.no_grad():  # mean and std over time of the frequency-averaged last feature map
+        h = model.stages(model.stem(x)).mean(dim=-2)
+    torch.testing.assert_close(emb[:, : cfg.widths[-1]], h.mean(dim=-1))
+    torch.testing.assert_close(emb[:, cfg.widths[-1] :] ** 2, h.var(dim=-1, unbiased=False), atol=2e-5, rtol=1e-3)
+    with pytest.raises(ValueError, match="pooling"):
+        dataclasses.replace(cfgs["ser"], pooling="max")
+
+
+def _normalized_ser(cfgs) -> ResNetSER:
+    model = ResNetSER(dataclasses.replace(cfgs["ser"], input_norm=True, pooling="stats")).eval()
+    model.set_input_stats(torch.linspace(-0.5, 0.5, N_MELS), torch.linspace(0.1, 2.0, N_MELS))
+    return model
+
+
+def test_ser_input_norm_standardizes_each_band(cfgs):
+    model = _normalized_ser(cfgs)
+    x = mels(2, 40)
+    expected = (x - torch.linspace(-0.5, 0.5, N_MELS)[:, None]) / torch.linspace(0.1, 2.0, N_MELS)[:, None]
+    torch.testing.assert_close(model.normalize(x), expected)
+    plain = ResNetSER(dataclasses.replace(cfgs["ser"], pooling="stats")).eval()
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("input_")})
+    with torch.no_grad():
+        torch.testing.assert_close(model.embed(x), plain.embed(expected))
+    with pytest.raises(ValueError, match="input_norm"):
+        plain.set_input_stats(torch.zeros(N_MELS), torch.ones(N_MELS))
+
+
+def test_ser_input_stats_live_in_the_checkpoint_and_the_classifier_applies_them(cfgs, tmp_path):
+    from emogen.checkpoint import save_state
+    from emogen.evaluate import SERClassifier
+
+    model = _normalized_ser(cfgs)
+    state = {"model_name": "ser", "configs": {"ser": dataclasses.asdict(model.config)}, "model": model.state_dict()}
+    save_state(tmp_path, state)
+    classifier = SERClassifier.from_checkpoint(tmp_path)
+    torch.testing.assert_close(classifier.model.input_mean, model.input_mean)
+    torch.testing.assert_close(classifier.model.input_std, model.input_std)
+    x = mels(3, 40)
+    probs, emb = classifier.predict(x[:, 0].numpy())
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(emb), model.embed(x))
+        torch.testing.assert_close(torch.from_numpy(probs), torch.softmax(model(x), dim=1))
+    fresh = ResNetSER(model.config).eval()  # unset stats: identity, so outputs differ
+    fresh.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("input_")}, strict=False)
+    with torch.no_grad():
+        assert not torch.allclose(fresh.embed(x), torch.from_numpy(emb))
+
+
 # --- overfitting: each loss falls on a few fixed examples -------------------------------
 
 

@@ -222,3 +222,56 @@ def test_ser_training_batches_are_augmented_but_validation_is_not():
     model.eval()
     task.evaluate(model, mel, torch.tensor([0, 1]), epoch=0)
     assert not torch.equal(seen[0][:, 0], mel) and torch.equal(seen[1][:, 0], mel)
+
+
+class _ArrayShard:
+    """A training shard as the loop reads it (iter_batches of numpy columns)."""
+
+    def __init__(self, mels: np.ndarray):
+        self.mels = mels
+
+    def iter_batches(self, batch_size, batch_format="numpy", **_):
+        for start in range(0, len(self.mels), batch_size):
+            chunk = self.mels[start : start + batch_size]
+            yield {"mel": np.array([m.tobytes() for m in chunk], dtype=object), "n_mels": np.full(len(chunk), chunk.shape[1]),
+                   "n_frames": np.full(len(chunk), chunk.shape[2]), "label": np.zeros(len(chunk), dtype=np.int64)}
+
+
+def test_ser_input_stats_come_from_the_training_shard():
+    from emogen.models.ser import SERConfig
+    from emogen.training import SERTask
+
+    rng = np.random.default_rng(0)
+    mels = (rng.normal(size=(300, 8, 20)) * np.arange(1, 9)[:, None] + np.arange(8)[:, None]).astype(np.float32)
+    cfg = SERConfig(widths=(4,), blocks_per_stage=(1,), input_norm=True, n_mels=8)
+    task = SERTask({"ser": cfg}, TrainConfig(), {})
+    model = task.build()
+    task.fit_data_stats(model, _ArrayShard(mels))
+    np.testing.assert_allclose(model.input_mean.numpy(), mels.mean(axis=(0, 2)), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(model.input_std.numpy(), mels.std(axis=(0, 2)), rtol=1e-4)
+    off = SERTask({"ser": SERConfig(widths=(4,), blocks_per_stage=(1,))}, TrainConfig(), {})
+    off.fit_data_stats(off.build(), _ArrayShard(mels))  # no input_norm: nothing to set, no error
+
+
+def test_ser_mixup_mixes_training_batches_and_cosine_schedule_decays():
+    from emogen.models.ser import SERConfig
+    from emogen.training import SERTask
+    from emogen.training.loop import _lr_scheduler
+
+    task = SERTask({"ser": SERConfig(widths=(4,), blocks_per_stage=(1,))}, TrainConfig(mixup=0.4), {})
+    model = task.build().train()
+    seen = []
+    model.register_forward_pre_hook(lambda m, args: seen.append(args[0].clone()))
+    mel = torch.stack([torch.zeros(16, 20), torch.ones(16, 20)])
+    torch.manual_seed(0)
+    task.loss(model, mel, torch.tensor([0, 1]), epoch=0)
+    assert ((seen[0] > 0) & (seen[0] < 1)).any()  # a blend of the two clips
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    schedule = _lr_scheduler(opt, TrainConfig(lr_schedule="cosine", epochs=4))
+    lrs = []
+    for _ in range(4):
+        lrs.append(opt.param_groups[0]["lr"])
+        schedule.step()
+    assert lrs == pytest.approx([1.0, 0.853553, 0.5, 0.146447], rel=1e-4) and opt.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-9)
+    with pytest.raises(ValueError, match="lr_schedule"):
+        _lr_scheduler(opt, TrainConfig(lr_schedule="step"))
