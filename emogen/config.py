@@ -70,12 +70,20 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 def load_overrides(path: str | Path | None) -> dict[str, Any]:
     """Read a JSON or YAML file of config overrides (sections keyed by concern)."""
-    from emogen.errors import InvalidInputError, MissingInputError
+    from emogen.errors import MissingInputError
 
     if path is None:
         return {}
     if not Path(path).is_file():
         raise MissingInputError(f"--config: no file at {path}")
+    return read_mapping_file(path, "--config")
+
+
+def read_mapping_file(path: str | Path, option: str) -> dict[str, Any]:
+    """A JSON or YAML file (by its suffix) that holds a mapping of sections, e.g. a --config
+    or --space file; a malformed one is the user's mistake, named with its option."""
+    from emogen.errors import InvalidInputError
+
     text = Path(path).read_text()
     is_yaml = str(path).endswith((".yaml", ".yml"))
     try:
@@ -86,7 +94,7 @@ def load_overrides(path: str | Path | None) -> dict[str, Any]:
         else:
             data = json.loads(text)
     except Exception as exc:  # json.JSONDecodeError, yaml.YAMLError: the file, not a bug
-        raise InvalidInputError(f"--config: {path} is not valid {'YAML' if is_yaml else 'JSON'}: {exc}") from exc
+        raise InvalidInputError(f"{option}: {path} is not valid {'YAML' if is_yaml else 'JSON'}: {exc}") from exc
     if not isinstance(data, dict):
-        raise InvalidInputError(f"--config: {path} must hold a mapping of sections, e.g. {{\"train\": {{\"lr\": 0.001}}}}")
+        raise InvalidInputError(f"{option}: {path} must hold a mapping of sections, e.g. {{\"train\": {{\"lr\": 0.001}}}}")
     return data

@@ -49,7 +49,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, Validatio
 from emogen.errors import InvalidInputError, MissingInputError
 from emogen.logs import get_logger
 from emogen.options import add_config_options, add_ray_options, config_values, option
-from emogen.training import MODELS, SingleProcessSession, loop_config, require_vae
+from emogen.training import MODELS, SingleProcessSession, loop_config, model_spec, require_vae
 
 log = get_logger("tune")
 
@@ -179,10 +179,9 @@ def load_space(model: str, path: str | Path | None = None) -> dict[str, dict[str
     path: a YAML/JSON file, either {model: {sections}} (like the built-in
     emogen/tune_spaces.yaml, used when path is None) or the sections themselves.
     """
-    from emogen.config import load_overrides
+    from emogen.config import read_mapping_file
 
-    if model not in MODELS:
-        raise ValueError(f"unknown model {model!r}; expected one of {', '.join(MODELS)}")
+    model_spec(model)  # an unknown model is a ValueError naming the known ones
     if path is None:
         source = f"emogen/{SPACES_RESOURCE}"
         data = yaml.safe_load(resources.files("emogen").joinpath(SPACES_RESOURCE).read_text())
@@ -190,10 +189,7 @@ def load_space(model: str, path: str | Path | None = None) -> dict[str, dict[str
         source = str(path)
         if not Path(path).is_file():
             raise MissingInputError(f"no search-space file at {path}")
-        try:
-            data = load_overrides(path)
-        except (ValueError, yaml.YAMLError) as exc:
-            raise InvalidInputError(f"{path}: not valid YAML/JSON: {str(exc).splitlines()[0]}") from None
+        data = read_mapping_file(path, "--space")
     return validate_space(model, data, source)
 
 
