@@ -44,13 +44,6 @@ def select_split(batch: Any, keep: frozenset[str] | None) -> Any:
     return rows[["mel", "n_mels", "n_frames", "label"]]
 
 
-def _features_path(features: str | Path) -> str:
-    from emogen.data import FEATURES_DIR
-
-    path = Path(features)
-    return str(path / FEATURES_DIR if (path / FEATURES_DIR).is_dir() else path)
-
-
 def split_datasets(
     features: str | Path, assignment: dict[str, str], splits=("train", "val"), extra_train: list[str | Path] = ()
 ) -> dict[str, Any]:
@@ -63,14 +56,16 @@ def split_datasets(
     """
     import ray
 
+    from emogen.data import features_dir
+
     columns = ["clip_id", "status", "label", "mel", "n_mels", "n_frames"]
-    source = ray.data.read_parquet(_features_path(features), columns=columns)
+    source = ray.data.read_parquet(str(features_dir(features)), columns=columns)
     datasets = {}
     for split in splits:
         keep = frozenset(cid for cid, s in assignment.items() if s == split)
         datasets[split] = source.map_batches(select_split, fn_kwargs={"keep": keep}, batch_format="pandas")
     for extra in extra_train:
-        more = ray.data.read_parquet(_features_path(extra), columns=columns)
+        more = ray.data.read_parquet(str(features_dir(extra)), columns=columns)
         datasets["train"] = datasets["train"].union(more.map_batches(select_split, fn_kwargs={"keep": None}, batch_format="pandas"))
     return {split: ds.materialize() for split, ds in datasets.items()}
 
