@@ -50,10 +50,6 @@ def configure_logging(level: int | str | None = None) -> logging.Logger:
 def get_logger(stage: str) -> logging.Logger:
     """The logger whose lines read `[stage] ...`; configures logging on first use, so a
     Ray worker process that imports the library logs the same way as the driver."""
-    configure_logging_once()
-    return logging.getLogger(f"{ROOT}.{stage}")
-
-
-def configure_logging_once() -> None:
-    if not logging.getLogger(ROOT).handlers:
+    if not logging.getLogger(ROOT).handlers:  # an entrypoint may have set its own level already
         configure_logging()
+    return logging.getLogger(f"{ROOT}.{stage}")

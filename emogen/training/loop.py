@@ -68,14 +68,14 @@ def run_training(config: dict[str, Any], session: RayTrainSession) -> None:
     model = session.prepare_model(model)
     task.setup(model, device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
-    plateau = _lr_scheduler(optimizer, train_cfg)
+    lr_scheduler = _lr_scheduler(optimizer, train_cfg)
     use_amp = train_cfg.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
 
     start_epoch, best, bad_epochs, history, resumes, best_model = 0, math.inf, 0, [], [], None
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
-        plateau.load_state_dict(state["lr_scheduler"])
+        lr_scheduler.load_state_dict(state["lr_scheduler"])
         if use_amp and state.get("grad_scaler"):
             scaler.load_state_dict(state["grad_scaler"])
         start_epoch, best, bad_epochs = state["epoch"], state["best"], state["bad_epochs"]
@@ -137,10 +137,10 @@ def run_training(config: dict[str, Any], session: RayTrainSession) -> None:
         if val_count:  # tiny corpora may have no validation speaker: then train loss decides
             metrics.update({f"val_{k}": v for k, v in task.finalize(val_sums, val_count).items()})
         monitor = metrics.get("val_loss", metrics["train_loss"])
-        if isinstance(plateau, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            plateau.step(monitor)
+        if isinstance(lr_scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            lr_scheduler.step(monitor)
         else:
-            plateau.step()
+            lr_scheduler.step()
         if monitor < best - 1e-6:
             best, bad_epochs = monitor, 0
             best_model = {k: v.detach().cpu().clone() for k, v in _unwrap(model).state_dict().items()}
@@ -158,7 +158,7 @@ def run_training(config: dict[str, Any], session: RayTrainSession) -> None:
             "model": {k: v.detach().cpu() for k, v in _unwrap(model).state_dict().items()},
             "best_model": best_model,
             "optimizer": optimizer.state_dict(),
-            "lr_scheduler": plateau.state_dict(),
+            "lr_scheduler": lr_scheduler.state_dict(),
             "grad_scaler": scaler.state_dict() if use_amp else None,
             "epoch": epoch + 1,
             "best": best,
