@@ -57,6 +57,7 @@ from emogen.results import (
     Spread,
     as_results,
 )
+from emogen.stats import MIN_PAIRS, significant
 
 MEL_SOURCES: tuple[str, ...] = (REAL, *GENERATORS)
 SER_METRICS: tuple[tuple[str, str], ...] = (
@@ -446,17 +447,18 @@ def _significance_sentence(condition: str, reference: str, comparison: Compariso
     if paired.mean is None:
         return f"{name}: no shared seeds to pair, so no test."
     text = f"{name}: UA {_signed(paired.mean * 100)} points"
-    if paired.n < 2:
-        text += (f" from n = {paired.n} pair; the test needs more: a paired test needs at least 2 pairs "
+    if paired.n < MIN_PAIRS:
+        text += (f" from n = {paired.n} pair; the test needs more: a paired test needs at least {MIN_PAIRS} pairs "
                  "(run more seeds), so no significance is claimed")
     elif paired.t_p is None:
         text += f" over n = {paired.n} pairs; no paired t-test ({paired.note}), so no significance is claimed"
     else:
-        verdict = "significant at 5 %" if paired.t_p < 0.05 else "not significant"
+        t_says = significant(paired.t_p)
+        verdict = "significant at 5 %" if t_says else "not significant"
         text += (f" (95 % CI {_interval(paired.ci_low, paired.ci_high)}; paired t {_p_text(paired.t_p)}, "
                  f"Wilcoxon {_p_text(paired.wilcoxon_p)}; n = {paired.n} pairs): {verdict} by the paired t-test")
-        wilcoxon_says = None if paired.wilcoxon_p is None else paired.wilcoxon_p < 0.05
-        if wilcoxon_says is not None and wilcoxon_says != (paired.t_p < 0.05):
+        wilcoxon_says = significant(paired.wilcoxon_p)
+        if wilcoxon_says is not None and wilcoxon_says != t_says:
             text += ", though the Wilcoxon test disagrees"
     speakers = comparison.speakers
     if speakers is not None and speakers.mean is not None:
