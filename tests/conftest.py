@@ -68,6 +68,21 @@ def one_torch_thread():
     torch.set_num_threads(previous)
 
 
+def free_ports(n: int = 1) -> list[int]:
+    """n distinct free TCP ports on 127.0.0.1 (all held open while choosing, so no repeats)."""
+    import socket
+
+    sockets = []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        sockets.append(s)
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
 def tone(seconds: float, sample_rate: int, f0: float = 150.0, channels: int = 1, seed: int = 0) -> np.ndarray:
     """A harmonic-rich, speech-band test signal with a little noise, peak 0.5."""
     t = np.arange(int(round(seconds * sample_rate))) / sample_rate

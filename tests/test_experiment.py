@@ -10,7 +10,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import free_ports
 import soundfile as sf
 
 from emogen.config import EMOTIONS
@@ -316,18 +316,6 @@ def test_cli_needs_data_or_input(tmp_path):
 # ------------------------------------------------------------------ the cluster path
 
 
-def _free_ports(n: int) -> list[int]:
-    sockets = []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        sockets.append(s)
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 class LocalHead:
     """A separate local Ray head (`ray start --head --block` in its own process group),
     stopped without `ray stop`, which would stop every Ray instance on the machine
@@ -340,7 +328,7 @@ class LocalHead:
         self.psutil = psutil
         # short: Ray's unix sockets live under it (107-character limit)
         self.temp_dir = Path(tempfile.mkdtemp(prefix="rayc-", dir="/tmp"))
-        ports = _free_ports(9)
+        ports = free_ports(9)
         self.gcs_port, self.dashboard_port = ports[0], ports[1]
         self.address = f"127.0.0.1:{self.gcs_port}"
         self.dashboard = f"http://127.0.0.1:{self.dashboard_port}"

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import sysconfig
@@ -16,15 +15,10 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import free_ports
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +67,7 @@ def test_installed_emogen_serve(installed_venv, diffusion_checkpoint, tmp_path):
     import psutil
 
     ray_tmp = Path(tempfile.mkdtemp(prefix="rayi-", dir="/tmp"))
-    port = _free_port()
+    port = free_ports()[0]
     log = tmp_path / "serve.log"
     command = [str(installed_venv / "bin" / "emogen"), "serve", "--checkpoint", diffusion_checkpoint, "--port", str(port)]
 

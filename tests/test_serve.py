@@ -7,23 +7,17 @@ from __future__ import annotations
 import argparse
 import base64
 import io
-import socket
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import free_ports
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 CHROMIUM = Path("/usr/bin/chromium")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +31,7 @@ def base_url(diffusion_checkpoint, ray_session):
     def build_app(args: dict):  # as Ray Serve calls the builder: strings validated into ServeArgs
         return app(ServeArgs.model_validate(args))
 
-    port = _free_port()
+    port = free_ports()[0]
     common = {"num_cpus": "0", "griffin_lim_iters": "4", "max_batch_size": "8", "batch_wait_timeout_s": "0.5"}
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
