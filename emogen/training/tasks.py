@@ -90,7 +90,8 @@ class SERTask(Task):
         if model.training:  # validation batches go through `evaluate`, never augmented
             mel = augment_mels(mel, self.train)
             if self.train.mixup > 0 and mel.shape[0] > 1:
-                lam = float(torch.distributions.Beta(self.train.mixup, self.train.mixup).sample())
+                lam = float(np.random.default_rng(int(torch.randint(0, 2**31, ())))
+                            .beta(self.train.mixup, self.train.mixup))
                 perm = torch.randperm(mel.shape[0], device=mel.device)
                 logits = model((lam * mel + (1 - lam) * mel[perm]).unsqueeze(1))
                 loss = lam * F.cross_entropy(logits, label, label_smoothing=smoothing) + (1 - lam) * F.cross_entropy(
