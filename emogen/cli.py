@@ -146,7 +146,7 @@ def _run_experiment(args: argparse.Namespace, features: Path, config: Experiment
     from emogen.config import load_overrides
     from emogen.experiment import run_experiment
     from emogen.report import results_table
-    from emogen.results import UA
+    from emogen.results import SER_JUDGE, UA
     from emogen.runtime import init_ray
 
     init_ray(args.address, args.num_cpus)
@@ -161,7 +161,8 @@ def _run_experiment(args: argparse.Namespace, features: Path, config: Experiment
         "out": str(args.out),
         "report": results.report,
         "unweighted_accuracy": {c: round(scores[UA].mean, 4) for c, scores in results.summary.items()},
-        "clarity": {g: round(generated.clarity.mean, 4) for g, generated in results.generated.items()},
+        # by the judge SER, which did not choose the kept clips (the filter's clarity is biased)
+        "clarity": {g: round(generated.judged[SER_JUDGE].all.mean, 4) for g, generated in results.generated.items()},
         "targets": results.targets.model_dump(),
         "seconds": results.seconds,
     }

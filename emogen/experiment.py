@@ -2,38 +2,42 @@
 
     emogen experiment --data runs/demo/data --preset demo --out runs/demo/experiment
 
-One job, on one speaker-independent split (train / val / held-out test speakers):
+Speaker-grouped K-fold cross-validation (`--folds`, `datasets.speaker_folds`): each fold
+holds out a disjoint group of test speakers, validates on some of the others and trains on
+the rest, so every speaker is tested exactly once. Per fold:
 
 1. generators: a VAE and a diffusion U-Net (latent diffusion on the VAE in the demo
-   preset) trained with Ray Train on the training split only;
-2. per seed: a baseline SER on real training clips; N generated clips per emotion from
+   preset) trained with Ray Train on the fold's training speakers only (no test speaker
+   reaches a generator);
+2. references: the linear probe (`emogen.probe`) and a judge SER, both trained on the
+   fold's real training + validation clips, the judge with a seed of its own;
+3. per seed: a baseline SER on real training clips; N generated clips per emotion from
    each generator (optionally kept only if the seed's baseline SER gives the requested
    emotion at least `min_confidence`); an SER on real+VAE and one on real+diffusion;
    and a control: an SER on the real clips alone trained for as many optimizer steps as
    the real+diffusion one (more clips per epoch at equal epochs means more steps, and an
    undertrained baseline gains from steps whatever the extra clips contain);
-3. every SER evaluated on the same held-out speakers (WA, UA, macro F1, confusion, UA per
-   speaker), and beside them the linear probe (`emogen.probe`, fit once on the real
-   train+val clips), the reference an SER must beat; the generated sets scored by the
-   baseline SER (clarity, FID on its embeddings against the held-out real clips,
-   Inception Score on its probabilities);
-4. paired statistics (`emogen.stats`) of each condition's UA against real and against
-   the matched-steps control: over seeds (mean, 95 % t interval, paired t and Wilcoxon
-   p-values) and over held-out speakers (bootstrap interval);
-5. results.json (`emogen.results`: every number, seconds per stage), report.md /
-   report.html with plots and Griffin-Lim WAVs, one MLflow parent run with a child run
-   per training.
+4. every SER, the probe and the judge evaluated on the fold's held-out speakers (WA, UA,
+   macro F1, confusion, UA per speaker); the generated sets scored by the filter (the
+   seed's baseline SER: FID on its embeddings against held-out real clips, Inception
+   Score, clarity) and by the judges that chose nothing (clarity of all and of the kept
+   clips, per emotion, beside each judge's own UA on real held-out clips).
 
-Seeds vary the SER initialization and data order and the generated samples; the split
-and the two generators are shared across seeds (training a generator pair per seed
-would multiply the cost by the seeds, and the question is whether a given generator's
-data helps). The SER trainings, generation, scoring and Griffin-Lim run as Ray tasks: on a
-cluster the SERs of all seeds train side by side.
+Then paired statistics (`emogen.stats`) of each condition's UA against real and against
+the matched-steps control over fold x seed pairs (same fold, same seed: mean, 95 % t
+interval, paired t and Wilcoxon p-values) and over speakers (bootstrap interval);
+results.json (`emogen.results`: every number, seconds per stage), report.md / report.html
+with plots and Griffin-Lim WAVs, one MLflow parent run with a child run per training.
+
+Seeds vary the SER initialization and data order and the generated samples; a fold's
+generators are shared by its seeds (a generator pair per seed would multiply the cost, and
+the question is whether a given generator's data helps). The SER trainings of every fold
+and seed, generation, scoring and Griffin-Lim run as Ray tasks, side by side on a cluster.
 
 `run_experiment` runs STAGES, named stage functions sharing one `ExperimentContext`.
-Every unit of work records its result in <out>/stages.json under its `StageKey` when it
-finishes, so re-running the same command resumes after the last finished one (trainings
-also resume from their per-epoch checkpoints).
+Every unit of work records its result in <out>/stages.json under its `StageKey` (fold,
+what, seed) when it finishes, so re-running the same command resumes after the last
+finished one (trainings also resume from their per-epoch checkpoints).
 """
 
 from __future__ import annotations
@@ -61,7 +65,10 @@ from emogen.results import (
     DIFFUSION,
     GENERATED_FROM,
     GENERATORS,
+    JUDGES,
+    PROBE_JUDGE,
     REAL,
+    SER_JUDGE,
     SCORES,
     UA,
     UA_GAIN_TARGET_POINTS,
@@ -69,8 +76,11 @@ from emogen.results import (
     DataSummary,
     ExperimentResults,
     FidSpread,
+    FoldSplit,
     GeneratedSet,
     GeneratorRun,
+    JudgedClarity,
+    JudgeRun,
     MLflowRun,
     SampleClip,
     Samples,
@@ -80,6 +90,7 @@ from emogen.results import (
     Targets,
     comparisons,
     paired_gains,
+    pool_probes,
     spread,
     summarize,
 )
@@ -92,7 +103,9 @@ class ExperimentConfig:
     """What the experiment does; a preset's "experiment" section sets the defaults. Every
     field is an `emogen experiment` option of the same name (--per-emotion, ...)."""
 
-    seeds: tuple[int, ...] = option((0, 1, 2), "SER / sampling seeds")
+    # EmoDB's 10 speakers in 5 folds: 2 held out per fold
+    folds: int = option(5, "speaker folds: each holds out its own test speakers, every speaker is tested once")
+    seeds: tuple[int, ...] = option((0, 1, 2), "SER / sampling seeds (per fold)")
     # Generated clips per emotion: per_emotion if > 0, else ratio x real training clips / 6
     # (balanced over the emotions whatever the real class balance is).
     per_emotion: int = option(0, "generated clips per emotion (0: from --ratio)")
@@ -112,11 +125,15 @@ class ExperimentConfig:
     use_gpu: bool = option(False, "GPUs for training, generation and evaluation")
     cpus_per_task: float = option(1.0, "CPUs per SER training / generation task")
     wavs_per_emotion: int = option(1, "Griffin-Lim clips per emotion and source in the report")
+    # the judge SER's seed: it must not be the filter (a seed's baseline SER) in disguise
+    judge_seed: int = option(1000, "seed of the SER that judges generated clips (trained on train+val)")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
         if not self.seeds:
             raise ValueError("the experiment needs at least one seed")
+        if self.folds < 2:
+            raise ValueError(f"folds must be >= 2 (every speaker is tested once), got {self.folds}")
         if self.per_emotion < 0 or self.ratio < 0:
             raise ValueError("per_emotion and ratio must be >= 0")
         if not 0.0 <= self.min_confidence < 1.0:
@@ -149,6 +166,7 @@ class StageKind(enum.Enum):
     PARENT_RUN = "parent_run"
     GENERATOR = "generator"  # a generator's Ray Train run, keyed by the generator alone
     SER = "ser"
+    JUDGE = "judge"
     GENERATED = "generated"
     FID_REFERENCE = "fid_reference"
     PROBE = "probe"
@@ -156,16 +174,18 @@ class StageKind(enum.Enum):
 
 @dataclass(frozen=True)
 class StageKey:
-    """One unit of work in <out>/stages.json. It renders as the strings earlier runs
-    wrote ("parent_run", "vae", "ser/real/0", "generated/vae/0", "fid_reference/0"), so
-    resuming an older run finds the work it finished."""
+    """One unit of work in <out>/stages.json: "parent_run", then per fold "fold0/vae",
+    "fold0/ser/real/0", "fold0/generated/vae/0", "fold0/fid_reference/0", "fold0/probe",
+    "fold0/judge"."""
 
     kind: StageKind
+    fold: int | None = None
     name: str | None = None  # the generator or the condition
     seed: int | None = None
 
     def __str__(self) -> str:
-        parts = [] if self.kind is StageKind.GENERATOR else [self.kind.value]
+        parts = [] if self.fold is None else [f"fold{self.fold}"]
+        parts += [] if self.kind is StageKind.GENERATOR else [self.kind.value]
         return "/".join([*parts, *(str(p) for p in (self.name, self.seed) if p is not None)])
 
     @classmethod
@@ -173,24 +193,28 @@ class StageKey:
         return cls(StageKind.PARENT_RUN)
 
     @classmethod
-    def generator(cls, generator: str) -> StageKey:
-        return cls(StageKind.GENERATOR, generator)
+    def generator(cls, fold: int, generator: str) -> StageKey:
+        return cls(StageKind.GENERATOR, fold, generator)
 
     @classmethod
-    def ser(cls, condition: str, seed: int) -> StageKey:
-        return cls(StageKind.SER, condition, seed)
+    def ser(cls, fold: int, condition: str, seed: int) -> StageKey:
+        return cls(StageKind.SER, fold, condition, seed)
 
     @classmethod
-    def generated(cls, generator: str, seed: int) -> StageKey:
-        return cls(StageKind.GENERATED, generator, seed)
+    def judge(cls, fold: int) -> StageKey:
+        return cls(StageKind.JUDGE, fold)
 
     @classmethod
-    def fid_reference(cls, seed: int) -> StageKey:
-        return cls(StageKind.FID_REFERENCE, seed=seed)
+    def generated(cls, fold: int, generator: str, seed: int) -> StageKey:
+        return cls(StageKind.GENERATED, fold, generator, seed)
 
     @classmethod
-    def probe(cls) -> StageKey:
-        return cls(StageKind.PROBE)
+    def fid_reference(cls, fold: int, seed: int) -> StageKey:
+        return cls(StageKind.FID_REFERENCE, fold, seed=seed)
+
+    @classmethod
+    def probe(cls, fold: int) -> StageKey:
+        return cls(StageKind.PROBE, fold)
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -226,23 +250,42 @@ class FinishedStages:
 # -------------------------------------------------------------------- the shared context
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # compared and hashed by identity: one object per fold
 class Split:
-    """The speaker-independent split every model trains on (TrainConfig.split_seed and
-    fractions), and the held-out clips every SER is scored on, in Ray's object store."""
+    """One speaker fold: its assignment (TrainConfig.split_seed and val_fraction), its
+    rows, and its held-out clips, which every model of the fold is scored on, in Ray's
+    object store."""
 
+    fold: int
     assignment: dict[str, str]  # clip_id -> "train" | "val" | "test"
-    table: Any  # the features table (pandas) with a "split" column
+    table: Any  # the features table (pandas) with this fold's "split" column
     counts: dict[str, int]
     test: Any  # the test rows
     test_mels: Any  # ray.ObjectRef
     test_labels: Any  # ray.ObjectRef
     test_speakers: Any  # numpy array of the test rows' speakers
 
+    def rows(self, *splits: str) -> Any:
+        return self.table[self.table["split"].isin(splits)]
+
+    def judge_assignment(self) -> dict[str, str]:
+        """The judge's and the probe's: the validation clips join training."""
+        return {clip: "train" if split == "val" else split for clip, split in self.assignment.items()}
+
+    def summary(self) -> FoldSplit:
+        speakers = {s: sorted(self.rows(s)["speaker"].astype(str).unique().tolist()) for s in ("val", "test")}
+        return FoldSplit(fold=self.fold, test_speakers=speakers["test"], val_speakers=speakers["val"],
+                         split_counts=self.counts, class_counts=_class_counts(self.table))
+
+
+def _class_counts(table: Any, splits: tuple[str, ...] = ("train", "val", "test")) -> dict[str, dict[str, int]]:
+    return {s: {e: int(((table["split"] == s) & (table["label"] == k)).sum()) for k, e in enumerate(EMOTIONS)}
+            for s in splits}
+
 
 @dataclass
 class ExperimentContext:
-    """What the stages share: the run's settings and paths, the split, Ray resources, the
+    """What the stages share: the run's settings and paths, the folds, Ray resources, the
     MLflow parent run, and what the stages before produced."""
 
     features: str | Path
@@ -255,14 +298,16 @@ class ExperimentContext:
     tracking_uri: str | None  # as given: None is MLflow's default store
     mlflow: MLflowRun  # the resolved store, the experiment and the parent run
     cpu_task: dict[str, float]  # Ray resources of every task
-    split: Split
-    per_emotion: int  # generated clips per emotion, seed and generator
+    splits: list[Split]  # one per fold
+    per_emotion: int  # generated clips per emotion, fold, seed and generator
     diffusion_space: str  # "mel" or "latent"
     finished: FinishedStages
     seconds: dict[str, float]  # wall seconds per stage, the caller's (corpus, preprocess) first
-    generators: dict[str, dict[str, Any]] = field(default_factory=dict)  # fit() summaries
+    generators: dict[tuple[int, str], dict[str, Any]] = field(default_factory=dict)  # (fold, generator): fit() summary
+    probes: dict[int, Any] = field(default_factory=dict)  # fold: fitted LinearProbe (refit on resume: deterministic)
     runs: dict[str, list[SERRun]] = field(default_factory=dict)
-    probe: ProbeRun | None = None
+    probe_runs: list[ProbeRun] = field(default_factory=list)
+    judges: list[JudgeRun] = field(default_factory=list)
     samples: Samples | None = None
     results: ExperimentResults | None = None
 
@@ -272,17 +317,24 @@ class ExperimentContext:
 
         return ray.remote(func).options(**self.cpu_task, **options)
 
+    def pairs(self) -> list[tuple[Split, int]]:
+        """Every (fold, seed), fold by fold."""
+        return [(split, seed) for split in self.splits for seed in self.config.seeds]
+
+    def fold_dir(self, split: Split) -> Path:
+        return self.out / f"fold{split.fold}"
+
 
 def _start(features: str | Path, out_dir: str | Path, preset: str, config: ExperimentConfig | None, name: str | None,
            tracking_uri: str | None, command: str | None, seconds_before: dict[str, float] | None,
            overrides: dict[str, dict[str, Any]] | None) -> ExperimentContext:
-    """The split, the held-out clips in the object store, and the MLflow parent run."""
+    """The folds, their held-out clips in the object store, and the MLflow parent run."""
     import ray
 
     from emogen import tracking
     from emogen.data import decode_mels, read_features
     from emogen.presets import model_configs
-    from emogen.training import split_assignment, train_config
+    from emogen.training import fold_assignments, train_config
 
     config = config or experiment_config(preset)
     out = Path(out_dir).resolve()
@@ -293,26 +345,32 @@ def _start(features: str | Path, out_dir: str | Path, preset: str, config: Exper
     experiment_id = tracking.configure(tracking_uri)
     _quiet_ray_data()
 
-    assignment = split_assignment(features, train_config("ser", preset, model_overrides(overrides, "ser")["train"]))
+    ser_train = train_config("ser", preset, model_overrides(overrides, "ser")["train"])
+    assignments = fold_assignments(features, config.folds, ser_train)
     table = read_features(features)
-    table = table.assign(split=table["clip_id"].map(assignment))
-    counts = {s: int((table["split"] == s).sum()) for s in ("train", "val", "test")}
-    test = table[table["split"] == "test"].reset_index(drop=True)
-    if test.empty or counts["val"] == 0:
-        raise ValueError(f"the speaker split of {features} left no validation or test speakers; the experiment needs both")
-    split = Split(assignment, table, counts, test, ray.put(decode_mels(test)), ray.put(test["label"].to_numpy()),
-                  test["speaker"].astype(str).to_numpy())
-    per_emotion = config.per_emotion or max(1, round(config.ratio * counts["train"] / len(EMOTIONS)))
+    splits = []
+    for fold, assignment in enumerate(assignments):
+        fold_table = table.assign(split=table["clip_id"].map(assignment))
+        counts = {s: int((fold_table["split"] == s).sum()) for s in ("train", "val", "test")}
+        if counts["val"] == 0 or counts["train"] == 0:
+            raise ValueError(f"fold {fold} of {config.folds} left no training or validation speakers in {features}; "
+                             "use fewer folds or a corpus with more speakers")
+        test = fold_table[fold_table["split"] == "test"].reset_index(drop=True)
+        splits.append(Split(fold, assignment, fold_table, counts, test, ray.put(decode_mels(test)),
+                            ray.put(test["label"].to_numpy()), test["speaker"].astype(str).to_numpy()))
+    mean_train = np.mean([split.counts["train"] for split in splits])
+    per_emotion = config.per_emotion or max(1, round(config.ratio * mean_train / len(EMOTIONS)))
     diffusion_space = model_configs(preset, overrides)["diffusion"].space
     params = {"preset": preset, "features": str(features), "experiment": dataclasses.asdict(config), "per_emotion": per_emotion,
-              "split_counts": counts, "diffusion_space": diffusion_space, "overrides": overrides}
+              "split_counts": {f"fold{s.fold}": s.counts for s in splits}, "diffusion_space": diffusion_space,
+              "overrides": overrides}
     parent = finished.run(StageKey.parent_run(), lambda: _parent_run(name, params, tracking_uri))
     return ExperimentContext(
         features=features, out=out, preset=preset, config=config, name=name, overrides=overrides, command=command,
         tracking_uri=tracking_uri,
         mlflow=MLflowRun(tracking_uri=tracking.resolve_tracking_uri(tracking_uri), experiment_id=experiment_id, parent_run_id=parent),
         cpu_task={"num_cpus": config.cpus_per_task, "num_gpus": 1 if config.use_gpu else 0},
-        split=split, per_emotion=per_emotion, diffusion_space=diffusion_space, finished=finished,
+        splits=splits, per_emotion=per_emotion, diffusion_space=diffusion_space, finished=finished,
         seconds=dict(seconds_before or {}),
     )
 
@@ -364,10 +422,21 @@ def _train_ser_task(loop: dict[str, Any], datasets: dict[str, Any], run_dir: str
     return summary
 
 
-def _generate_task(generator_checkpoint: str, ser_checkpoint: str, per_emotion: int, seed: int, options: dict[str, Any],
-                   min_confidence: float, out_dir: str, real_eval: dict[str, Any]) -> dict[str, Any]:
-    """Generate per_emotion clips of every emotion, score them with the seed's baseline
-    SER, keep the confident ones, and write them as a features dataset."""
+def _judged(requested: np.ndarray, predicted: np.ndarray, keep: np.ndarray) -> dict[str, Any]:
+    """A judge's clarity of all generated clips and of the kept ones, overall and per emotion."""
+    from emogen.metrics import clarity_per_emotion, emotional_clarity
+
+    return {"all": emotional_clarity(requested, predicted), "all_per_emotion": clarity_per_emotion(requested, predicted),
+            "kept": emotional_clarity(requested[keep], predicted[keep]),
+            "kept_per_emotion": clarity_per_emotion(requested[keep], predicted[keep])}
+
+
+def _generate_task(generator_checkpoint: str, filter_checkpoint: str, judge_checkpoint: str, probe: Any, per_emotion: int,
+                   seed: int, options: dict[str, Any], min_confidence: float, out_dir: str,
+                   real_eval: dict[str, Any]) -> dict[str, Any]:
+    """Generate per_emotion clips of every emotion, score them with the filter (the fold
+    and seed's baseline SER), keep the confident ones, write them as a features dataset,
+    and let the judges (the fold's judge SER and linear probe) score all and kept clips."""
     from emogen.evaluate import SERClassifier, write_generated_features
     from emogen.generate import EmotionGenerator
     from emogen.metrics import classification_report, emotional_clarity, frechet_distance, inception_score
@@ -382,7 +451,7 @@ def _generate_task(generator_checkpoint: str, ser_checkpoint: str, per_emotion: 
     mels, labels = np.concatenate(mels), np.asarray(labels)
     generate_s = time.time() - began
 
-    probs, embeddings = SERClassifier.from_checkpoint(ser_checkpoint).predict(mels)
+    probs, embeddings = SERClassifier.from_checkpoint(filter_checkpoint).predict(mels)
     confidence = probs[np.arange(len(labels)), labels]
     keep = confidence >= min_confidence
     kept_labels = labels[keep]
@@ -390,12 +459,15 @@ def _generate_task(generator_checkpoint: str, ser_checkpoint: str, per_emotion: 
         raise RuntimeError(f"min_confidence {min_confidence} kept none of {len(labels)} generated clips: lower it")
     write_generated_features(mels[keep], kept_labels, out_dir, source=Path(out_dir).name)
     report = classification_report(labels, probs.argmax(axis=1))
+    judge_probs, _ = SERClassifier.from_checkpoint(judge_checkpoint).predict(mels)
     return {
         "n_clips": int(len(labels)),
         "n_kept": int(keep.sum()),
         "kept_per_emotion": {e: int((kept_labels == k).sum()) for k, e in enumerate(EMOTIONS)},
         "clarity": emotional_clarity(labels, probs.argmax(axis=1)),
         "clarity_per_emotion": report["recall"],
+        "judged": {SER_JUDGE: _judged(labels, judge_probs.argmax(axis=1), keep),
+                   PROBE_JUDGE: _judged(labels, np.asarray(probe.predict(mels)), keep)},
         "fid": frechet_distance(real_eval["embeddings"], embeddings)["fid"],
         "fid_counts": {"n_real": int(len(real_eval["embeddings"])), "n_generated": int(len(embeddings))},
         "inception_score": inception_score(probs)["is"],
@@ -417,22 +489,6 @@ def _evaluate_task(ser_checkpoint: str, mels: np.ndarray, labels: np.ndarray, sp
     return {**report, "embeddings": embeddings}
 
 
-def _fit_probe(ctx: ExperimentContext) -> dict[str, Any]:
-    """The linear probe on the real train+val clips (what the SERs learn from and stop
-    on), scored on the held-out speakers. One deterministic fit, cheap: in the driver."""
-    import ray
-
-    from emogen.data import decode_mels
-    from emogen.evaluate import held_out_report
-    from emogen.probe import LinearProbe
-
-    rows = ctx.split.table[ctx.split.table["split"].isin(["train", "val"])]
-    probe = LinearProbe().fit(decode_mels(rows), rows["label"].to_numpy())
-    preds = probe.predict(ray.get(ctx.split.test_mels))
-    return {"n_train": int(len(rows)),
-            **held_out_report(ray.get(ctx.split.test_labels), np.asarray(preds), ctx.split.test_speakers)}
-
-
 def _griffin_lim_task(mels: np.ndarray) -> np.ndarray:
     from emogen.audio import MelInverter
     from emogen.config import AudioConfig
@@ -444,9 +500,9 @@ def _griffin_lim_task(mels: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------- the stages
 
 
-def _ser_loop(ctx: ExperimentContext, condition: str, seed: int, scale: float = 1.0) -> tuple[dict[str, Any], str]:
-    """The training loop config and run folder of one SER, with its MLflow child run.
-    scale: epochs (and early-stopping patience) x scale, for the matched-steps control."""
+def _ser_loop(ctx: ExperimentContext, split: Split, condition: str, seed: int, scale: float = 1.0) -> tuple[dict[str, Any], str]:
+    """The training loop config and run folder of one SER of a fold, with its MLflow child
+    run. scale: epochs (and early-stopping patience) x scale, for the matched-steps control."""
     from emogen.training import loop_config, start_child_run, train_config
 
     ser_overrides = model_overrides(ctx.overrides, "ser")
@@ -454,44 +510,83 @@ def _ser_loop(ctx: ExperimentContext, condition: str, seed: int, scale: float = 
                                                  **({"epochs": ctx.config.ser_epochs} if ctx.config.ser_epochs else {})})
     ser_overrides["train"].update(seed=seed, early_stopping_patience=round(ser_train.early_stopping_patience * scale))
     loop, run_params = loop_config("ser", ctx.preset, ser_overrides, max(1, round(ser_train.epochs * scale)))
-    run_params.update(condition=condition, seed=seed)
-    run_id = start_child_run(f"ser-{_condition_dir(condition)}-s{seed}-{ctx.name}", "ser", run_params, ctx.tracking_uri,
-                             ctx.mlflow.parent_run_id)
+    run_params.update(condition=condition, fold=split.fold, seed=seed)
+    label = f"{_condition_dir(condition)}-f{split.fold}-s{seed}"
+    run_id = start_child_run(f"ser-{label}-{ctx.name}", "ser", run_params, ctx.tracking_uri, ctx.mlflow.parent_run_id)
     loop["mlflow"] = {"tracking_uri": ctx.mlflow.tracking_uri, "run_id": run_id}
-    loop["label"] = f"ser {condition} seed {seed}"
-    return loop, str(ctx.out / "ser" / f"{_condition_dir(condition)}-s{seed}")
+    loop["label"] = f"ser {condition} fold {split.fold} seed {seed}"
+    return loop, str(ctx.fold_dir(split) / "ser" / f"{_condition_dir(condition)}-s{seed}")
+
+
+def _probe(ctx: ExperimentContext, split: Split) -> Any:
+    """The fold's linear probe on its real train+val clips (fit in the driver: one
+    deterministic, cheap fit; fit again on resume rather than pickled)."""
+    from emogen.data import decode_mels
+    from emogen.probe import LinearProbe
+
+    if split.fold not in ctx.probes:
+        rows = split.rows("train", "val")
+        ctx.probes[split.fold] = LinearProbe().fit(decode_mels(rows), rows["label"].to_numpy())
+    return ctx.probes[split.fold]
+
+
+def _score_probe(ctx: ExperimentContext, split: Split) -> dict[str, Any]:
+    import ray
+
+    from emogen.evaluate import held_out_report
+
+    preds = _probe(ctx, split).predict(ray.get(split.test_mels))
+    return {"n_train": int(len(split.rows("train", "val"))),
+            **held_out_report(ray.get(split.test_labels), np.asarray(preds), split.test_speakers)}
 
 
 def train_baselines(ctx: ExperimentContext) -> None:
-    """Per seed, an SER on the real training clips (Ray tasks, side by side)."""
+    """Per fold and seed, an SER on the real training clips, and per fold the judge SER on
+    training + validation clips (Ray tasks, side by side); meanwhile, in the driver, each
+    fold's linear probe."""
     import ray
 
     from emogen.training import split_datasets
 
-    todo = [seed for seed in ctx.config.seeds if StageKey.ser(REAL, seed) not in ctx.finished]
-    real = split_datasets(ctx.features, ctx.split.assignment) if todo else {}
     train_ser = ctx.remote(_train_ser_task, max_retries=2)
     pending = {}
-    for seed in todo:
-        loop, run_dir = _ser_loop(ctx, REAL, seed)
-        pending[seed] = train_ser.remote(loop, real, run_dir, ctx.config.use_gpu)
-    for seed, ref in pending.items():
-        ctx.finished.run(StageKey.ser(REAL, seed), lambda ref=ref: ray.get(ref))
+    for split in ctx.splits:
+        real = None
+        for seed in ctx.config.seeds:
+            key = StageKey.ser(split.fold, REAL, seed)
+            if key not in ctx.finished:
+                real = real or split_datasets(ctx.features, split.assignment)
+                loop, run_dir = _ser_loop(ctx, split, REAL, seed)
+                pending[key] = train_ser.remote(loop, real, run_dir, ctx.config.use_gpu)
+        key = StageKey.judge(split.fold)
+        if key not in ctx.finished:
+            loop, run_dir = _ser_loop(ctx, split, "judge", ctx.config.judge_seed)
+            pending[key] = train_ser.remote(loop, split_datasets(ctx.features, split.judge_assignment()), run_dir,
+                                            ctx.config.use_gpu)
+    for split in ctx.splits:
+        ctx.finished.run(StageKey.probe(split.fold), lambda split=split: _score_probe(ctx, split))
+    for key, ref in pending.items():
+        ctx.finished.run(key, lambda ref=ref: ray.get(ref))
 
 
 def _train_generator(ctx: ExperimentContext, generator: str) -> None:
-    """One generator with Ray Train; latent diffusion needs the VAE trained first."""
+    """One generator per fold with Ray Train on the fold's training speakers; latent
+    diffusion needs the fold's VAE trained first."""
     from emogen.training import FitConfig, fit
 
     cfg = ctx.config
-    fit_config = FitConfig(
-        preset=ctx.preset, overrides=model_overrides(ctx.overrides, generator),
-        epochs={VAE: cfg.vae_epochs, DIFFUSION: cfg.diffusion_epochs}[generator], run_name=f"{generator}-{ctx.name}",
-        num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, storage_path=ctx.out / "train", tracking_uri=ctx.tracking_uri,
-        parent_run_id=ctx.mlflow.parent_run_id, cpus_per_worker=cfg.cpus_per_worker,
-        vae_checkpoint=ctx.generators[VAE]["checkpoint"] if generator == DIFFUSION and ctx.diffusion_space == "latent" else None,
-    )
-    ctx.generators[generator] = ctx.finished.run(StageKey.generator(generator), lambda: fit(generator, ctx.features, fit_config))
+    for split in ctx.splits:
+        latent = generator == DIFFUSION and ctx.diffusion_space == "latent"
+        fit_config = FitConfig(
+            preset=ctx.preset, overrides=model_overrides(ctx.overrides, generator),
+            epochs={VAE: cfg.vae_epochs, DIFFUSION: cfg.diffusion_epochs}[generator],
+            run_name=f"{generator}-f{split.fold}-{ctx.name}", num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
+            storage_path=ctx.out / "train", tracking_uri=ctx.tracking_uri, parent_run_id=ctx.mlflow.parent_run_id,
+            cpus_per_worker=cfg.cpus_per_worker, assignment=split.assignment,
+            vae_checkpoint=ctx.generators[(split.fold, VAE)]["checkpoint"] if latent else None,
+        )
+        ctx.generators[(split.fold, generator)] = ctx.finished.run(
+            StageKey.generator(split.fold, generator), lambda fit_config=fit_config: fit(generator, ctx.features, fit_config))
 
 
 def train_vae(ctx: ExperimentContext) -> None:
@@ -503,129 +598,149 @@ def train_diffusion(ctx: ExperimentContext) -> None:
 
 
 def generate(ctx: ExperimentContext) -> None:
-    """Per seed and generator, per_emotion clips of every emotion, scored (and filtered)
-    by the seed's baseline SER (Ray tasks); per seed, the FID of real training clips
-    against the held-out ones, the scale of "real-like"."""
+    """Per fold, seed and generator, per_emotion clips of every emotion, filtered by the
+    fold and seed's baseline SER and scored by the judges (Ray tasks); per fold and seed,
+    the FID of real training clips against the held-out ones, the scale of "real-like"."""
     import ray
 
     from emogen.data import decode_mels
     from emogen.metrics import frechet_distance
 
-    cfg, split, finished = ctx.config, ctx.split, ctx.finished
+    cfg, finished = ctx.config, ctx.finished
     evaluate_task = ctx.remote(_evaluate_task)
     generate_task = ctx.remote(_generate_task, max_retries=2)
-    train_rows = split.table[split.table["split"] == "train"]
-    train_mels, train_labels = ray.put(decode_mels(train_rows)), ray.put(train_rows["label"].to_numpy())
     sampling = {"sampler": cfg.sampler, "steps": cfg.steps, "guidance_scale": cfg.guidance_scale}
-    launched, references = {}, {}
-    for seed in cfg.seeds:
-        ser_checkpoint = finished[StageKey.ser(REAL, seed)]["checkpoint"]
-        keys = [StageKey.generated(gen, seed) for gen in GENERATORS] + [StageKey.fid_reference(seed)]
+    launched, references, train_refs, probes = {}, {}, {}, {}
+    for split, seed in ctx.pairs():
+        fold = split.fold
+        keys = [StageKey.generated(fold, gen, seed) for gen in GENERATORS] + [StageKey.fid_reference(fold, seed)]
         if all(key in finished for key in keys):
             continue
-        held_out = evaluate_task.remote(ser_checkpoint, split.test_mels, split.test_labels)  # embeddings for FID
-        if StageKey.fid_reference(seed) not in finished:
-            references[seed] = (held_out, evaluate_task.remote(ser_checkpoint, train_mels, train_labels))
+        filter_checkpoint = finished[StageKey.ser(fold, REAL, seed)]["checkpoint"]
+        held_out = evaluate_task.remote(filter_checkpoint, split.test_mels, split.test_labels)  # embeddings for FID
+        if StageKey.fid_reference(fold, seed) not in finished:
+            if fold not in train_refs:
+                rows = split.rows("train")
+                train_refs[fold] = (ray.put(decode_mels(rows)), ray.put(rows["label"].to_numpy()))
+            references[(fold, seed)] = (held_out, evaluate_task.remote(filter_checkpoint, *train_refs[fold]))
+        if fold not in probes:
+            probes[fold] = ray.put(_probe(ctx, split))
         for gen in GENERATORS:
-            if StageKey.generated(gen, seed) not in finished:
-                launched[(gen, seed)] = generate_task.remote(
-                    ctx.generators[gen]["checkpoint"], ser_checkpoint, ctx.per_emotion, seed,
-                    sampling if gen == DIFFUSION else {}, cfg.min_confidence, str(_generated_dir(ctx, gen, seed)), held_out)
-    for seed, (held_out, training) in references.items():
-        finished.run(StageKey.fid_reference(seed), lambda a=held_out, b=training: frechet_distance(
+            if StageKey.generated(fold, gen, seed) not in finished:
+                launched[(fold, gen, seed)] = generate_task.remote(
+                    ctx.generators[(fold, gen)]["checkpoint"], filter_checkpoint, finished[StageKey.judge(fold)]["checkpoint"],
+                    probes[fold], ctx.per_emotion, seed, sampling if gen == DIFFUSION else {}, cfg.min_confidence,
+                    str(_generated_dir(ctx, split, gen, seed)), held_out)
+    for (fold, seed), (held_out, training) in references.items():
+        finished.run(StageKey.fid_reference(fold, seed), lambda a=held_out, b=training: frechet_distance(
             ray.get(a)["embeddings"], ray.get(b)["embeddings"]))
-    for (gen, seed), ref in launched.items():
+    for (fold, gen, seed), ref in launched.items():
         result = ray.get(ref)
-        gen_dir = _generated_dir(ctx, gen, seed)
+        gen_dir = _generated_dir(ctx, ctx.splits[fold], gen, seed)
         np.savez_compressed(gen_dir / "examples.npz", **result.pop("examples"))
-        finished.run(StageKey.generated(gen, seed), lambda result=result, gen_dir=gen_dir: {**result, "dir": str(gen_dir)})
-        log.info("%s seed %d: clarity %.3f, FID %.1f, IS %.2f, kept %d/%d", gen, seed, result["clarity"], result["fid"],
+        finished.run(StageKey.generated(fold, gen, seed), lambda result=result, gen_dir=gen_dir: {**result, "dir": str(gen_dir)})
+        judged = result["judged"]
+        log.info("%s fold %d seed %d: filter clarity %.3f, judge clarity %.3f (probe %.3f), FID %.1f, IS %.2f, kept %d/%d",
+                 gen, fold, seed, result["clarity"], judged[SER_JUDGE]["all"], judged[PROBE_JUDGE]["all"], result["fid"],
                  result["inception_score"], result["n_kept"], result["n_clips"])
 
 
-def _generated_dir(ctx: ExperimentContext, generator: str, seed: int) -> Path:
-    return ctx.out / "generated" / f"{generator}-s{seed}"
+def _generated_dir(ctx: ExperimentContext, split: Split, generator: str, seed: int) -> Path:
+    return ctx.fold_dir(split) / "generated" / f"{generator}-s{seed}"
 
 
-def _n_generated(ctx: ExperimentContext, condition: str, seed: int) -> int:
+def _n_generated(ctx: ExperimentContext, split: Split, condition: str, seed: int) -> int:
     """Generated clips (kept) in the training set of a condition's SER."""
     if condition not in GENERATED_FROM:
         return 0
-    return ctx.finished[StageKey.generated(GENERATED_FROM[condition], seed)]["n_kept"]
+    return ctx.finished[StageKey.generated(split.fold, GENERATED_FROM[condition], seed)]["n_kept"]
 
 
 def train_augmented(ctx: ExperimentContext) -> None:
-    """Per seed, an SER on real+VAE and one on real+diffusion clips, and the control: real
-    clips alone for as many optimizer steps as CONTROL_MATCHES's (Ray tasks)."""
+    """Per fold and seed, an SER on real+VAE and one on real+diffusion clips, and the
+    control: real clips alone for as many optimizer steps as CONTROL_MATCHES's (Ray tasks)."""
     import ray
 
     from emogen.training import split_datasets
 
     train_ser = ctx.remote(_train_ser_task, max_retries=2)
-    n_train = ctx.split.counts["train"]
-    pending, real = {}, None
-    for seed in ctx.config.seeds:
+    pending, real = {}, {}
+    for split, seed in ctx.pairs():
+        n_train = split.counts["train"]
         for condition in CONDITIONS[1:]:
-            key = StageKey.ser(condition, seed)
+            key = StageKey.ser(split.fold, condition, seed)
             if key in ctx.finished:
                 continue
             if condition in GENERATED_FROM:
-                generated = ctx.finished[StageKey.generated(GENERATED_FROM[condition], seed)]["dir"]
-                data, scale = split_datasets(ctx.features, ctx.split.assignment, extra_train=[generated]), 1.0
+                generated = ctx.finished[StageKey.generated(split.fold, GENERATED_FROM[condition], seed)]["dir"]
+                data, scale = split_datasets(ctx.features, split.assignment, extra_train=[generated]), 1.0
             else:
-                real = real or split_datasets(ctx.features, ctx.split.assignment)
-                data, scale = real, (n_train + _n_generated(ctx, CONTROL_MATCHES, seed)) / n_train
-            loop, run_dir = _ser_loop(ctx, condition, seed, scale)
+                if split.fold not in real:
+                    real[split.fold] = split_datasets(ctx.features, split.assignment)
+                data, scale = real[split.fold], (n_train + _n_generated(ctx, split, CONTROL_MATCHES, seed)) / n_train
+            loop, run_dir = _ser_loop(ctx, split, condition, seed, scale)
             pending[key] = train_ser.remote(loop, data, run_dir, ctx.config.use_gpu)
     for key, ref in pending.items():
         ctx.finished.run(key, lambda ref=ref: ray.get(ref))
 
 
 def evaluate(ctx: ExperimentContext) -> None:
-    """Every SER on the held-out speakers (Ray tasks), and the linear probe (in the driver
-    meanwhile)."""
+    """Every SER and judge on its fold's held-out speakers (Ray tasks); the probes' scores."""
     import ray
 
     evaluate_task = ctx.remote(_evaluate_task)
-    trained = {(c, s): ctx.finished[StageKey.ser(c, s)] for c in CONDITIONS for s in ctx.config.seeds}
-    speakers = ray.put(ctx.split.test_speakers)
-    refs = {key: evaluate_task.remote(summary["checkpoint"], ctx.split.test_mels, ctx.split.test_labels, speakers)
-            for key, summary in trained.items()}
-    probe = ctx.finished.run(StageKey.probe(), lambda: _fit_probe(ctx))
-    probe = dict(probe)
-    ctx.probe = ProbeRun(n_train=probe.pop("n_train"), per_speaker=probe.pop("per_speaker"),
-                         metrics=SERMetrics.model_validate(probe))
+    speakers = {split.fold: ray.put(split.test_speakers) for split in ctx.splits}
+    refs = {}
+    for split, seed in ctx.pairs():
+        for condition in CONDITIONS:
+            summary = ctx.finished[StageKey.ser(split.fold, condition, seed)]
+            refs[(split, condition, seed)] = evaluate_task.remote(summary["checkpoint"], split.test_mels, split.test_labels,
+                                                                  speakers[split.fold])
+    judge_refs = {split.fold: evaluate_task.remote(ctx.finished[StageKey.judge(split.fold)]["checkpoint"], split.test_mels,
+                                                   split.test_labels) for split in ctx.splits}
+    ctx.probe_runs = []
+    for split in ctx.splits:
+        probe = dict(ctx.finished[StageKey.probe(split.fold)])
+        ctx.probe_runs.append(ProbeRun(fold=split.fold, n_train=probe.pop("n_train"), per_speaker=probe.pop("per_speaker"),
+                                       metrics=SERMetrics.model_validate(probe)))
     ctx.runs = {c: [] for c in CONDITIONS}
-    for (condition, seed), ref in refs.items():
+    for (split, condition, seed), ref in refs.items():
         metrics = ray.get(ref)
         metrics.pop("embeddings")
         per_speaker = metrics.pop("per_speaker")
-        summary, n_generated = trained[(condition, seed)], _n_generated(ctx, condition, seed)
+        summary, n_generated = ctx.finished[StageKey.ser(split.fold, condition, seed)], _n_generated(ctx, split, condition, seed)
         ctx.runs[condition].append(SERRun(
-            seed=seed, checkpoint=summary["checkpoint"], n_train=ctx.split.counts["train"] + n_generated,
+            fold=split.fold, seed=seed, checkpoint=summary["checkpoint"], n_train=split.counts["train"] + n_generated,
             n_generated=n_generated, train_steps=int(summary["history"][-1]["steps"]), train_seconds=summary.get("seconds"),
             epochs=summary["epochs_completed"], stopped_early=summary["stopped_early"],
             metrics=SERMetrics.model_validate(metrics), per_speaker=per_speaker, history=summary["history"],
         ))
+    ctx.judges = []
+    for fold, ref in judge_refs.items():
+        metrics, summary = ray.get(ref), ctx.finished[StageKey.judge(fold)]
+        metrics.pop("embeddings")
+        ctx.judges.append(JudgeRun(fold=fold, seed=ctx.config.judge_seed, checkpoint=summary["checkpoint"],
+                                   epochs=summary["epochs_completed"], metrics=SERMetrics.model_validate(metrics)))
 
 
 def listening_samples(ctx: ExperimentContext) -> None:
-    """Mels (one per emotion and source) for the report's grid, Griffin-Lim WAVs to listen to."""
+    """Mels (one per emotion and source) for the report's grid, Griffin-Lim WAVs to listen
+    to: held-out real clips of the first fold and the first seed's generated ones."""
     import ray
     import soundfile as sf
 
     from emogen.config import AudioConfig
     from emogen.data import decode_mels
 
-    seed = ctx.config.seeds[0]
+    split, seed = ctx.pairs()[0]
     n = ctx.config.wavs_per_emotion
     sources: dict[str, dict[str, np.ndarray]] = {REAL: {}}
     for k, emotion in enumerate(EMOTIONS):
-        rows = ctx.split.test[ctx.split.test["label"] == k].head(n)
+        rows = split.test[split.test["label"] == k].head(n)
         if len(rows):
             sources[REAL][emotion] = decode_mels(rows)
     for gen in GENERATORS:
-        examples = np.load(_generated_dir(ctx, gen, seed) / "examples.npz")
+        examples = np.load(_generated_dir(ctx, split, gen, seed) / "examples.npz")
         sources[gen] = {e: examples[e][:n].astype(np.float32) for e in EMOTIONS if len(examples[e])}
     sample_dir = ctx.out / "samples"
     sample_dir.mkdir(parents=True, exist_ok=True)
@@ -664,18 +779,23 @@ class Stage:
     run: Callable[[ExperimentContext], None]
 
 
+def _folds_text(ctx: ExperimentContext) -> str:
+    return f"{len(ctx.splits)} folds x {len(ctx.config.seeds)} seeds"
+
+
 STAGES: tuple[Stage, ...] = (
-    Stage("train_ser_real", lambda ctx: f"training {len(ctx.config.seeds)} baseline SERs on real clips (Ray tasks)",
-          train_baselines),
-    Stage("train_vae", lambda ctx: "training the VAE (Ray Train)", train_vae),
-    Stage("train_diffusion", lambda ctx: f"training the {ctx.diffusion_space}-space diffusion U-Net (Ray Train)",
-          train_diffusion),
-    Stage("generate", lambda ctx: f"generating {ctx.per_emotion} clips per emotion per seed with each generator (Ray tasks)",
-          generate),
-    Stage("train_ser_augmented", lambda ctx: f"training {len(ctx.config.seeds) * (len(CONDITIONS) - 1)} SERs: real+VAE, "
-          "real+diffusion, and real alone for real+diffusion's optimizer steps (Ray tasks)", train_augmented),
-    Stage("evaluate", lambda ctx: f"evaluating {len(CONDITIONS) * len(ctx.config.seeds)} SERs (Ray tasks) and the "
-          f"linear probe on {ctx.split.counts['test']} held-out clips", evaluate),
+    Stage("train_ser_real", lambda ctx: f"training {len(ctx.pairs())} baseline SERs on real clips ({_folds_text(ctx)}) "
+          f"and {len(ctx.splits)} judge SERs (Ray tasks), fitting {len(ctx.splits)} linear probes", train_baselines),
+    Stage("train_vae", lambda ctx: f"training {len(ctx.splits)} VAEs, one per fold (Ray Train)", train_vae),
+    Stage("train_diffusion", lambda ctx: f"training {len(ctx.splits)} {ctx.diffusion_space}-space diffusion U-Nets, "
+          "one per fold (Ray Train)", train_diffusion),
+    Stage("generate", lambda ctx: f"generating {ctx.per_emotion} clips per emotion per fold and seed with each generator "
+          "(Ray tasks)", generate),
+    Stage("train_ser_augmented", lambda ctx: f"training {len(ctx.pairs()) * (len(CONDITIONS) - 1)} SERs: real+VAE, "
+          f"real+diffusion, and real alone for real+diffusion's optimizer steps ({_folds_text(ctx)}, Ray tasks)",
+          train_augmented),
+    Stage("evaluate", lambda ctx: f"evaluating {len(CONDITIONS) * len(ctx.pairs())} SERs and {len(ctx.splits)} judges "
+          "on their folds' held-out speakers (Ray tasks)", evaluate),
     Stage("samples", lambda ctx: "Griffin-Lim audio for the report", listening_samples),
     Stage("report", lambda ctx: "writing results.json, report.md, report.html", write_reports),
 )
@@ -718,22 +838,21 @@ def run_experiment(
 
 
 def _results(ctx: ExperimentContext) -> ExperimentResults:
-    runs, cfg, split = ctx.runs, ctx.config, ctx.split
+    runs, cfg = ctx.runs, ctx.config
     gains = {c: paired_gains(runs[c], runs[REAL]) for c in CONDITIONS if c != REAL}
     generated = {gen: _generated_set(ctx, gen) for gen in GENERATORS}
-    class_counts = {
-        s: {e: int(((split.table["split"] == s) & (split.table["label"] == k)).sum()) for k, e in enumerate(EMOTIONS)}
-        for s in ("train", "val", "test")
-    }
+    folds = [split.summary() for split in ctx.splits]
+    tested = {e: sum(f.class_counts["test"][e] for f in folds) for e in EMOTIONS}
     return ExperimentResults(
         name=ctx.name,
         preset=ctx.preset,
         created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         command=ctx.command or f"emogen experiment --data {ctx.features} --preset {ctx.preset}",
         config=dataclasses.asdict(cfg),
-        data=DataSummary(features=str(ctx.features), split_counts=split.counts, class_counts=class_counts,
-                         test_speakers=sorted(split.test["speaker"].unique().tolist())),
+        data=DataSummary(features=str(ctx.features), split_counts={"test": sum(tested.values())}, class_counts={"test": tested},
+                         test_speakers=sorted(s for f in folds for s in f.test_speakers), folds=folds),
         seeds=list(cfg.seeds),
+        n_folds=len(ctx.splits),
         conditions=list(CONDITIONS),
         runs=runs,
         summary={c: summarize(runs[c]) for c in CONDITIONS},
@@ -741,43 +860,65 @@ def _results(ctx: ExperimentContext) -> ExperimentResults:
         # what the generated clips add beyond the optimizer steps they bring
         gains_over_matched={CONTROL_MATCHES: paired_gains(runs[CONTROL_MATCHES], runs[CONTROL])},
         comparisons=comparisons(runs),
-        probe=ctx.probe,
+        probe=pool_probes(ctx.probe_runs),
+        probes=ctx.probe_runs,
+        judges=ctx.judges,
         generated=generated,
-        generators={gen: _generator_run(run, gen) for gen, run in ctx.generators.items()},
+        generators={gen: _generator_run(ctx, split, gen) for split in ctx.splits[:1] for gen in GENERATORS},
+        generators_per_fold={gen: [_generator_run(ctx, split, gen) for split in ctx.splits] for gen in GENERATORS},
         samples=ctx.samples,
         targets=Targets(
             ua_gain_points=UA_GAIN_TARGET_POINTS,
             diffusion_ua_gain_met=bool(gains[AUGMENTED_BY[DIFFUSION]][UA].mean * 100 >= UA_GAIN_TARGET_POINTS),
-            clarity_met=bool(generated[DIFFUSION].clarity.mean > generated[VAE].clarity.mean),
+            # by the judge that chose nothing: the filter's clarity is high for what it kept by construction
+            clarity_met=bool(generated[DIFFUSION].judged[SER_JUDGE].all.mean > generated[VAE].judged[SER_JUDGE].all.mean),
         ),
         mlflow=ctx.mlflow,
     )
 
 
+def _mean_per_emotion(per_set: list[dict[str, float]]) -> dict[str, float]:
+    """Per emotion, the mean over the sets that have it."""
+    return {e: float(np.mean([p[e] for p in per_set if e in p])) for e in EMOTIONS if any(e in p for p in per_set)}
+
+
+def _judged_clarity(ctx: ExperimentContext, judge: str, per_set: list[dict[str, Any]]) -> JudgedClarity:
+    if judge == SER_JUDGE:
+        judge_ua = spread(j.metrics.unweighted_accuracy for j in ctx.judges)
+    else:
+        judge_ua = spread(p.metrics.unweighted_accuracy for p in ctx.probe_runs)
+    sets = [p["judged"][judge] for p in per_set]
+    return JudgedClarity(judge_ua=judge_ua, all=spread(s["all"] for s in sets), kept=spread(s["kept"] for s in sets),
+                         all_per_emotion=_mean_per_emotion([s["all_per_emotion"] for s in sets]),
+                         kept_per_emotion=_mean_per_emotion([s["kept_per_emotion"] for s in sets]))
+
+
 def _generated_set(ctx: ExperimentContext, generator: str) -> GeneratedSet:
-    seeds = ctx.config.seeds
-    per_seed = [ctx.finished[StageKey.generated(generator, s)] for s in seeds]
+    per_set = [ctx.finished[StageKey.generated(split.fold, generator, seed)] for split, seed in ctx.pairs()]
+    references = [ctx.finished[StageKey.fid_reference(split.fold, seed)]["fid"] for split, seed in ctx.pairs()]
     return GeneratedSet(
         n_per_emotion=ctx.per_emotion,
-        n_clips=int(sum(p["n_clips"] for p in per_seed) / len(per_seed)),
-        n_kept=int(sum(p["n_kept"] for p in per_seed) / len(per_seed)),
-        clarity=spread(p["clarity"] for p in per_seed),
-        clarity_per_emotion={e: float(np.mean([p["clarity_per_emotion"][e] for p in per_seed])) for e in EMOTIONS},
-        fid=FidSpread(**spread(p["fid"] for p in per_seed).model_dump(), **per_seed[0]["fid_counts"]),
-        real_fid_reference=float(np.mean([ctx.finished[StageKey.fid_reference(s)]["fid"] for s in seeds])),
-        inception_score=spread(p["inception_score"] for p in per_seed),
-        mean_confidence=spread(p["mean_confidence"] for p in per_seed),
-        generate_seconds=spread(p["generate_seconds"] for p in per_seed),
+        n_clips=int(sum(p["n_clips"] for p in per_set) / len(per_set)),
+        n_kept=int(sum(p["n_kept"] for p in per_set) / len(per_set)),
+        clarity=spread(p["clarity"] for p in per_set),
+        clarity_per_emotion={e: float(np.mean([p["clarity_per_emotion"][e] for p in per_set])) for e in EMOTIONS},
+        fid=FidSpread(**spread(p["fid"] for p in per_set).model_dump(), **per_set[0]["fid_counts"]),
+        real_fid_reference=float(np.mean(references)),
+        inception_score=spread(p["inception_score"] for p in per_set),
+        mean_confidence=spread(p["mean_confidence"] for p in per_set),
+        generate_seconds=spread(p["generate_seconds"] for p in per_set),
+        judged={judge: _judged_clarity(ctx, judge, per_set) for judge in JUDGES},
     )
 
 
-def _generator_run(run: dict[str, Any], generator: str) -> GeneratorRun:
+def _generator_run(ctx: ExperimentContext, split: Split, generator: str) -> GeneratorRun:
     from emogen.checkpoint import load_state
 
+    run = ctx.generators[(split.fold, generator)]
     state = load_state(run["checkpoint"])
     return GeneratorRun(
-        checkpoint=run["checkpoint"], epochs=run["epochs_completed"], seconds=run["seconds"], mlflow_run_id=run["mlflow_run_id"],
-        metrics={k: v for k, v in run["metrics"].items() if k.startswith(("val_", "train_"))},
+        fold=split.fold, checkpoint=run["checkpoint"], epochs=run["epochs_completed"], seconds=run["seconds"],
+        mlflow_run_id=run["mlflow_run_id"], metrics={k: v for k, v in run["metrics"].items() if k.startswith(("val_", "train_"))},
         history=state["history"],
         space=state["configs"]["diffusion"]["space"] if generator == DIFFUSION else None,
     )
@@ -803,6 +944,7 @@ def _log_parent(results: ExperimentResults, out: Path, tracking_uri: str | None)
     for gen, info in results.generated.items():
         metrics.update({f"{gen}.clarity": info.clarity.mean, f"{gen}.fid": info.fid.mean,
                         f"{gen}.inception_score": info.inception_score.mean})
+        metrics.update({f"{gen}.clarity_by_{judge}": judged.all.mean for judge, judged in info.judged.items()})
     metrics.update({f"seconds.{k}": float(v) for k, v in results.seconds.items()})
     with mlflow.start_run(run_id=results.mlflow.parent_run_id):
         mlflow.log_metrics(metrics)

@@ -64,6 +64,13 @@ def emotional_clarity(requested: np.ndarray, predicted: np.ndarray) -> float:
     return float((requested == predicted).mean()) if requested.size else 0.0
 
 
+def clarity_per_emotion(requested: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
+    """Clarity of each requested emotion that has clips (emotions without any are left out)."""
+    requested, predicted = np.asarray(requested), np.asarray(predicted)
+    return {emotion: float((predicted[requested == k] == k).mean())
+            for k, emotion in enumerate(EMOTIONS) if (requested == k).any()}
+
+
 def frechet_distance(real: np.ndarray, fake: np.ndarray) -> dict:
     """Fréchet distance between Gaussian fits of two embedding sets, in float64.
 

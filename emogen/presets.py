@@ -41,7 +41,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "ser": {"widths": (8, 16), "blocks_per_stage": (1, 1)},
         "diffusion": {"space": "mel", "sampler": "ddim", "num_inference_steps": 5},
         "train": {"epochs": 2, "batch_size": 16},
-        "experiment": {"seeds": (0,), "per_emotion": 3, "wavs_per_emotion": 1},
+        "experiment": {"folds": 2, "seeds": (0,), "per_emotion": 3, "wavs_per_emotion": 1},
     },
     "demo": {
         # Latent diffusion on a VAE latent 4x down per axis: a smaller (8x-down) latent
@@ -68,7 +68,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         # emogen.experiment.ExperimentConfig: 3 seeds, as many generated clips as real ones
         # of which those the seed's real-trained SER gives >= 0.4 for their emotion are kept
         # (filtering raises the augmentation's UA gain), the generators on both cores of a laptop.
-        "experiment": {"seeds": (0, 1, 2), "ratio": 1.0, "min_confidence": 0.4, "cpus_per_worker": 2},
+        "experiment": {"folds": 3, "seeds": (0, 1, 2), "ratio": 1.0, "min_confidence": 0.4, "cpus_per_worker": 2},
     },
     "paper": {
         "unet": {"in_channels": 1, "base_channels": 32, "channel_mults": (1, 2, 4, 4), "attention_levels": (2, 3)},
@@ -80,7 +80,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                       "label_smoothing": 0.1, "freq_shift": 4, "time_roll": True, "spec_masks": 2},
         "train_vae": {"epochs": 100, "kl_warmup_epochs": 10, "early_stopping_patience": 10},
         "train_diffusion": {"epochs": 300},
-        "experiment": {"seeds": (0, 1, 2, 3, 4), "ratio": 1.0},
+        "experiment": {"folds": 5, "seeds": (0, 1, 2, 3, 4), "ratio": 1.0},
     },
 }
 

@@ -10,9 +10,12 @@ naming both versions.
 
 Still version 1, because every addition is optional and an older file loads unchanged:
 `SERRun.per_speaker` (UA per held-out speaker), `probe` (the linear probe's scores, the
-reference an SER must beat) and `comparisons` (paired statistics of each condition
-against real and against the matched-steps control). A file without them reports
-without them.
+reference an SER must beat), `comparisons` (paired statistics of each condition
+against real and against the matched-steps control), and the speaker folds: `folds`
+(each fold's held-out speakers), `SERRun.fold` / `ProbeRun.fold` (a run of one fold;
+None in a file from before folds, which had one split), `probes` and `judges` (per fold)
+and `GeneratedSet.judged` (clarity by judges that did not filter the clips). A file
+without them reports without them.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import json
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from emogen.stats import BootstrapInterval, PairedComparison, bootstrap_ci, paired_comparison
@@ -36,6 +40,11 @@ AUGMENTED_BY = {generator: condition for condition, generator in GENERATED_FROM.
 CONTROL, CONTROL_MATCHES = "real-matched", AUGMENTED_BY[DIFFUSION]
 CONDITIONS = (REAL, CONTROL, *GENERATED_FROM)
 PROBE = "probe"  # the linear probe's name beside the conditions (ExperimentResults.probe)
+# the judges of generated clips that did not choose which to keep (GeneratedSet.judged):
+# an SER of the fold trained on its training + validation clips with its own seed, and the
+# linear probe
+SER_JUDGE, PROBE_JUDGE = "ser-judge", PROBE
+JUDGES = (SER_JUDGE, PROBE_JUDGE)
 SCORES = ("weighted_accuracy", "unweighted_accuracy", "macro_f1")
 UA = "unweighted_accuracy"
 UA_GAIN_TARGET_POINTS = 3.0  # the SPEC's target for real+diffusion over real
@@ -81,8 +90,10 @@ class SERMetrics(_Record):
 
 
 class SERRun(_Record):
-    """One SER training of one condition and seed, evaluated."""
+    """One SER training of one condition, fold and seed, evaluated on the fold's held-out
+    speakers."""
 
+    fold: int | None = None  # None: a run from before folds (one split)
     seed: int
     checkpoint: str
     n_train: int
@@ -97,19 +108,34 @@ class SERRun(_Record):
 
     @property
     def pair_key(self) -> str:
-        """What pairs this run with another condition's: the seed (the fold joins it once
-        runs carry one; comparisons go through this key alone)."""
-        return f"seed {self.seed}"
+        """What pairs this run with another condition's: the same fold (test speakers,
+        training speakers, generators) and the same seed. Comparisons and gains pair by it."""
+        return f"seed {self.seed}" if self.fold is None else f"fold {self.fold} seed {self.seed}"
 
 
 class ProbeRun(_Record):
-    """`emogen.probe.LinearProbe` fit once on the real train+val clips of the split and
-    scored on the held-out speakers: the reference an SER has to beat to be a usable
-    instrument."""
+    """`emogen.probe.LinearProbe` fit on the real train+val clips of a fold and scored on
+    its held-out speakers: the reference an SER has to beat to be a usable instrument.
+    ExperimentResults.probe pools the folds: scores averaged over folds (as the SERs'
+    summaries are), confusions added, every speaker's UA from the fold that tested it."""
 
+    fold: int | None = None  # None: one split (before folds) or the pool of all folds
     n_train: int
     metrics: SERMetrics
     per_speaker: dict[str, float] = Field(default_factory=dict)
+    fold_ua: Spread | None = None  # the pool: UA over folds
+
+
+class JudgeRun(_Record):
+    """A fold's SER judge: trained on the fold's real training + validation clips with a
+    seed of its own, it scores generated clips it did not filter; `metrics` is its UA on
+    the fold's real held-out clips, what its clarity is relative to."""
+
+    fold: int
+    seed: int
+    checkpoint: str
+    epochs: int
+    metrics: SERMetrics
 
 
 class Comparison(_Record):
@@ -120,8 +146,22 @@ class Comparison(_Record):
     speakers: BootstrapInterval | None = None
 
 
+class JudgedClarity(_Record):
+    """One judge's clarity of one generator's clips (share judged as the requested
+    emotion), over fold x seed sets: of all generated clips and of the kept ones, beside
+    the judge's own UA on real held-out clips (over folds)."""
+
+    judge_ua: Spread
+    all: Spread
+    kept: Spread | None = None
+    all_per_emotion: dict[str, float] = Field(default_factory=dict)
+    kept_per_emotion: dict[str, float] = Field(default_factory=dict)  # emotions with kept clips
+
+
 class GeneratedSet(_Record):
-    """One generator's clips over seeds, scored by each seed's real-trained SER."""
+    """One generator's clips over fold x seed sets. `clarity` is the filter's (the fold
+    and seed's real-trained SER, which chose the kept clips: it is high for the kept ones
+    by construction); `judged` is by judges that chose nothing (SER_JUDGE, PROBE_JUDGE)."""
 
     n_per_emotion: int
     n_clips: int
@@ -133,11 +173,14 @@ class GeneratedSet(_Record):
     inception_score: Spread
     mean_confidence: Spread | None = None
     generate_seconds: Spread | None = None
+    judged: dict[str, JudgedClarity] = Field(default_factory=dict)
 
 
 class GeneratorRun(_Record):
-    """A generator's Ray Train run."""
+    """A generator's Ray Train run (of one fold: ExperimentResults.generators holds the
+    first fold's, generators_per_fold all of them)."""
 
+    fold: int | None = None
     checkpoint: str
     epochs: int
     seconds: float
@@ -147,11 +190,26 @@ class GeneratorRun(_Record):
     space: str | None = None  # diffusion: "mel" or "latent"
 
 
+class FoldSplit(_Record):
+    """One speaker fold: who is held out for testing, who validates, the clip counts."""
+
+    fold: int
+    test_speakers: list[str]
+    val_speakers: list[str] = Field(default_factory=list)
+    split_counts: dict[str, int] = Field(default_factory=dict)
+    class_counts: dict[str, dict[str, int]] = Field(default_factory=dict)
+
+
 class DataSummary(_Record):
+    """The clips and how they were split. With folds, every accepted clip is tested once:
+    split_counts and class_counts have only "test" (the folds' test sets added up),
+    test_speakers is every speaker, and `folds` has each fold's split."""
+
     features: str | None = None
     split_counts: dict[str, int] = Field(default_factory=dict)
     class_counts: dict[str, dict[str, int]] = Field(default_factory=dict)
     test_speakers: list[str] = Field(default_factory=list)
+    folds: list[FoldSplit] = Field(default_factory=list)
 
 
 class SampleClip(_Record):
@@ -194,16 +252,20 @@ class ExperimentResults(_Record):
     config: dict[str, Any] = Field(default_factory=dict)
     data: DataSummary | None = None
     seeds: list[int] = Field(default_factory=list)
+    n_folds: int | None = None  # None: one split (before folds)
     conditions: list[str] = Field(default_factory=lambda: list(CONDITIONS))
     runs: dict[str, list[SERRun]] = Field(default_factory=dict)
     summary: dict[str, ScoreSpreads] = Field(default_factory=dict)
-    gains: dict[str, ScoreSpreads] = Field(default_factory=dict)  # over REAL, paired by seed
+    gains: dict[str, ScoreSpreads] = Field(default_factory=dict)  # over REAL, paired by SERRun.pair_key
     gains_over_matched: dict[str, ScoreSpreads] = Field(default_factory=dict)  # CONTROL_MATCHES over CONTROL
     # {reference (REAL or CONTROL): {condition: Comparison}}, UA
     comparisons: dict[str, dict[str, Comparison]] = Field(default_factory=dict)
-    probe: ProbeRun | None = None
+    probe: ProbeRun | None = None  # with folds, the pool of `probes`
+    probes: list[ProbeRun] = Field(default_factory=list)  # per fold
+    judges: list[JudgeRun] = Field(default_factory=list)  # per fold
     generated: dict[str, GeneratedSet] = Field(default_factory=dict)
     generators: dict[str, GeneratorRun] = Field(default_factory=dict)
+    generators_per_fold: dict[str, list[GeneratorRun]] = Field(default_factory=dict)
     samples: Samples | None = None
     seconds: dict[str, float] = Field(default_factory=dict)
     targets: Targets = Field(default_factory=Targets)
@@ -243,18 +305,38 @@ def spread(values: Iterable[float]) -> Spread:
 
 
 def summarize(runs: list[SERRun]) -> ScoreSpreads:
-    """Each score's spread over the runs (seeds) of one condition."""
+    """Each score's spread over the runs (fold x seed) of one condition."""
     return {score: spread(run.metrics.score(score) for run in runs) for score in SCORES}
 
 
 def paired_gains(runs: list[SERRun], reference: list[SERRun]) -> ScoreSpreads:
-    """Each score of `runs` minus the reference's score of the same seed, over seeds
-    (pairing by seed removes what the seed does to both); {} without a shared seed."""
-    base = {run.seed: run.metrics for run in reference}
-    pairs = [(run.metrics, base[run.seed]) for run in runs if run.seed in base]
+    """Each score of `runs` minus the reference's score of the same fold and seed
+    (`SERRun.pair_key`: pairing removes what the fold's speakers and the seed do to
+    both); {} without a shared pair."""
+    base = {run.pair_key: run.metrics for run in reference}
+    pairs = [(run.metrics, base[run.pair_key]) for run in runs if run.pair_key in base]
     if not pairs:
         return {}
     return {score: spread(a.score(score) - b.score(score) for a, b in pairs) for score in SCORES}
+
+
+def pool_probes(probes: list[ProbeRun]) -> ProbeRun:
+    """The folds' probes as one reference row: scores and recalls averaged over folds,
+    confusions and counts added, each speaker's UA from the fold that held it out."""
+    if len(probes) == 1:
+        return probes[0]
+    metrics = [p.metrics for p in probes]
+    emotions = sorted({e for m in metrics for e in m.recall})
+    confusions = [np.asarray(m.confusion) for m in metrics if m.confusion]
+    pooled = SERMetrics(
+        **{score: float(np.mean([m.score(score) for m in metrics])) for score in SCORES},
+        recall={e: float(np.mean([m.recall[e] for m in metrics if e in m.recall])) for e in emotions},
+        confusion=sum(confusions[1:], confusions[0]).tolist() if confusions else [],
+        count=sum(m.count for m in metrics),
+    )
+    return ProbeRun(n_train=round(float(np.mean([p.n_train for p in probes]))), metrics=pooled,
+                    per_speaker={s: ua for p in probes for s, ua in p.per_speaker.items()},
+                    fold_ua=spread(m.unweighted_accuracy for m in metrics))
 
 
 def compare(runs: list[SERRun], reference: list[SERRun], seed: int = 0) -> Comparison:

@@ -1,4 +1,4 @@
-"""Ray job: the augmentation experiment (generators, SERs over seeds, report, MLflow).
+"""Ray job: the augmentation experiment (generators and SERs over speaker folds and seeds, report, MLflow).
 
     python jobs/augment.py --input runs/demo/corpus --out runs/exp --preset demo
     ray job submit --working-dir . -- python jobs/augment.py --data DATA --out /shared/exp --preset paper --use-gpu

@@ -29,6 +29,7 @@ from emogen.results import CONDITIONS, GENERATED_FROM, GENERATORS, SCORES
 ROOT = Path(__file__).resolve().parents[1]
 NAME = "tiny-e2e"
 PER_EMOTION = 3
+FOLDS = 2  # the tiny preset's
 # emogen.experiment's progress stages, each timed in results["seconds"]
 STAGES = {"train_ser_real", "train_vae", "train_diffusion", "generate", "train_ser_augmented", "evaluate", "samples", "report"}
 
@@ -43,7 +44,7 @@ def _run(features, out, tracking_uri):
 
 @pytest.fixture(scope="module")
 def tiny_experiment(tiny_features, tracking_uri, tmp_path_factory):
-    """One tiny experiment (1 seed, 3 clips per emotion) in the session's 2-CPU Ray, shared by this module."""
+    """One tiny experiment (2 folds, 1 seed, 3 clips per emotion) in the session's 2-CPU Ray, shared by this module."""
     out = tmp_path_factory.mktemp("experiment") / "exp"
     return out, _run(tiny_features, out, tracking_uri)
 
@@ -66,20 +67,42 @@ def test_tiny_experiment_end_to_end(tiny_experiment, tiny_features):
     saved = json.loads((out / "results.json").read_text())
     assert saved == _jsonable({k: v for k, v in results.items() if k != "report"})
     assert results["seeds"] == [0] and results["preset"] == "tiny" and results["conditions"] == list(CONDITIONS)
+    assert results["n_folds"] == FOLDS
 
-    # the split: every accepted clip in exactly one of train / val / test, class counts add up
-    counts = results["data"]["split_counts"]
+    # the folds: test speakers disjoint, every speaker tested exactly once, validation
+    # speakers never a fold's own test speakers, and each fold's clips all assigned
+    table = read_features(tiny_features)
     accepted = json.loads((tiny_features / "summary.json").read_text())["accepted"]
-    assert sum(counts.values()) == accepted and min(counts.values()) > 0
-    class_counts = results["data"]["class_counts"]
-    assert {s: sum(class_counts[s].values()) for s in counts} == counts
+    folds = results["data"]["folds"]
+    assert [f["fold"] for f in folds] == list(range(FOLDS))
+    tested = [s for f in folds for s in f["test_speakers"]]
+    assert sorted(tested) == sorted(set(tested)) == sorted(table["speaker"].astype(str).unique())
+    assert results["data"]["test_speakers"] == sorted(tested)
+    for f in folds:
+        assert not set(f["val_speakers"]) & set(f["test_speakers"]) and f["val_speakers"]
+        assert sum(f["split_counts"].values()) == accepted and min(f["split_counts"].values()) > 0
+        assert {s: sum(f["class_counts"][s].values()) for s in f["split_counts"]} == f["split_counts"]
+    assert results["data"]["split_counts"] == {"test": accepted}
+    fold_of = {f["fold"]: f for f in folds}
 
-    # every SER: scores in [0, 1] and consistent with its confusion matrix on the held-out speakers
+    # no leakage: each fold's generators trained on that fold's training (and validation)
+    # speakers only: their split is the fold's, and a training never reads the test split
     stages = json.loads((out / "stages.json").read_text())
+    for fold in range(FOLDS):
+        for gen in GENERATORS:
+            assert stages[f"fold{fold}/{gen}"]["split_counts"] == {**fold_of[fold]["split_counts"], "extra_train": 0}
+    per_fold = results["generators_per_fold"]
+    assert [r["fold"] for r in per_fold["vae"]] == list(range(FOLDS))
+    assert len({r["checkpoint"] for g in GENERATORS for r in per_fold[g]}) == FOLDS * len(GENERATORS)
+
+    # every SER: one per fold and seed, scores in [0, 1] and consistent with its confusion
+    # matrix on its fold's held-out speakers
     for condition in CONDITIONS:
         runs = results["runs"][condition]
-        assert [r["seed"] for r in runs] == [0]
+        assert [(r["fold"], r["seed"]) for r in runs] == [(f, 0) for f in range(FOLDS)]
         for run in runs:
+            fold = fold_of[run["fold"]]
+            counts, class_counts = fold["split_counts"], fold["class_counts"]
             m = run["metrics"]
             assert all(0.0 <= m[s] <= 1.0 for s in SCORES), m
             cm = np.asarray(m["confusion"])
@@ -89,15 +112,15 @@ def test_tiny_experiment_end_to_end(tiny_experiment, tiny_features):
             present = cm.sum(axis=1) > 0
             assert m["unweighted_accuracy"] == pytest.approx((np.diag(cm)[present] / cm.sum(axis=1)[present]).mean())
             assert run["epochs"] >= 1 and len(run["history"]) == run["epochs"] and Path(run["checkpoint"]).is_dir()
-            # UA of every held-out speaker, and of no other
-            assert set(run["per_speaker"]) == set(results["data"]["test_speakers"])
+            # UA of every held-out speaker of the fold, and of no other
+            assert set(run["per_speaker"]) == set(fold["test_speakers"])
             assert all(0.0 <= ua <= 1.0 for ua in run["per_speaker"].values())
             assert run["train_steps"] == run["history"][-1]["steps"] >= run["epochs"]
             if condition in ("real", "real-matched"):
                 assert run["n_generated"] == 0 and run["n_train"] == counts["train"]
             else:
-                gen = stages[f"generated/{GENERATED_FROM[condition]}/{run['seed']}"]
-                # the augmented SER trained on the real split plus the generated clips that were kept
+                gen = stages[f"fold{run['fold']}/generated/{GENERATED_FROM[condition]}/{run['seed']}"]
+                # the augmented SER trained on the fold's real split plus the generated clips that were kept
                 assert run["n_generated"] == gen["n_kept"] == len(read_features(gen["dir"])) > 0
                 assert run["n_train"] == counts["train"] + gen["n_kept"]
         for score in SCORES:
@@ -106,50 +129,79 @@ def test_tiny_experiment_end_to_end(tiny_experiment, tiny_features):
             assert results["summary"][condition][score]["mean"] == pytest.approx(np.mean(values))
 
     # the control: real clips only, epochs scaled to real+diffusion's clips per epoch (tiny: 2 epochs, no early stop)
-    (real,), (matched,), (diffused,) = (results["runs"][c] for c in ("real", "real-matched", "real+diffusion"))
-    assert matched["epochs"] == round(real["epochs"] * diffused["n_train"] / real["n_train"]) > real["epochs"]
-    assert matched["train_steps"] > real["train_steps"]
-    control = diffused["metrics"]["unweighted_accuracy"] - matched["metrics"]["unweighted_accuracy"]
-    assert results["gains_over_matched"]["real+diffusion"]["unweighted_accuracy"]["values"] == pytest.approx([control])
+    by_pair = {c: {(r["fold"], r["seed"]): r for r in results["runs"][c]} for c in CONDITIONS}
+    for pair, real in by_pair["real"].items():
+        matched, diffused = by_pair["real-matched"][pair], by_pair["real+diffusion"][pair]
+        assert matched["epochs"] == round(real["epochs"] * diffused["n_train"] / real["n_train"]) > real["epochs"]
+        assert matched["train_steps"] > real["train_steps"]
+    control = [by_pair["real+diffusion"][p]["metrics"]["unweighted_accuracy"] - by_pair["real-matched"][p]["metrics"]["unweighted_accuracy"]
+               for p in sorted(by_pair["real"])]
+    assert results["gains_over_matched"]["real+diffusion"]["unweighted_accuracy"]["values"] == pytest.approx(control)
 
-    # gains are per seed against that seed's real-only baseline
-    real_ua = {r["seed"]: r["metrics"]["unweighted_accuracy"] for r in results["runs"]["real"]}
+    # gains are per fold and seed against that pair's real-only baseline
     for condition in CONDITIONS[1:]:
-        expected = [r["metrics"]["unweighted_accuracy"] - real_ua[r["seed"]] for r in results["runs"][condition]]
+        expected = [r["metrics"]["unweighted_accuracy"] - by_pair["real"][(r["fold"], r["seed"])]["metrics"]["unweighted_accuracy"]
+                    for r in results["runs"][condition]]
         assert results["gains"][condition]["unweighted_accuracy"]["values"] == pytest.approx(expected)
     ua_gain = results["gains"]["real+diffusion"]["unweighted_accuracy"]["mean"]
     assert results["targets"]["diffusion_ua_gain_met"] == (ua_gain * 100 >= 3.0)
 
-    # the linear probe: fit on train+val, scored on the same held-out speakers
-    probe = results["probe"]
-    assert probe["n_train"] == counts["train"] + counts["val"]
-    assert probe["metrics"]["count"] == counts["test"] and all(0.0 <= probe["metrics"][s] <= 1.0 for s in SCORES)
-    assert set(probe["per_speaker"]) == set(results["data"]["test_speakers"])
+    # the linear probe: per fold, fit on train+val and scored on the fold's held-out
+    # speakers; pooled: UA averaged over folds, every speaker's UA from its fold
+    probes = results["probes"]
+    assert [p["fold"] for p in probes] == list(range(FOLDS))
+    for probe in probes:
+        counts = fold_of[probe["fold"]]["split_counts"]
+        assert probe["n_train"] == counts["train"] + counts["val"] and probe["metrics"]["count"] == counts["test"]
+        assert set(probe["per_speaker"]) == set(fold_of[probe["fold"]]["test_speakers"])
+    pooled = results["probe"]
+    assert pooled["metrics"]["unweighted_accuracy"] == pytest.approx(np.mean([p["metrics"]["unweighted_accuracy"] for p in probes]))
+    assert pooled["metrics"]["count"] == accepted and set(pooled["per_speaker"]) == set(tested)
+    assert pooled["fold_ua"]["values"] == [p["metrics"]["unweighted_accuracy"] for p in probes]
 
-    # paired statistics: every condition against real, the generated ones against the control; 1 seed = 1 pair, no test
+    # the judge SER of each fold: trained on train+val (no validation split) with its own seed
+    judges = results["judges"]
+    assert [(j["fold"], j["seed"]) for j in judges] == [(f, 1000) for f in range(FOLDS)]
+    for judge in judges:
+        assert judge["metrics"]["count"] == fold_of[judge["fold"]]["split_counts"]["test"]
+        history = stages[f"fold{judge['fold']}/judge"]["history"]
+        assert history and not any(k.startswith("val_") for k in history[-1])
+        assert judge["checkpoint"] not in {r["checkpoint"] for r in results["runs"]["real"]}
+
+    # paired statistics over fold x seed pairs: every condition against real, the generated ones against the control
     comparisons = results["comparisons"]
     assert set(comparisons["real"]) == set(CONDITIONS[1:]) and set(comparisons["real-matched"]) == set(GENERATED_FROM)
-    ua_of = {c: {r["seed"]: r["metrics"]["unweighted_accuracy"] for r in results["runs"][c]} for c in CONDITIONS}
     for reference, per_condition in comparisons.items():
         for condition, comparison in per_condition.items():
             paired = comparison["paired"]
-            assert paired["n"] == len(results["seeds"]) and paired["pairs"] == ["seed 0"]
-            assert paired["differences"] == pytest.approx([ua_of[condition][0] - ua_of[reference][0]])
-            assert "t_p" not in paired and "wilcoxon_p" not in paired and "at least 2 pairs" in paired["note"]
-            assert comparison["speakers"]["n"] == len(results["data"]["test_speakers"])
+            pairs = sorted(by_pair["real"])
+            assert paired["n"] == FOLDS and paired["pairs"] == [f"fold {f} seed {s}" for f, s in pairs]
+            assert paired["differences"] == pytest.approx([
+                by_pair[condition][p]["metrics"]["unweighted_accuracy"] - by_pair[reference][p]["metrics"]["unweighted_accuracy"]
+                for p in pairs])
+            assert comparison["speakers"]["n"] == len(tested)
     report_md = (out / "report.md").read_text()
-    assert "| linear probe (reference) |" in report_md and "a paired test needs at least 2 pairs" in report_md
+    assert "| linear probe (reference) |" in report_md
 
-    # generated sets: sizes, clarity, FID, IS
+    # generated sets: sizes, the filter's clarity, the judges' clarity of all and kept clips, FID, IS
     for gen in GENERATORS:
         info = results["generated"][gen]
         assert info["n_per_emotion"] == PER_EMOTION and info["n_clips"] == PER_EMOTION * len(EMOTIONS)
         assert 0 < info["n_kept"] <= info["n_clips"]
         assert 0.0 <= info["clarity"]["mean"] <= 1.0 and set(info["clarity_per_emotion"]) == set(EMOTIONS)
+        for judge, judged in info["judged"].items():
+            assert len(judged["all"]["values"]) == len(judged["kept"]["values"]) == FOLDS
+            assert all(0.0 <= v <= 1.0 for v in judged["all"]["values"] + judged["kept"]["values"])
+            assert set(judged["all_per_emotion"]) == set(EMOTIONS)
+            own = [j["metrics"]["unweighted_accuracy"] for j in judges] if judge == "ser-judge" else pooled["fold_ua"]["values"]
+            assert judged["judge_ua"]["values"] == pytest.approx(own)
+        assert set(info["judged"]) == {"ser-judge", "probe"}
         assert math.isfinite(info["fid"]["mean"]) and info["fid"]["mean"] >= -1e-6
         assert 1.0 - 1e-6 <= info["inception_score"]["mean"] <= len(EMOTIONS) + 1e-6
         assert Path(results["generators"][gen]["checkpoint"]).exists() and results["generators"][gen]["epochs"] >= 1
     assert results["generators"]["diffusion"]["space"] == "mel"  # the tiny preset
+    judged_diffusion, judged_vae = (results["generated"][g]["judged"]["ser-judge"]["all"]["mean"] for g in ("diffusion", "vae"))
+    assert results["targets"]["clarity_met"] == (judged_diffusion > judged_vae)
 
     # report, plots, samples
     assert results["report"] == {"md": str(out / "report.md"), "html": str(out / "report.html")}
@@ -158,7 +210,7 @@ def test_tiny_experiment_end_to_end(tiny_experiment, tiny_features):
     plots = {p.stem for p in (out / "plots").glob("*.png")}
     assert {"ser_scores", "mel_grid", "confusion_real", "confusion_real_diffusion", "per_speaker_ua"} <= plots
     wavs = results["samples"]["wavs"]
-    real_emotions = {e for e in EMOTIONS if class_counts["test"][e] > 0}
+    real_emotions = {e for e in EMOTIONS if fold_of[0]["class_counts"]["test"][e] > 0}
     assert {(w["source"], w["emotion"]) for w in wavs} == {("real", e) for e in real_emotions} | {
         (g, e) for g in GENERATORS for e in EMOTIONS
     }
@@ -171,8 +223,8 @@ def test_tiny_experiment_end_to_end(tiny_experiment, tiny_features):
     # seconds per stage and the total
     seconds = results["seconds"]
     assert set(seconds) == STAGES | {"total"} and all(v >= 0 for v in seconds.values())
-    for gen in GENERATORS:  # a generator's stage includes its Ray Train run
-        assert seconds[f"train_{gen}"] >= results["generators"][gen]["seconds"] - 0.1
+    for gen in GENERATORS:  # a generator's stage includes its folds' Ray Train runs
+        assert seconds[f"train_{gen}"] >= sum(r["seconds"] for r in per_fold[gen]) - 0.1
     assert seconds["total"] == pytest.approx(sum(v for k, v in seconds.items() if k != "total"), abs=0.2)
 
 
@@ -201,11 +253,14 @@ def test_experiment_mlflow_parent_and_children(tiny_experiment):
     children = client.search_runs([results["mlflow"]["experiment_id"]], f"tags.mlflow.parentRunId = '{parent_id}'")
     by_name = {r.data.tags["emogen.run_name"]: r for r in children}
     assert set(by_name) == {
-        f"vae-{NAME}", f"diffusion-{NAME}", f"ser-real-s0-{NAME}", f"ser-real-matched-s0-{NAME}", f"ser-real_vae-s0-{NAME}", f"ser-real_diffusion-s0-{NAME}"
+        name for f in range(FOLDS) for name in (
+            f"vae-f{f}-{NAME}", f"diffusion-f{f}-{NAME}", f"ser-judge-f{f}-s1000-{NAME}",
+            *(f"ser-{c}-f{f}-s0-{NAME}" for c in ("real", "real-matched", "real_vae", "real_diffusion")))
     }
     for name, run in by_name.items():
-        assert "val_loss" in run.data.metrics, name  # per-epoch metrics reached the child run
-    assert by_name[f"vae-{NAME}"].info.run_id == results["generators"]["vae"]["mlflow_run_id"]
+        # per-epoch metrics reached the child run (the judge has no validation split)
+        assert ("train_loss" if "judge" in name else "val_loss") in run.data.metrics, name
+    assert by_name[f"vae-f0-{NAME}"].info.run_id == results["generators"]["vae"]["mlflow_run_id"]
 
 
 @pytest.mark.slow
@@ -217,7 +272,7 @@ def test_rerun_resumes_without_training(tiny_experiment, tiny_features, tracking
     out, first = tiny_experiment
     stages_before = json.loads((out / "stages.json").read_text())
     checkpoints = {p: p.stat().st_mtime_ns for p in out.rglob("*.pt")}
-    assert len(checkpoints) >= 6  # VAE, diffusion and 4 SERs
+    assert len(checkpoints) >= 7 * FOLDS  # per fold a VAE, a diffusion U-Net, 4 SERs and the judge
 
     def retrained(*args, **kwargs):
         raise AssertionError("the resumed experiment trained or generated again")
@@ -234,6 +289,7 @@ def test_rerun_resumes_without_training(tiny_experiment, tiny_features, tracking
     assert again["summary"] == first["summary"] and again["gains"] == first["gains"]
     assert again["generated"] == first["generated"]
     assert again["probe"] == first["probe"] and again["comparisons"] == first["comparisons"]
+    assert again["judges"] == first["judges"] and again["data"] == first["data"]
     for condition in CONDITIONS:
         assert [r["metrics"]["confusion"] for r in again["runs"][condition]] == [
             r["metrics"]["confusion"] for r in first["runs"][condition]]
@@ -245,7 +301,7 @@ def test_rerun_resumes_without_training(tiny_experiment, tiny_features, tracking
     client = MlflowClient(tracking_uri=first["mlflow"]["tracking_uri"])
     children = client.search_runs([first["mlflow"]["experiment_id"]],
                                   f"tags.mlflow.parentRunId = '{first['mlflow']['parent_run_id']}'")
-    assert len(children) == 6  # no duplicate child runs
+    assert len(children) == 7 * FOLDS  # no duplicate child runs
 
 
 # ------------------------------------------------------------------ config errors
@@ -259,6 +315,7 @@ def test_rerun_resumes_without_training(tiny_experiment, tiny_features, tracking
         ({"min_confidence": -0.1}, "min_confidence"),
         ({"ratio": -0.5}, "ratio"),
         ({"per_emotion": -1}, "per_emotion"),
+        ({"folds": 1}, "folds"),
     ],
 )
 def test_config_rejects_bad_values_naming_the_field(kwargs, field):
@@ -268,6 +325,7 @@ def test_config_rejects_bad_values_naming_the_field(kwargs, field):
 
 def test_preset_defaults_and_overrides():
     assert experiment_config("tiny").seeds == (0,) and experiment_config("tiny").per_emotion == PER_EMOTION
+    assert (experiment_config("tiny").folds, experiment_config("demo").folds, experiment_config("paper").folds) == (FOLDS, 3, 5)
     demo = experiment_config("demo", {"seeds": [4, 5], "ratio": None, "min_confidence": 0.4})
     assert demo.seeds == (4, 5) and demo.ratio == 1.0 and demo.min_confidence == 0.4  # None keeps the preset's
     with pytest.raises(ValueError, match="unknown ExperimentConfig field"):
@@ -276,13 +334,14 @@ def test_preset_defaults_and_overrides():
         experiment_config("huge")
 
 
-def test_stage_keys_render_as_older_runs_wrote_them():
-    """stages.json keys stay the strings of runs made before StageKey, so those resume."""
+def test_stage_keys_name_the_fold():
+    """stages.json keys: the parent run once, everything else under its fold."""
     from emogen.experiment import StageKey
 
-    keys = [StageKey.parent_run(), StageKey.generator("vae"), StageKey.ser("real+diffusion", 2),
-            StageKey.generated("diffusion", 0), StageKey.fid_reference(1)]
-    assert [str(k) for k in keys] == ["parent_run", "vae", "ser/real+diffusion/2", "generated/diffusion/0", "fid_reference/1"]
+    keys = [StageKey.parent_run(), StageKey.generator(0, "vae"), StageKey.ser(1, "real+diffusion", 2),
+            StageKey.generated(0, "diffusion", 0), StageKey.fid_reference(2, 1), StageKey.probe(1), StageKey.judge(0)]
+    assert [str(k) for k in keys] == ["parent_run", "fold0/vae", "fold1/ser/real+diffusion/2", "fold0/generated/diffusion/0",
+                                      "fold2/fid_reference/1", "fold1/probe", "fold0/judge"]
 
 
 def test_cli_options_are_the_config_fields(tmp_path):
@@ -467,9 +526,9 @@ def test_augment_job_on_a_separate_ray_head(ray_session, tmp_path):
         # the CLI's --ser-epochs; the control scales it by real+diffusion's clips per epoch
         runs = results["runs"]
         assert all(r["epochs"] == 1 for c in CONDITIONS if c != "real-matched" for r in runs[c])
-        scale = runs["real+diffusion"][0]["n_train"] / runs["real"][0]["n_train"]
-        assert runs["real-matched"][0]["epochs"] == max(1, round(scale))
-        assert results["generators"]["vae"]["epochs"] == results["generators"]["diffusion"]["epochs"] == 1
+        for real, diffused, matched in zip(runs["real"], runs["real+diffusion"], runs["real-matched"]):
+            assert matched["epochs"] == max(1, round(diffused["n_train"] / real["n_train"]))
+        assert all(r["epochs"] == 1 for g in ("vae", "diffusion") for r in results["generators_per_fold"][g])
         assert (out / "report.html").stat().st_size > 1000 and (out / "report.md").exists()
         assert "preprocess" in results["seconds"] and (out / "data" / "features").is_dir()
         from mlflow.tracking import MlflowClient
@@ -478,7 +537,7 @@ def test_augment_job_on_a_separate_ray_head(ray_session, tmp_path):
         parent_id = results["mlflow"]["parent_run_id"]
         assert "real.unweighted_accuracy.mean" in mlflow_client.get_run(parent_id).data.metrics
         assert len(mlflow_client.search_runs([results["mlflow"]["experiment_id"]],
-                                             f"tags.mlflow.parentRunId = '{parent_id}'")) == 6
+                                             f"tags.mlflow.parentRunId = '{parent_id}'")) == 7 * results["n_folds"]
 
         # the uploaded working dir is the project, without .venv or runs/ (.gitignore)
         unpacked = [p for p in (head.temp_dir / "session_latest" / "runtime_resources" / "working_dir_files").iterdir()

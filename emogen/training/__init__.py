@@ -11,6 +11,7 @@ from emogen.training.config import TrainConfig, train_config
 from emogen.training.driver import (
     FitConfig,
     fit,
+    fold_assignments,
     loop_config,
     read_clip_ids,
     require_vae,
@@ -39,6 +40,7 @@ __all__ = [
     "VAETask",
     "augment_mels",
     "fit",
+    "fold_assignments",
     "loop_config",
     "model_spec",
     "read_clip_ids",

@@ -23,16 +23,32 @@ from emogen.training.tasks import NEEDS_VAE, model_spec
 # ------------------------------------------------------------------------ the data
 
 
-def split_assignment(features: str | Path, train_cfg: TrainConfig) -> dict[str, str]:
-    """clip_id -> "train" | "val" | "test", speaker-independent, from the features' metadata."""
+def _split_metadata(features: str | Path) -> Any:
     from emogen.data import read_features
-    from emogen.datasets import speaker_split
 
     meta = read_features(features, columns=["clip_id", "speaker", "dataset"])
     if meta.empty:
         raise ValueError(f"{features} holds no accepted clips")
+    return meta
+
+
+def split_assignment(features: str | Path, train_cfg: TrainConfig) -> dict[str, str]:
+    """clip_id -> "train" | "val" | "test", speaker-independent, from the features' metadata."""
+    from emogen.datasets import speaker_split
+
+    meta = _split_metadata(features)
     split = speaker_split(meta, train_cfg.val_fraction, train_cfg.test_fraction, seed=train_cfg.split_seed)
     return dict(zip(meta["clip_id"], split))
+
+
+def fold_assignments(features: str | Path, folds: int, train_cfg: TrainConfig) -> list[dict[str, str]]:
+    """One clip_id -> "train" | "val" | "test" per speaker fold (`datasets.speaker_folds`
+    with the config's split seed and validation share): every speaker tested in one fold."""
+    from emogen.datasets import speaker_folds
+
+    meta = _split_metadata(features)
+    return [dict(zip(meta["clip_id"], split))
+            for split in speaker_folds(meta, folds, train_cfg.val_fraction, seed=train_cfg.split_seed)]
 
 
 def select_split(batch: Any, keep: frozenset[str] | None) -> Any:
@@ -151,6 +167,8 @@ class FitConfig:
     # a fault-tolerance drill (TrainConfig.fail_at_epoch); -1: none
     fail_at_epoch: int = option(-1, argparse.SUPPRESS)
     parent_run_id: str | None = None  # the MLflow run is a child of this one (an experiment's)
+    # clip_id -> "train" | "val" | "test" (an experiment's speaker fold); None: split_assignment
+    assignment: dict[str, str] | None = None
     cpus_per_worker: float | None = None  # CPUs (= torch threads) per worker; None: Ray Train's 1
 
 
@@ -171,7 +189,7 @@ def fit(model: str, features: str | Path, config: FitConfig = FitConfig()) -> di
     storage = str(Path(storage_path).resolve()) if "://" not in str(storage_path) else str(storage_path)
     run_dir = f"{storage}/{run_name}"
 
-    assignment = split_assignment(features, train_cfg)
+    assignment = config.assignment or split_assignment(features, train_cfg)
     counts = {s: sum(v == s for v in assignment.values()) for s in ("train", "val", "test")}
     extra_train = [str(p) for p in (config.extra_train or [])]
     counts["extra_train"] = sum(len(read_clip_ids(p)) for p in extra_train)
