@@ -54,6 +54,7 @@ import numpy as np
 
 from emogen.config import EMOTIONS, replace
 from emogen.diffusion import SAMPLERS
+from emogen.errors import InvalidInputError
 from emogen.logs import get_logger
 from emogen.options import option
 from emogen.presets import preset_sections
@@ -346,14 +347,17 @@ def _start(features: str | Path, out_dir: str | Path, preset: str, config: Exper
     _quiet_ray_data()
 
     ser_train = train_config("ser", preset, model_overrides(overrides, "ser")["train"])
-    assignments = fold_assignments(features, config.folds, ser_train)
+    try:
+        assignments = fold_assignments(features, config.folds, ser_train)
+    except ValueError as error:  # too few speakers for the folds: the user's choice to fix
+        raise InvalidInputError(f"--folds {config.folds}: {error}") from None
     table = read_features(features)
     splits = []
     for fold, assignment in enumerate(assignments):
         fold_table = table.assign(split=table["clip_id"].map(assignment))
         counts = {s: int((fold_table["split"] == s).sum()) for s in ("train", "val", "test")}
         if counts["val"] == 0 or counts["train"] == 0:
-            raise ValueError(f"fold {fold} of {config.folds} left no training or validation speakers in {features}; "
+            raise InvalidInputError(f"--folds {config.folds}: fold {fold} left no training or validation speakers in {features}; "
                              "use fewer folds or a corpus with more speakers")
         test = fold_table[fold_table["split"] == "test"].reset_index(drop=True)
         splits.append(Split(fold, assignment, fold_table, counts, test, ray.put(decode_mels(test)),

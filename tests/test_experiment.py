@@ -334,6 +334,16 @@ def test_preset_defaults_and_overrides():
         experiment_config("huge")
 
 
+def test_more_folds_than_speakers_is_a_clear_error(tiny_features, tracking_uri, tmp_path):
+    from emogen.errors import InvalidInputError
+    from emogen.experiment import run_experiment
+
+    with pytest.raises(InvalidInputError, match=r"--folds 50: 50 folds need at least 50 speakers, the table has 6"):
+        run_experiment(tiny_features, tmp_path / "exp", "tiny", experiment_config("tiny", {"folds": 50}),
+                       tracking_uri=tracking_uri)
+    assert not (tmp_path / "exp" / "stages.json").exists()  # nothing started
+
+
 def test_stage_keys_name_the_fold():
     """stages.json keys: the parent run once, everything else under its fold."""
     from emogen.experiment import StageKey

@@ -165,6 +165,36 @@ def test_ser_with_generated_training_data_and_test_evaluation(tiny_features, tmp
         EmotionGenerator.from_checkpoint(summary["checkpoint"])
 
 
+def test_fold_assignments_test_every_speaker_once_and_training_never_sees_them(tiny_features):
+    """The experiment's folds: each clip in one split per fold, test speakers disjoint
+    across folds and covering every speaker, validation speakers never the fold's test
+    ones; the datasets a fold's models train on hold exactly its train / val clips."""
+    from emogen.data import read_features
+    from emogen.training import fold_assignments, split_datasets, train_config
+
+    meta = read_features(tiny_features, columns=["clip_id", "speaker"])
+    speaker_of = dict(zip(meta["clip_id"], meta["speaker"]))
+    folds = fold_assignments(tiny_features, 2, train_config("ser", "tiny"))
+    assert fold_assignments(tiny_features, 2, train_config("ser", "tiny")) == folds  # seeded: resumable
+    tested: list[str] = []
+    for assignment in folds:
+        assert set(assignment) == set(speaker_of)
+        by_split = {s: {speaker_of[c] for c, x in assignment.items() if x == s} for s in ("train", "val", "test")}
+        assert by_split["test"] and by_split["val"] and by_split["train"]
+        assert not (by_split["test"] & by_split["train"]) and not (by_split["test"] & by_split["val"])
+        tested += sorted(by_split["test"])
+    assert sorted(tested) == sorted(set(speaker_of.values()))  # every speaker tested, once
+
+    datasets = split_datasets(tiny_features, folds[0])
+    assert set(datasets) == {"train", "val"}  # no test split reaches a training
+    for split, ds in datasets.items():
+        assert ds.count() == sum(x == split for x in folds[0].values())
+    with pytest.raises(ValueError, match="3 folds need at least 3 speakers"):
+        from emogen.datasets import speaker_folds
+
+        speaker_folds(meta.assign(dataset="d", speaker="one").head(4), 3)
+
+
 # ----------------------------------------------------------- SER input augmentation
 
 
