@@ -9,15 +9,23 @@ model or as the results.json dict) and the sample files beside it into:
 - `plots/`: the PNGs.
 
 Sections, in order: title (name, preset, date, total time); "What this run shows", a
-paragraph generated from the numbers (UA gains in points, whether the two targets are met,
-seeds and test size, whether the SER beats the linear probe, and "significant at 5 %" /
-"not significant" only from the stored paired tests, or why there is no test); the SER
-table (`results_table`, also printed by the CLI, with the linear probe as a reference
-row), the paired statistics, UA per held-out speaker and the per-seed table;
-generated-data quality (clarity, FID, IS, clip counts, the judge's own held-out UA);
-generator training; data and configuration; time per stage; plots (SER scores, one
-confusion matrix per condition, UA per held-out speaker, mel grid, training curves,
-clarity); audio samples; how to reproduce; MLflow.
+paragraph generated from the numbers (the design: K speaker folds x S seeds = N paired runs,
+every speaker tested once, or for a run before folds the seeds and test size; UA gains in
+points, whether the two targets are met, with clarity by the SER judge when the run has one,
+whether the SER beats the linear probe, and "significant at 5 %" / "not significant" only
+from the stored paired tests, or why there is no test); the SER table (`results_table`,
+also printed by the CLI, with the linear probe as a reference row: one fit per fold, its
+spread over folds), the paired statistics, UA per held-out speaker and the per fold x seed
+table; generated-data quality (FID, IS, clip counts; clarity by judge: the filter that chose
+the kept clips, then the judges that chose nothing, each beside its own UA on real held-out
+clips and chance; clarity per emotion); generator training; time per stage; plots (SER
+scores, one confusion matrix per condition, UA per held-out speaker, mel grid, training
+curves, clarity by the SER judge); audio samples; how to reproduce; MLflow; data (the
+speaker folds: each fold's test and validation speakers and clip counts) and configuration.
+
+A results.json from before speaker folds and judges (one split, clarity by the filter
+only) keeps the single-split wording and tables: seeds, "Test speakers", the filter's
+clarity beside FID and IS.
 
 Only the SER runs are needed: a missing section is skipped or shown as "n/a", never a
 crash, because a partial experiment still deserves a report.
@@ -46,16 +54,22 @@ from emogen.results import (
     DIFFUSION,
     GENERATED_FROM,
     GENERATORS,
+    JUDGES,
     PROBE,
+    PROBE_JUDGE,
     REAL,
+    SER_JUDGE,
     UA,
     VAE,
     Comparison,
     ExperimentResults,
+    GeneratedSet,
     GeneratorRun,
+    JudgedClarity,
     SERRun,
     Spread,
     as_results,
+    spread,
 )
 from emogen.stats import MIN_PAIRS, significant
 
@@ -77,6 +91,8 @@ _GENERATOR_COLORS = {VAE: "#DD8452", DIFFUSION: "#55A868"}
 # a condition with generated clips takes its generator's colour
 _COLORS = {PROBE: "#222222", REAL: "#4C72B0", CONTROL: "#8C8C8C", **{AUGMENTED_BY[g]: c for g, c in _GENERATOR_COLORS.items()}, **_GENERATOR_COLORS}
 _MINUS = "\u2212"  # a typographic minus lines up with "+" in tables
+CHANCE = 1 / len(EMOTIONS)  # clarity and UA of a judge that guesses
+_JUDGE_LABELS = {SER_JUDGE: "SER judge (train+val, own seed)", PROBE_JUDGE: "linear probe"}
 NA = "n/a"
 _AUDIO_MIME = {".wav": "audio/wav", ".flac": "audio/flac", ".mp3": "audio/mpeg", ".ogg": "audio/ogg"}
 
@@ -117,6 +133,83 @@ def _comparisons(results: ExperimentResults) -> list[tuple[str, str, Comparison]
     """(condition, reference, comparison): against real first, then against the control."""
     return [(cond, ref, comparison) for ref in (REAL, CONTROL)
             for cond, comparison in results.comparisons.get(ref, {}).items()]
+
+
+def _n_folds(results: ExperimentResults) -> int | None:
+    """How many speaker folds the run has; None for a run from before folds (one split),
+    whose report keeps the single-split wording."""
+    if results.n_folds is not None:
+        return results.n_folds
+    if results.data is not None and results.data.folds:
+        return len(results.data.folds)
+    return len({run.fold for runs in results.runs.values() for run in runs if run.fold is not None}) or None
+
+
+def _n_seeds(results: ExperimentResults) -> int:
+    return len(results.seeds) or len({run.seed for runs in results.runs.values() for run in runs})
+
+
+def _tested_speakers(results: ExperimentResults) -> list[str]:
+    """Every held-out speaker: with folds, the union of the folds' test speakers."""
+    data = results.data
+    if data is None:
+        return []
+    from_folds = {s for fold in data.folds for s in fold.test_speakers}
+    return sorted(from_folds) if from_folds else list(data.test_speakers)
+
+
+def _run_noun(results: ExperimentResults) -> str:
+    """What one run of a condition is: a seed, or with folds a fold x seed run."""
+    return "seed" if _n_folds(results) is None else "fold × seed run"
+
+
+def _over(results: ExperimentResults) -> str:
+    """What a spread is over: the seeds, or with folds the fold x seed runs."""
+    return _run_noun(results) + "s"
+
+
+def _over_sets(results: ExperimentResults) -> str:
+    """What a generated-clip number is over: the seeds, or with folds the fold x seed sets."""
+    return "seeds" if _n_folds(results) is None else "fold × seed sets"
+
+
+def _probe_fits(results: ExperimentResults) -> int:
+    """How many fits the probe row stands for: one per fold (1 before folds)."""
+    if results.probes:
+        return len(results.probes)
+    probe = results.probe
+    return probe.fold_ua.count if probe is not None and probe.fold_ua is not None and probe.fold_ua.count else 1
+
+
+def _probe_spread(results: ExperimentResults, score: str) -> Spread | None:
+    """A probe score over folds, when there is more than one fold: UA from the pool's
+    fold_ua, the other scores from the per-fold probes. None: one fit, no spread."""
+    probe = results.probe
+    if score == UA and probe is not None and probe.fold_ua is not None and len(probe.fold_ua.values) > 1:
+        return probe.fold_ua
+    if len(results.probes) > 1:
+        return spread(p.metrics.score(score) for p in results.probes)
+    return None
+
+
+def _probe_cell(results: ExperimentResults, score: str) -> str:
+    """The probe's score in percent: the pool's mean ± std over folds when there are
+    several (as a condition's cell shows its spread), else the one fit's score."""
+    over_folds = _probe_spread(results, score)
+    if over_folds is not None:
+        return _mean_std(over_folds, scale=100)
+    return NA if results.probe is None else _pct(results.probe.metrics.score(score))
+
+
+def _by_ser_judge(results: ExperimentResults) -> bool:
+    """Whether clarity goes by the SER judge: every generator has it (as the findings need
+    both generators' to compare), else every number goes by the filter, never a mix."""
+    return bool(results.generated) and all(SER_JUDGE in g.judged for g in results.generated.values())
+
+
+def _has_judged(results: ExperimentResults) -> bool:
+    """Whether judges that chose no clips scored the generated ones (files before folds: no)."""
+    return any(g.judged for g in results.generated.values())
 
 
 # --------------------------------------------------------------------------- formatting
@@ -256,7 +349,8 @@ Block = Union[Heading, Para, Table, Code, Plot]
 
 
 def _results_rows(results: ExperimentResults) -> tuple[list[str], list[list[Cell]]]:
-    headers = ["condition", *(label for _, label in SER_METRICS), "ΔUA vs real", "n seeds"]
+    n_header = "n seeds" if _n_folds(results) is None else "n runs (fold × seed)"
+    headers = ["condition", *(label for _, label in SER_METRICS), "ΔUA vs real", n_header]
     rows: list[list[Cell]] = []
     for cond in results.conditions:
         stats = [_metric_stat(results, cond, metric) for metric, _ in SER_METRICS]
@@ -271,7 +365,9 @@ def _results_rows(results: ExperimentResults) -> tuple[list[str], list[list[Cell
     if probe is not None:
         real = _metric_stat(results, REAL, UA)
         delta = NA if real is None else _signed((probe.metrics.unweighted_accuracy - real.mean) * 100)
-        rows.append([_label(PROBE), *(_pct(probe.metrics.score(m)) for m, _ in SER_METRICS), delta, "1 fit"])
+        fits = _probe_fits(results)
+        rows.append([_label(PROBE), *(_probe_cell(results, m) for m, _ in SER_METRICS), delta,
+                     "1 fit" if fits == 1 else f"{fits} fits, one per fold"])
     return headers, rows
 
 
@@ -279,27 +375,40 @@ def results_table(results: ExperimentResults | Mapping[str, Any]) -> str:
     """The headline markdown table (also printed by the CLI): one row per condition
     (real, real with matched steps, real+VAE, real+diffusion); columns WA, UA, macro F1 as
     'mean ± std' in percent with 1 decimal (e.g. '61.4 ± 2.1'), 'ΔUA vs real' in points
-    ('+3.2' / '−1.0', '—' for real), n seeds; and when the run has it, the linear probe
-    as a reference row (one deterministic fit, so no spread)."""
+    ('+3.2' / '−1.0', '—' for real), n seeds (with speaker folds: n fold × seed runs, the
+    spread being over them); and when the run has it, the linear probe as a reference row
+    (one deterministic fit per fold: no spread from a single split, the spread over folds
+    with several)."""
     headers, rows = _results_rows(as_results(results))
     return _md_table(Table(headers, rows))
 
 
-def _per_seed_rows(results: ExperimentResults) -> list[list[Cell]]:
+def _per_run_table(results: ExperimentResults) -> Table | None:
+    """One row per SER run, condition by condition, sorted by (fold, seed); a fold column
+    when the runs carry one (a run from before folds has none)."""
+    runs = {cond: _runs(results, cond) for cond in results.conditions}
+    with_fold = any(run.fold is not None for cond_runs in runs.values() for run in cond_runs)
     rows: list[list[Cell]] = []
-    for cond in results.conditions:
-        for run in sorted(_runs(results, cond), key=lambda r: r.seed):
+    for cond, cond_runs in runs.items():
+        for run in sorted(cond_runs, key=lambda r: (-1 if r.fold is None else r.fold, r.seed)):
+            fold = [NA if run.fold is None else str(run.fold)] if with_fold else []
             metrics = [_pct(run.metrics.score(m)) for m, _ in SER_METRICS]
-            rows.append([str(run.seed), _label(cond), *metrics, _count(run.n_train), _count(run.n_generated),
+            rows.append([*fold, str(run.seed), _label(cond), *metrics, _count(run.n_train), _count(run.n_generated),
                          _count(run.epochs), _count(run.train_steps)])
-    return rows
+    if not rows:
+        return None
+    headers = [*(["fold"] if with_fold else []), "seed", "condition", "WA", "UA", "macro F1", "n_train", "n_generated",
+               "epochs", "steps"]
+    return Table(headers, rows)
 
 
-def _quality_rows(results: ExperimentResults) -> list[list[Cell]]:
+def _quality_rows(results: ExperimentResults, with_clarity: bool) -> list[list[Cell]]:
+    """FID, IS and clip counts per generator; the filter's clarity beside them only for
+    files without judges (with judges it belongs in the clarity-by-judge table)."""
     return [
         [
             _label(gen),
-            _mean_std(g.clarity, scale=100),
+            *([_mean_std(g.clarity, scale=100)] if with_clarity else []),
             _mean_std(g.fid, digits=1),
             _mean_std(g.inception_score, digits=2),
             _count(g.n_clips),
@@ -309,15 +418,84 @@ def _quality_rows(results: ExperimentResults) -> list[list[Cell]]:
     ]
 
 
+def _filter_who(results: ExperimentResults) -> str:
+    """Who the filter is: the run's baseline SER of the same seed (and fold)."""
+    return "each seed's baseline SER" if _n_folds(results) is None else "each fold and seed's baseline SER"
+
+
+def _filter_label(results: ExperimentResults) -> str:
+    return f"filter ({_filter_who(results)}; chose the kept clips)"
+
+
+def _judges_in_order(generated: GeneratedSet) -> dict[str, JudgedClarity]:
+    """The experiment's judges first, in their order, then any others by name."""
+    names = [*(j for j in JUDGES if j in generated.judged), *sorted(k for k in generated.judged if k not in JUDGES)]
+    return {name: generated.judged[name] for name in names}
+
+
+def _clarity_by_judge_rows(results: ExperimentResults) -> list[list[Cell]]:
+    """Per generator: the filter's clarity (all clips only: it kept the clips it recognised,
+    so its clarity of the kept ones is high by construction), then each judge that chose
+    nothing, beside the judge's own UA on real held-out clips and chance."""
+    filter_ua, chance = _mean_std(_metric_stat(results, REAL, UA), scale=100), _pct(CHANCE)
+    rows: list[list[Cell]] = []
+    for gen, g in _in_generator_order(results.generated).items():
+        rows.append([_label(gen), _filter_label(results), _mean_std(g.clarity, scale=100), "n/a (it chose them)",
+                     filter_ua, chance])
+        for judge, judged in _judges_in_order(g).items():
+            rows.append([_label(gen), _JUDGE_LABELS.get(judge, judge), _mean_std(judged.all, scale=100),
+                         _mean_std(judged.kept, scale=100), _mean_std(judged.judge_ua, scale=100), chance])
+    return rows
+
+
 def _in_generator_order(section: dict[str, Any]) -> dict[str, Any]:
     """The experiment's generators first, in their order, then any others by name."""
     names = [*(g for g in GENERATORS if g in section), *sorted(k for k in section if k not in GENERATORS)]
     return {name: section[name] for name in names}
 
 
-def _clarity_per_emotion(results: ExperimentResults) -> dict[str, dict[str, float]]:
-    """{generator: {emotion: clarity}} for generators that report it."""
-    return {gen: g.clarity_per_emotion for gen, g in _in_generator_order(results.generated).items() if g.clarity_per_emotion}
+@dataclass(frozen=True)
+class ReportedClarity:
+    """The clarity of all generated clips the findings and the plot go by: the SER judge's
+    when the run has one (it chose no clips; Targets.clarity_met goes by it too), else the
+    filter's (files before judges)."""
+
+    by_ser_judge: bool
+    overall: dict[str, Spread]  # generator -> clarity of all clips
+    per_emotion: dict[str, dict[str, float]]  # generator -> emotion -> clarity of all clips
+    judge_ua: Spread | None  # the judge's own UA on the real held-out clips
+
+
+def _reported_clarity(results: ExperimentResults) -> ReportedClarity:
+    generated = _in_generator_order(results.generated)
+    if _by_ser_judge(results):
+        judged = {gen: g.judged[SER_JUDGE] for gen, g in generated.items()}
+        return ReportedClarity(True, {gen: j.all for gen, j in judged.items()},
+                               {gen: j.all_per_emotion for gen, j in judged.items() if j.all_per_emotion},
+                               next(iter(judged.values())).judge_ua)  # the same judges scored every generator
+    return ReportedClarity(False, {gen: g.clarity for gen, g in generated.items()},
+                           {gen: g.clarity_per_emotion for gen, g in generated.items() if g.clarity_per_emotion},
+                           _metric_stat(results, REAL, UA))
+
+
+def _clarity_per_emotion_table(results: ExperimentResults) -> tuple[str, Table] | None:
+    """(title, table) of clarity per emotion: by the SER judge of all and of kept clips per
+    generator when the run has it, else the filter's of all clips as before judges."""
+    generated = _in_generator_order(results.generated)
+    columns: dict[str, dict[str, float]]
+    if _by_ser_judge(results):
+        title = "Clarity per emotion by the SER judge (%)"
+        columns = {f"{_label(gen)}, {which}": getattr(g.judged[SER_JUDGE], f"{which}_per_emotion")
+                   for gen, g in generated.items() for which in ("all", "kept")}
+    else:
+        title = "Clarity per emotion (%)"
+        columns = {_label(gen): g.clarity_per_emotion for gen, g in generated.items() if g.clarity_per_emotion}
+    if not any(columns.values()):
+        return None
+    emotions = [e for e in EMOTIONS if any(e in values for values in columns.values())]
+    emotions += sorted({e for values in columns.values() for e in values} - set(emotions))
+    rows: list[list[Cell]] = [[e, *(_pct(values.get(e)) for values in columns.values())] for e in emotions]
+    return title, Table(["emotion", *columns], rows)
 
 
 def _final_val_metrics(gen: GeneratorRun) -> str:
@@ -349,6 +527,8 @@ def _title_section(results: ExperimentResults) -> list[Block]:
 
 
 def _scope_sentence(results: ExperimentResults) -> str:
+    if _n_folds(results) is not None:
+        return _design_sentence(results)
     n_seeds = len(results.seeds) or max((len(_runs(results, c)) for c in results.conditions), default=0)
     data = results.data
     n_clips = data.split_counts.get("test") if data else None
@@ -359,6 +539,29 @@ def _scope_sentence(results: ExperimentResults) -> str:
     if data and data.test_speakers:
         clips_text += f" from {_plural(len(data.test_speakers), 'held-out speaker')}"
     return f"{seeds_text}; every SER is tested on {clips_text}."
+
+
+def _design_sentence(results: ExperimentResults) -> str:
+    """The speaker-fold design from the numbers: folds x seeds = paired runs, and every
+    speaker tested once (by the fold that holds it out)."""
+    n_folds, n_seeds = _n_folds(results) or 0, _n_seeds(results)
+    design = f"{_plural(n_folds, 'speaker fold')} × {_plural(n_seeds, 'seed')} = {_plural(n_folds * n_seeds, 'paired run')}"
+    text = f"The design is {design} per condition"
+    finished = max((len(_runs(results, c)) for c in results.conditions), default=0)
+    if finished and finished != n_folds * n_seeds:  # a partial run: say what the numbers below rest on
+        text += f" ({finished} with results)"
+    speakers = _tested_speakers(results)
+    text += f"; every one of the {_plural(len(speakers), 'speaker')}" if speakers else "; every speaker"
+    text += " is tested once, by the SERs of the fold that holds it out"
+    n_clips = results.data.split_counts.get("test") if results.data else None
+    if n_clips is not None:
+        text += f" ({_plural(n_clips, 'real test clip')} in all)"
+    return text + "."
+
+
+def _per_run(results: ExperimentResults) -> str:
+    """"per seed", or with folds "per fold and seed": what one paired value stands for."""
+    return "per seed" if _n_folds(results) is None else "per fold and seed"
 
 
 def _gain_sentences(results: ExperimentResults, threshold: float) -> list[str]:
@@ -374,11 +577,13 @@ def _gain_sentences(results: ExperimentResults, threshold: float) -> list[str]:
         if real is not None and stat is not None:
             text += f" ({real.mean * 100:.1f}% → {stat.mean * 100:.1f}%)"
         if len(gain.values) > 1:
-            text += "; per-seed gains " + ", ".join(_signed(v * 100) for v in gain.values)
+            label = "per-seed gains" if _n_folds(results) is None else "gains per fold and seed"
+            text += f"; {label} " + ", ".join(_signed(v * 100) for v in gain.values)
         sentences.append(text + ".")
         if gain.std is not None and gain.count > 1 and abs(gain.mean) < gain.std:
+            spread_name = "seed-to-seed spread" if _n_folds(results) is None else "spread over folds and seeds"
             sentences.append(
-                f"That change is smaller than its seed-to-seed spread ({gain.std * 100:.1f} points), so it may be noise."
+                f"That change is smaller than its {spread_name} ({gain.std * 100:.1f} points), so it may be noise."
             )
     return sentences
 
@@ -399,14 +604,25 @@ def _ua_target_sentence(results: ExperimentResults, threshold: float) -> str:
 
 
 def _clarity_target_sentence(results: ExperimentResults) -> str:
+    """The clarity target by the SER judge when both generators have it (it chose no clips,
+    and it is what Targets.clarity_met is decided by), else by the filter as before judges."""
     vae, diff = results.generated.get(VAE), results.generated.get(DIFFUSION)
     target = "diffusion clarity > VAE clarity"
     if vae is None or diff is None:
         return f"The target {target} cannot be judged: clarity was not measured for both generators."
-    verdict = "met" if diff.clarity.mean > vae.clarity.mean else "not met"
+    if _by_ser_judge(results):
+        vae_judged, diff_judged = vae.judged[SER_JUDGE], diff.judged[SER_JUDGE]
+        diff_clarity, vae_clarity = diff_judged.all.mean, vae_judged.all.mean
+        judge = (f"Emotional clarity by the SER judge (an SER trained on each fold's real training and validation "
+                 f"clips with its own seed, which chose no clips; UA {diff_judged.judge_ua.mean * 100:.1f}% on the real "
+                 f"held-out clips, chance {CHANCE * 100:.1f}%), the share of all generated clips it classifies as the "
+                 "requested emotion,")
+    else:
+        diff_clarity, vae_clarity = diff.clarity.mean, vae.clarity.mean
+        judge = "Emotional clarity (the real-trained SER's accuracy on generated clips against the requested emotion)"
+    verdict = "met" if diff_clarity > vae_clarity else "not met"
     return (
-        f"Emotional clarity (the real-trained SER's accuracy on generated clips against the requested emotion) "
-        f"is {diff.clarity.mean * 100:.1f}% for diffusion and {vae.clarity.mean * 100:.1f}% for the VAE, "
+        f"{judge} is {diff_clarity * 100:.1f}% for diffusion and {vae_clarity * 100:.1f}% for the VAE, "
         f"so the target {target} is {verdict}."
     )
 
@@ -432,8 +648,16 @@ def _probe_sentences(results: ExperimentResults) -> list[str]:
     if probe is None or real is None:
         return []
     probe_ua, gap = probe.metrics.unweighted_accuracy * 100, (real.mean - probe.metrics.unweighted_accuracy) * 100
-    text = (f"The linear probe (logistic regression on per-band mel statistics, fit once on the real training and "
-            f"validation clips) reaches UA {probe_ua:.1f}% on the same held-out speakers; the baseline SER (real) ")
+    if _n_folds(results) is None:
+        text = (f"The linear probe (logistic regression on per-band mel statistics, fit once on the real training and "
+                f"validation clips) reaches UA {probe_ua:.1f}% on the same held-out speakers; the baseline SER (real) ")
+    else:
+        fits = _probe_fits(results)
+        over_folds = _probe_spread(results, UA)
+        spread_text = f" (± {over_folds.std * 100:.1f} over folds)" if over_folds and over_folds.std is not None else ""
+        text = (f"The linear probe (logistic regression on per-band mel statistics, fit on each fold's real training "
+                f"and validation clips: {_plural(fits, 'fit')}) reaches UA {probe_ua:.1f}%{spread_text} on the same "
+                "folds' held-out speakers; the baseline SER (real) ")
     if round(gap, 1) > 0:
         return [text + f"beats it by {gap:.1f} points, so the SER learns more from the mels than a linear model does."]
     if round(gap, 1) < 0:
@@ -472,7 +696,7 @@ def _significance_sentences(results: ExperimentResults) -> list[str]:
     """From the stored paired tests only; results without them (older runs) say so."""
     comparisons = _comparisons(results)
     if not comparisons:
-        return ["These are means and spreads over seeds, not significance tests."]
+        return [f"These are means and spreads over {_over(results)}, not significance tests."]
     return [_significance_sentence(cond, ref, comparison) for cond, ref, comparison in comparisons]
 
 
@@ -488,7 +712,7 @@ def _steps_sentence(results: ExperimentResults) -> list[str]:
             text += f", changed UA by {_signed(matched.mean * 100)} points over real"
         text += f"; {_label(CONTROL_MATCHES)} changes UA by {_signed(control.mean * 100)} points over that control"
         if len(control.values) > 1:
-            text += f" (per seed {', '.join(_signed(v * 100) for v in control.values)})"
+            text += f" ({_per_run(results)} {', '.join(_signed(v * 100) for v in control.values)})"
         return [text + ", which is what the generated clips add beyond the extra steps."]
     base = [r.n_train for r in _runs(results, REAL) if r.n_train]
     more = [r.n_train for c, runs in results.runs.items() if c != REAL for r in runs if r.n_train]
@@ -504,21 +728,23 @@ def _steps_sentence(results: ExperimentResults) -> list[str]:
 
 def _ser_section(results: ExperimentResults) -> list[Block]:
     headers, rows = _results_rows(results)
+    folds = _n_folds(results) is not None
+    scope = ("Mean ± std over seeds, in percent, on the held-out test speakers." if not folds else
+             "Mean ± std over fold × seed runs, in percent, each run scored on its fold's held-out test speakers; "
+             "the linear probe's ± is over folds.")
     blocks: list[Block] = [
         Heading("Speech-emotion recognition"),
-        Para(
-            "Mean ± std over seeds, in percent, on the held-out test speakers. WA = overall accuracy, "
-            "UA = mean per-class recall, ΔUA in points."
-        ),
+        Para(f"{scope} WA = overall accuracy, UA = mean per-class recall, ΔUA in points."),
         Table(headers, rows),
     ]
     comparisons = _comparisons(results)
     if comparisons:
+        paired_by, averaged = ("seed", "over seeds") if not folds else ("fold and seed", "over the seeds of its fold")
         blocks += [
             Heading("Paired comparisons", 3),
-            Para("UA difference in points, paired by seed: mean, 95 % confidence interval from the paired t "
+            Para(f"UA difference in points, paired by {paired_by}: mean, 95 % confidence interval from the paired t "
                  "distribution, two-sided p-values of the paired t-test and the Wilcoxon signed-rank test; and the "
-                 "per-speaker UA difference (averaged over seeds) with a percentile bootstrap interval over the "
+                 f"per-speaker UA difference (averaged {averaged}) with a percentile bootstrap interval over the "
                  "held-out speakers. n/a: too few pairs or speakers for the statistic."),
             Table(["comparison", "ΔUA", "95 % CI", "paired t p", "Wilcoxon p", "n pairs", "ΔUA per speaker",
                    "bootstrap 95 % CI", "n speakers"], [_comparison_row(*c) for c in comparisons]),
@@ -531,12 +757,9 @@ def _ser_section(results: ExperimentResults) -> list[Block]:
             Table(["speaker", *(_label(c) for c in per_speaker)],
                   [[speaker, *(_pct(values.get(speaker)) for values in per_speaker.values())] for speaker in speakers]),
         ]
-    per_seed = _per_seed_rows(results)
-    if per_seed:
-        blocks += [
-            Heading("Per seed", 3),
-            Table(["seed", "condition", "WA", "UA", "macro F1", "n_train", "n_generated", "epochs", "steps"], per_seed),
-        ]
+    per_run = _per_run_table(results)
+    if per_run is not None:
+        blocks += [Heading("Per seed" if per_run.headers[0] == "seed" else "Per fold and seed", 3), per_run]
     return blocks
 
 
@@ -555,47 +778,104 @@ def _comparison_row(condition: str, reference: str, comparison: Comparison) -> l
     ]
 
 
-def _judge_sentence(results: ExperimentResults) -> str | None:
-    """Clarity is relative to the judge: its own UA on real held-out clips, and the probe's."""
+def _relative_to_judge(clarity: float, judge_ua: float) -> str:
+    """Where a clarity lies between chance and the judge's own UA, compared at the one
+    decimal shown, so the words never contradict the numbers beside them."""
+    shown_clarity, shown_ua, shown_chance = (round(x * 100, 1) for x in (clarity, judge_ua, CHANCE))
+    if shown_clarity < shown_chance:
+        return "below chance"
+    if shown_clarity == shown_chance:
+        return "at chance"
+    if shown_clarity >= shown_ua:
+        return "at or above its own UA"
+    return "between chance and its own UA"
+
+
+def _judge_sentences(results: ExperimentResults) -> list[str]:
+    """Clarity is relative to its judge: a judge near chance on real speech cannot tell the
+    emotion of generated speech either. Names each judge's UA on real held-out clips, its
+    clarity of every generator's clips, and chance."""
+    chance = f"{CHANCE * 100:.1f}% with {len(EMOTIONS)} emotions"
     real, probe = _metric_stat(results, REAL, UA), results.probe
-    if real is None:
-        return None
-    text = f"For reference, the judge (each seed's real-trained SER) scores UA {real.mean * 100:.1f}% on the real held-out clips"
-    if probe is not None:
-        text += f"; the linear probe {probe.metrics.unweighted_accuracy * 100:.1f}%"
-    return text + "."
+    if not _has_judged(results):  # before judges: the filter is the only one
+        if real is None:
+            return []
+        text = (f"Clarity is only meaningful relative to the judge's own UA and to chance: the judge (each seed's "
+                f"real-trained SER) scores UA {real.mean * 100:.1f}% on the real held-out clips")
+        if probe is not None:
+            text += f"; the linear probe {probe.metrics.unweighted_accuracy * 100:.1f}%"
+        return [text + f"; chance is {chance}."]
+    generated = _in_generator_order(results.generated)
+    sentences = [
+        f"Clarity is only meaningful relative to the judge's own UA on the real held-out clips and to chance "
+        f"({chance}): clarity near chance says the judge cannot tell the requested emotion, clarity near the "
+        "judge's own UA says the clips are about as recognisable to it as real ones."
+    ]
+    judges = [*JUDGES, *sorted({k for g in generated.values() for k in g.judged} - set(JUDGES))]
+    for judge in judges:
+        by_generator = {gen: g.judged[judge] for gen, g in generated.items() if judge in g.judged}
+        if not by_generator:
+            continue
+        judge_ua = next(iter(by_generator.values())).judge_ua.mean  # the same judges scored every generator
+        parts = [f"{j.all.mean * 100:.1f}% of the {_label(gen)} clips ({_relative_to_judge(j.all.mean, judge_ua)})"
+                 for gen, j in by_generator.items()]
+        name = "SER judge" if judge == SER_JUDGE else _JUDGE_LABELS.get(judge, judge)
+        sentences.append(f"The {name} scores UA {judge_ua * 100:.1f}% on the real held-out clips "
+                         f"({_signed((judge_ua - CHANCE) * 100)} points from chance) and classifies "
+                         f"{' and '.join(parts)} as the requested emotion.")
+    if real is not None:
+        parts = [f"{g.clarity.mean * 100:.1f}% of the {_label(gen)} clips" for gen, g in generated.items()]
+        sentences.append(f"The filter (UA {real.mean * 100:.1f}%) classifies {' and '.join(parts)} as requested; it "
+                         "chose the kept clips, so its clarity of those is high by construction and is not evidence.")
+    return sentences
 
 
 def _quality_section(results: ExperimentResults) -> list[Block]:
-    rows = _quality_rows(results)
+    judged = _has_judged(results)
+    rows = _quality_rows(results, with_clarity=not judged)
     if not rows:
         return []
-    blocks: list[Block] = [
-        Heading("Generated data quality"),
-        Para(
-            "Clarity = accuracy (%) of the real-trained SER on generated clips against the requested emotion; "
-            "FID and IS are computed on that SER's embeddings and probabilities; mean ± std over seeds."
-        ),
-        Table(["generator", "clarity", "FID", "IS", "n clips", "kept after filtering"], rows),
-    ]
+    over = _over_sets(results)
+    if judged:
+        blocks: list[Block] = [
+            Heading("Generated data quality"),
+            Para(f"FID and IS are computed on the filter's embeddings and probabilities ({_filter_who(results)}, "
+                 f"which also chose the kept clips); mean ± std over {over}; clip counts are per set."),
+            Table(["generator", "FID", "IS", "n clips", "kept after filtering"], rows),
+            Heading("Clarity by judge", 3),
+            Para(f"Clarity = share (%) of generated clips a judge classifies as the requested emotion, of all clips "
+                 f"and of the clips kept after filtering; mean ± std over {over}. Judge's UA = its own UA (%) on the "
+                 f"real held-out clips: over {_over(results)} for the filter, over folds for the others."),
+            Table(["generator", "judge", "clarity, all clips", "clarity, kept clips", "judge's UA on real held-out clips",
+                   "chance"], _clarity_by_judge_rows(results)),
+        ]
+    else:
+        blocks = [
+            Heading("Generated data quality"),
+            Para(
+                "Clarity = accuracy (%) of the real-trained SER on generated clips against the requested emotion; "
+                "FID and IS are computed on that SER's embeddings and probabilities; mean ± std over seeds."
+            ),
+            Table(["generator", "clarity", "FID", "IS", "n clips", "kept after filtering"], rows),
+        ]
+    judge_sentences = _judge_sentences(results)
+    if judge_sentences:
+        blocks.append(Para(" ".join(judge_sentences)))
     generated = _in_generator_order(results.generated)
-    judge = _judge_sentence(results)
-    if judge:
-        blocks.append(Para(judge))
     reference = next((g.real_fid_reference for g in generated.values() if g.real_fid_reference is not None), None)
     if reference is not None:
         blocks.append(Para(f"For scale: FID of held-out real clips against training real clips is {reference:.1f}."))
     fid = results.generated[DIFFUSION].fid if DIFFUSION in results.generated else None
     if fid is not None and fid.n_real is not None and fid.n_generated is not None:
         # FID is biased upward for small sets: the counts say how comparable values are
-        blocks.append(Para(f"FID sample sizes: {fid.n_real} held-out real clips vs {fid.n_generated} generated clips per seed."))
-    per_emotion = _clarity_per_emotion(results)
-    if per_emotion:
-        gens = list(per_emotion)
-        emotions = [e for e in EMOTIONS if any(e in per_emotion[g] for g in gens)]
-        emotions += sorted({e for g in gens for e in per_emotion[g]} - set(emotions))
-        rows_e: list[list[Cell]] = [[e, *(_pct(per_emotion[g].get(e)) for g in gens)] for e in emotions]
-        blocks += [Heading("Clarity per emotion (%)", 3), Table(["emotion", *(_label(g) for g in gens)], rows_e)]
+        # with folds the counts are the first set's: the folds' test sets differ a little in size
+        whose = "" if _n_folds(results) is None else " (the first fold and seed's)"
+        blocks.append(Para(f"FID sample sizes{whose}: {fid.n_real} held-out real clips vs {fid.n_generated} generated "
+                           f"clips {_per_run(results)}."))
+    per_emotion = _clarity_per_emotion_table(results)
+    if per_emotion is not None:
+        title, table = per_emotion
+        blocks += [Heading(title, 3), table]
     return blocks
 
 
@@ -616,7 +896,9 @@ def _data_section(results: ExperimentResults) -> list[Block]:
         blocks.append(Heading("Data"))
         if data.features:
             blocks.append(Para(f"Features: {data.features}"))
-        if data.test_speakers:
+        if data.folds:
+            blocks += _folds_blocks(results)
+        elif data.test_speakers:
             blocks.append(Para("Test speakers (held out of every training set): " + ", ".join(data.test_speakers)))
         splits, classes = data.split_counts, data.class_counts
         columns = list(dict.fromkeys([*splits, *classes]))
@@ -626,10 +908,31 @@ def _data_section(results: ExperimentResults) -> list[Block]:
             for emotion in emotions:
                 rows.append([emotion, *(_count(classes.get(c, {}).get(emotion)) for c in columns)])
             rows.append(["all", *(_count(splits.get(c)) for c in columns)])
+            if data.folds:
+                blocks.append(Para("Clips per emotion, each counted once (in the test set of the fold that holds out "
+                                   "its speaker):"))
             blocks.append(Table(["emotion", *columns], rows))
     if results.config:
         blocks += [Heading("Configuration"), Table(["setting", "value"], [[k, v] for k, v in _flatten(results.config)])]
     return blocks
+
+
+def _folds_blocks(results: ExperimentResults) -> list[Block]:
+    """The speaker folds: who each fold tests and validates on, and its clip counts. The
+    data section's per-emotion table counts every clip once, in the fold that tests it."""
+    folds = sorted(results.data.folds, key=lambda f: f.fold) if results.data else []
+    speakers = _tested_speakers(results)
+    rows: list[list[Cell]] = [
+        [str(f.fold), ", ".join(f.test_speakers) or NA, ", ".join(f.val_speakers) or NA,
+         *(_count(f.split_counts.get(split)) for split in ("train", "val", "test"))]
+        for f in folds
+    ]
+    return [
+        Para(f"Speaker folds: every speaker is tested once ({_plural(len(speakers), 'speaker')} over "
+             f"{_plural(len(folds), 'fold')}), by the SERs of the fold that holds it out; a fold neither trains nor "
+             "validates on its test speakers. Clip counts per fold:"),
+        Table(["fold", "test speakers", "validation speakers", "train clips", "val clips", "test clips"], rows),
+    ]
 
 
 def _timing_section(results: ExperimentResults) -> list[Block]:
@@ -746,7 +1049,7 @@ def _plot_ser_scores(results: ExperimentResults, path: Path) -> Path | None:
     ax.set_xticks(x, [label for _, label in SER_METRICS])
     ax.set_ylabel("% on held-out speakers")
     ax.set_ylim(0, 105)
-    ax.set_title("SER scores (mean ± std over seeds)")
+    ax.set_title(f"SER scores (mean ± std over {_over(results)})")
     # below the axes: inside, it would hide bars that sit anywhere from 0 to 100
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.08), ncols=len(conds), fontsize=8, frameon=False)
     return _save(fig, path)
@@ -785,7 +1088,7 @@ def _plot_confusion(results: ExperimentResults, condition: str, path: Path) -> P
     summed = _summed_confusion(results, condition)
     if summed is None:
         return None
-    counts, n_seeds = summed
+    counts, n_runs = summed
     rows = counts.sum(axis=1, keepdims=True)
     norm = np.divide(counts, rows, out=np.zeros_like(counts), where=rows > 0)
     k = counts.shape[0]
@@ -800,7 +1103,7 @@ def _plot_confusion(results: ExperimentResults, condition: str, path: Path) -> P
     ax.set_yticks(range(k), labels)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title(f"{_label(condition)}: {_plural(n_seeds, 'seed')} summed", fontsize=10)
+    ax.set_title(f"{_label(condition)}: {_plural(n_runs, _run_noun(results))} summed", fontsize=10)
     fig.colorbar(im, ax=ax, label="share of true class")
     return _save(fig, path)
 
@@ -871,7 +1174,7 @@ def _plot_training_curves(results: ExperimentResults, path: Path) -> Path | None
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("validation UA (%)")
-        ax.set_title("SER (one line per seed)", fontsize=10)
+        ax.set_title(f"SER (one line per {_run_noun(results)})", fontsize=10)
         ax.legend(fontsize=8)
     for ax, (name, series) in zip(axes, gen_panels):
         for key, xs, ys in series:
@@ -890,13 +1193,22 @@ def _plot_training_curves(results: ExperimentResults, path: Path) -> Path | None
 
 
 def _plot_clarity(results: ExperimentResults, path: Path) -> Path | None:
-    overall = [(g, generated.clarity) for g, generated in _in_generator_order(results.generated).items()]
-    per_emotion = _clarity_per_emotion(results)
+    clarity = _reported_clarity(results)
+    overall, per_emotion = list(clarity.overall.items()), clarity.per_emotion
     if not overall and not per_emotion:
         return None
     n_panels = bool(overall) + bool(per_emotion)
     fig = _figure((3.2 + 4.8 * bool(per_emotion), 3.6) if n_panels == 2 else (4.8, 3.6))
     axes = list(fig.subplots(1, n_panels, squeeze=False, width_ratios=[1, 2.2] if n_panels == 2 else None)[0])
+    judge = "by the SER judge" if clarity.by_ser_judge else "by the filter"
+
+    def references(ax, with_judge_ua: bool) -> None:
+        # clarity means something only against chance and the judge's own UA on real clips (a
+        # mean over emotions, so it is no reference for one emotion's clarity)
+        ax.axhline(CHANCE * 100, color="gray", linestyle=":", linewidth=1)
+        if with_judge_ua and clarity.judge_ua is not None:
+            ax.axhline(clarity.judge_ua.mean * 100, color="#222222", linestyle="--", linewidth=1)
+
     if overall:
         ax = axes.pop(0)
         colors = [_color(g, i) for i, (g, _) in enumerate(overall)]
@@ -908,9 +1220,10 @@ def _plot_clarity(results: ExperimentResults, path: Path) -> Path | None:
             color=colors,
         )
         ax.bar_label(bars, fmt="%.1f", fontsize=8, padding=2)
+        references(ax, with_judge_ua=True)
         ax.set_ylim(0, 105)
         ax.set_ylabel("clarity (%)")
-        ax.set_title("overall (mean ± std)", fontsize=10)
+        ax.set_title(f"all clips {judge} (mean ± std)", fontsize=10)
     if per_emotion:
         ax = axes.pop(0)
         gens = list(per_emotion)
@@ -920,12 +1233,23 @@ def _plot_clarity(results: ExperimentResults, path: Path) -> Path | None:
         for i, gen in enumerate(gens):
             ys = [per_emotion[gen].get(e, 0.0) * 100 for e in emotions]
             ax.bar(x + (i - (len(gens) - 1) / 2) * width, ys, width, label=_label(gen), color=_color(gen, i))
+        references(ax, with_judge_ua=False)
         ax.set_xticks(x, emotions, rotation=30, ha="right")
         ax.set_ylim(0, 105)
         ax.set_ylabel("clarity (%)")
-        ax.set_title("per emotion", fontsize=10)
+        ax.set_title(f"per emotion {judge}", fontsize=10)
         ax.legend(fontsize=8)
     return _save(fig, path)
+
+
+def _clarity_caption(results: ExperimentResults) -> str:
+    lines = "dotted line: chance; dashed line (overall): the judge's own UA on the real held-out clips."
+    if _reported_clarity(results).by_ser_judge:
+        return ("Clarity by the SER judge (an SER trained on each fold's real training and validation clips with its "
+                "own seed, which chose no clips): share of all generated clips it classifies as the requested emotion, "
+                f"overall (mean ± std over {_over_sets(results)}) and per emotion; {lines}")
+    return ("Accuracy of the real-trained SER on generated clips against the requested emotion: overall (mean ± std "
+            f"over {_over_sets(results)}) and per emotion; {lines}")
 
 
 def _mel_grid(results: ExperimentResults, out_dir: Path, path: Path) -> tuple[Plot | None, str | None]:
@@ -961,14 +1285,16 @@ def _make_plots(results: ExperimentResults, out_dir: Path) -> tuple[list[Plot], 
     add(
         _plot_ser_scores(results, plot_dir / "ser_scores.png"),
         "SER scores",
-        "WA, UA and macro F1 per condition on the held-out test speakers; bars are means over seeds, error bars the seed-to-seed std.",
+        f"WA, UA and macro F1 per condition on the held-out test speakers; bars are means over {_over(results)}, "
+        "error bars their std.",
         "SER scores plot skipped: no SER metrics in the results.",
     )
     for cond in results.conditions:
         add(
             _plot_confusion(results, cond, plot_dir / f"confusion_{_slug(cond)}.png"),
             f"Confusion matrix: {_label(cond)}",
-            f"Test-set confusion of {_label(cond)}, summed over seeds: colour is the share of the true class (rows sum to 1), numbers are clip counts.",
+            f"Test-set confusion of {_label(cond)}, summed over {_over(results)}: colour is the share of the true class "
+            "(rows sum to 1), numbers are clip counts.",
             f"Confusion matrix of {_label(cond)} skipped: no confusion matrix in its runs.",
         )
     add(
@@ -986,13 +1312,14 @@ def _make_plots(results: ExperimentResults, out_dir: Path) -> tuple[list[Plot], 
     add(
         _plot_training_curves(results, plot_dir / "training_curves.png"),
         "Training curves",
-        "SER validation UA per epoch (colour = condition, one line per seed) and the generators' train/validation loss per epoch.",
+        f"SER validation UA per epoch (colour = condition, one line per {_run_noun(results)}) and the generators' "
+        "train/validation loss per epoch.",
         "Training curves skipped: no training history in the results.",
     )
     add(
         _plot_clarity(results, plot_dir / "clarity.png"),
         "Emotional clarity",
-        "Accuracy of the real-trained SER on generated clips against the requested emotion: overall (mean ± std over seeds) and per emotion.",
+        _clarity_caption(results),
         "Clarity plot skipped: no clarity in the results.",
     )
     return plots, notes

@@ -11,7 +11,7 @@ naming both versions.
 Still version 1, because every addition is optional and an older file loads unchanged:
 `SERRun.per_speaker` (UA per held-out speaker), `probe` (the linear probe's scores, the
 reference an SER must beat), `comparisons` (paired statistics of each condition
-against real and against the matched-steps control), and the speaker folds: `folds`
+against real and against the matched-steps control), and the speaker folds: `data.folds`
 (each fold's held-out speakers), `SERRun.fold` / `ProbeRun.fold` (a run of one fold;
 None in a file from before folds, which had one split), `probes` and `judges` (per fold)
 and `GeneratedSet.judged` (clarity by judges that did not filter the clips). A file

@@ -513,3 +513,221 @@ def test_findings_without_a_t_test_say_why():
     assert ("real+diffusion vs real: UA +1.7 points over n = 3 pairs; no paired t-test (all differences are equal: "
             "the t-test has no spread to test against), so no significance is claimed.") in text
     assert "significant at 5 %" not in text and "not significant" not in text
+
+
+# ------------------------------------------------------------------ speaker folds and judges
+
+FOLD_TEST = {0: ["emodb:03", "ravdess:12"], 1: ["emodb:08", "ravdess:01"]}
+FOLD_VAL = {0: ["emodb:08"], 1: ["ravdess:12"]}
+FOLD_SPLITS = {0: {"train": 250, "val": 40, "test": 60}, 1: {"train": 240, "val": 44, "test": 60}}
+PROBE_HITS = {0: [8, 7, 6, 8, 5, 6], 1: [7, 6, 6, 7, 6, 5]}
+SER_JUDGE_UA = [0.50, 0.56]  # per fold
+# over the 4 fold x seed sets: the SER judge ranks diffusion first, the filter the VAE, so the
+# findings show which judge they went by
+CLARITY = {
+    "vae": {"filter": [0.70, 0.72, 0.68, 0.70], "ser-judge": [0.30, 0.34, 0.26, 0.30], "ser-judge kept": [0.40, 0.42, 0.38, 0.40],
+            "probe": [0.20, 0.22, 0.18, 0.20], "probe kept": [0.25, 0.27, 0.23, 0.25]},
+    "diffusion": {"filter": [0.60, 0.62, 0.58, 0.60], "ser-judge": [0.40, 0.44, 0.36, 0.40], "ser-judge kept": [0.50, 0.54, 0.46, 0.50],
+                  "probe": [0.30, 0.32, 0.28, 0.30], "probe kept": [0.35, 0.37, 0.33, 0.35]},
+}
+
+
+def make_fold_results() -> dict:
+    """A results.json dict of 2 speaker folds x 2 seeds, built as emogen.experiment builds one:
+    summary and gains left to the model (paired by fold and seed), the probe pooled from its
+    per-fold fits, and clarity by the filter and by the two judges that chose nothing."""
+    from emogen.results import ProbeRun, pool_probes
+
+    extras = {"real": [0] * 6, "real+vae": [0, 1, 0, 0, 0, 0], "real+diffusion": [1, 1, 1, 0, 0, 0]}
+    runs = {cond: [{"fold": fold, "seed": seed, "checkpoint": f"runs/x/f{fold}/{cond}/{seed}", "n_train": 250 - 10 * fold,
+                    "n_generated": 0 if cond == "real" else 120, "epochs": 3, "train_steps": 54,
+                    "metrics": _metrics(_confusion([min(PER_CLASS, max(0, h + e - fold)) for h, e in zip(REAL_HITS[seed], extra)])),
+                    "per_speaker": {s: 0.5 + 0.1 * seed for s in FOLD_TEST[fold]}}
+                   # listed out of order: the table sorts by (fold, seed)
+                   for fold, seed in ((1, 1), (0, 1), (1, 0), (0, 0))]
+            for cond, extra in extras.items()}
+    probes = [{"fold": fold, "n_train": 290, "metrics": _metrics(_confusion(PROBE_HITS[fold])),
+               "per_speaker": {s: 0.4 for s in FOLD_TEST[fold]}} for fold in (0, 1)]
+    probe = pool_probes([ProbeRun.model_validate(p) for p in probes]).model_dump(mode="json", exclude_none=True)
+    judges = [{"fold": fold, "seed": 1000, "checkpoint": f"runs/x/f{fold}/judge", "epochs": 3,
+               "metrics": {**_metrics(_confusion(REAL_HITS[0])), "unweighted_accuracy": ua}}
+              for fold, ua in zip((0, 1), SER_JUDGE_UA)]
+    probe_ua = [p["metrics"]["unweighted_accuracy"] for p in probes]
+
+    def judged(gen: str, judge: str, judge_ua: list[float]) -> dict:
+        return {"judge_ua": _stat(judge_ua), "all": _stat(CLARITY[gen][judge]), "kept": _stat(CLARITY[gen][f"{judge} kept"]),
+                "all_per_emotion": {e: CLARITY[gen][judge][0] + 0.01 * k for k, e in enumerate(EMOTIONS)},
+                "kept_per_emotion": {e: CLARITY[gen][f"{judge} kept"][0] for e in EMOTIONS[:4]}}  # two emotions kept nothing
+
+    generated = {gen: {"n_per_emotion": 50, "n_clips": 300, "n_kept": 250, "clarity": _stat(CLARITY[gen]["filter"]),
+                       "clarity_per_emotion": {e: CLARITY[gen]["filter"][0] for e in EMOTIONS},
+                       "fid": {**_stat([12.0, 12.6, 11.4, 12.0]), "n_real": 60, "n_generated": 300},
+                       "inception_score": _stat([3.0, 3.2, 2.8, 3.0]),
+                       "judged": {"ser-judge": judged(gen, "ser-judge", SER_JUDGE_UA), "probe": judged(gen, "probe", probe_ua)}}
+                 for gen in ("vae", "diffusion")}
+    folds = [{"fold": fold, "test_speakers": FOLD_TEST[fold], "val_speakers": FOLD_VAL[fold], "split_counts": FOLD_SPLITS[fold],
+              "class_counts": {"test": {e: PER_CLASS // 2 for e in EMOTIONS}}} for fold in (0, 1)]
+    return {
+        "name": "folds", "preset": "demo", "seeds": [0, 1], "n_folds": 2,
+        "conditions": ["real", "real+vae", "real+diffusion"], "runs": runs,
+        "probe": probe, "probes": probes, "judges": judges, "generated": generated,
+        "data": {"features": "runs/demo/data", "split_counts": {"test": 120}, "class_counts": {"test": {e: 20 for e in EMOTIONS}},
+                 "test_speakers": sorted(s for f in FOLD_TEST.values() for s in f), "folds": folds},
+        "targets": {"ua_gain_points": 3.0, "clarity_met": True},
+    }
+
+
+@pytest.fixture(scope="module")
+def fold_report(tmp_path_factory):
+    results = make_fold_results()
+    paths = write_report(results, tmp_path_factory.mktemp("folds"))
+    return results, paths, paths["md"].read_text(encoding="utf-8")
+
+
+def table_rows(md: str, first_cell: str) -> list[list[str]]:
+    """Every table row starting with first_cell."""
+    rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in md.splitlines() if line.startswith("|")]
+    return [row for row in rows if row[0] == first_cell]
+
+
+def test_folds_design_sentence(fold_report):
+    text = section(fold_report[2], "What this run shows")
+    assert ("The design is 2 speaker folds × 2 seeds = 4 paired runs per condition; every one of the 4 speakers is "
+            "tested once, by the SERs of the fold that holds it out (120 real test clips in all).") in text
+    assert "Each condition was run with" not in text  # the single-split wording
+    assert "gains per fold and seed" in text and "per-seed gains" not in text
+
+
+def test_fold_x_seed_table(fold_report):
+    results, _, md = fold_report
+    table = section(md, "Speech-emotion recognition").split("### Per fold and seed")[1]
+    assert table_row(table, "fold")[:3] == ["fold", "seed", "condition"]
+    for cond, label in (("real", "real"), ("real+vae", "real+VAE"), ("real+diffusion", "real+diffusion")):
+        rows = [row for row in table_rows(table, "0") + table_rows(table, "1") if row[2] == label]
+        assert len(rows) == 4
+        by_pair = {(r["fold"], r["seed"]): r["metrics"]["unweighted_accuracy"] for r in results["runs"][cond]}
+        assert [(int(r[0]), int(r[1])) for r in rows] == sorted(by_pair)  # condition by condition, by (fold, seed)
+        assert [r[4] for r in rows] == [f"{by_pair[k] * 100:.1f}" for k in sorted(by_pair)]
+    assert "### Per seed" not in md
+
+
+def test_probe_row_says_two_fits_with_a_spread_over_folds(fold_report):
+    results, _, md = fold_report
+    probes = results["probes"]
+    real_ua = np.mean([r["metrics"]["unweighted_accuracy"] for r in results["runs"]["real"]])
+    probe_ua = [p["metrics"]["unweighted_accuracy"] for p in probes]
+    table = results_table(results)
+    assert table_row(table, "condition")[-1] == "n runs (fold × seed)"
+    assert table_row(table, "real")[-1] == "4"
+    assert table_row(table, "linear probe (reference)")[1:] == [
+        *(pm([p["metrics"][m] for p in probes]) for m in ("weighted_accuracy", "unweighted_accuracy", "macro_f1")),
+        _signed_points(np.mean(probe_ua) - real_ua), "2 fits, one per fold"]
+    text = section(md, "What this run shows")
+    assert (f"fit on each fold's real training and validation clips: 2 fits) reaches UA {np.mean(probe_ua) * 100:.1f}% "
+            f"(± {np.std(probe_ua, ddof=1) * 100:.1f} over folds) on the same folds' held-out speakers") in text
+
+
+def test_clarity_by_judge_table(fold_report):
+    results, _, md = fold_report
+    quality = section(md, "Generated data quality")
+    fid_table, judges = quality.split("### Clarity by judge")
+    assert table_row(fid_table, "generator") == ["generator", "FID", "IS", "n clips", "kept after filtering"]
+    real_ua = pm([r["metrics"]["unweighted_accuracy"] for r in results["runs"]["real"]])
+    probe_ua = pm([p["metrics"]["unweighted_accuracy"] for p in results["probes"]])
+    for gen, label in (("vae", "VAE"), ("diffusion", "diffusion")):
+        clarity = CLARITY[gen]
+        assert table_rows(judges.split("### Clarity per emotion")[0], label) == [
+            [label, "filter (each fold and seed's baseline SER; chose the kept clips)", pm(clarity["filter"]),
+             "n/a (it chose them)", real_ua, "16.7"],
+            [label, "SER judge (train+val, own seed)", pm(clarity["ser-judge"]), pm(clarity["ser-judge kept"]),
+             pm(SER_JUDGE_UA), "16.7"],
+            [label, "linear probe", pm(clarity["probe"]), pm(clarity["probe kept"]), probe_ua, "16.7"],
+        ]
+    assert ("The SER judge scores UA 53.0% on the real held-out clips (+36.3 points from chance) and classifies "
+            "30.0% of the VAE clips (between chance and its own UA) and 40.0% of the diffusion clips (between chance "
+            "and its own UA) as the requested emotion.") in judges
+    assert "only meaningful relative to the judge's own UA on the real held-out clips and to chance (16.7% with 6 emotions)" in judges
+    assert "its clarity of those is high by construction and is not evidence" in judges
+
+
+def test_clarity_per_emotion_by_the_ser_judge(fold_report):
+    md = fold_report[2]
+    table = section(md, "Generated data quality").split("### Clarity per emotion by the SER judge (%)")[1]
+    assert table_row(table, "emotion")[1:] == ["VAE, all", "VAE, kept", "diffusion, all", "diffusion, kept"]
+    assert table_row(table, EMOTIONS[1])[1:] == ["31.0", "40.0", "41.0", "50.0"]
+    assert table_row(table, EMOTIONS[5])[1:] == ["35.0", "n/a", "45.0", "n/a"]  # kept nothing of that emotion
+
+
+def test_findings_clarity_goes_by_the_ser_judge(fold_report):
+    text = section(fold_report[2], "What this run shows")
+    assert "Emotional clarity by the SER judge" in text
+    # the filter would rank the VAE first (70.0% vs 60.0%): the verdict is the SER judge's
+    assert "is 40.0% for diffusion and 30.0% for the VAE, so the target diffusion clarity > VAE clarity is met." in text
+
+
+def test_folds_table_lists_each_folds_speakers(fold_report):
+    data = section(fold_report[2], "Data")
+    for fold in (0, 1):
+        assert table_row(data, str(fold))[1:] == [", ".join(FOLD_TEST[fold]), ", ".join(FOLD_VAL[fold]),
+                                                  *(str(FOLD_SPLITS[fold][s]) for s in ("train", "val", "test"))]
+    assert "every speaker is tested once (4 speakers over 2 folds)" in data
+    assert "Test speakers (held out of every training set)" not in data
+    assert table_row(data, "all")[1:] == ["120"]
+
+
+def test_fold_report_plots(fold_report):
+    _, paths, md = fold_report
+    assert {"ser_scores", "clarity", "per_speaker_ua", "confusion_real"} <= set(paths["plots"])
+    assert "*Clarity by the SER judge" in md and "summed over fold × seed runs" in md
+
+
+def test_old_results_keep_the_single_split_report(tmp_path):
+    """A results.json from before folds and judges: no fold column, no judge table, the
+    filter's clarity beside FID, the seeds wording and the test speakers line."""
+    old = _with_probe_and_speakers(0.6)
+    md = write_report(old, tmp_path)["md"].read_text(encoding="utf-8")
+    assert "Each condition was run with 2 seeds" in section(md, "What this run shows")
+    assert "### Per seed" in md and "Per fold and seed" not in md and table_row(md, "seed")[0] == "seed"
+    assert table_row(results_table(old), "linear probe (reference)")[-1] == "1 fit"
+    assert "### Clarity by judge" not in md and table_row(md, "generator")[1] == "clarity"
+    assert "### Clarity per emotion (%)" in md
+    assert "Test speakers (held out of every training set): emodb:03, emodb:08, ravdess:12" in section(md, "Data")
+    assert "Emotional clarity (the real-trained SER's accuracy" in section(md, "What this run shows")
+
+
+def _without(results: dict, path: str) -> dict:
+    """A copy of results with the key at a dotted path (generator keys: every generator) removed."""
+    results = json.loads(json.dumps(results))
+    *parents, key = path.split(".")
+    nodes = [results]
+    for parent in parents:
+        nodes = [child for node in nodes for child in ((node[parent],) if parent != "*" else node.values())]
+    for node in nodes:
+        node.pop(key, None)
+    return results
+
+
+@pytest.mark.parametrize("path", [
+    "n_folds", "probes", "probe", "probe.fold_ua", "judges", "data", "data.folds", "seeds",
+    "generated.*.judged", "generated.*.judged.ser-judge", "generated.*.judged.probe", "generated.*.judged.ser-judge.kept",
+    "generated.*.judged.ser-judge.all_per_emotion", "generated.*.judged.ser-judge.kept_per_emotion",
+    "generated.vae.judged", "generated.diffusion", "generated.*.fid.n_real",
+])
+def test_partial_fold_results_still_report(tmp_path, path):
+    results = _without(make_fold_results(), path)
+    paths = write_report(results, tmp_path)
+    md = paths["md"].read_text(encoding="utf-8")
+    assert results_table(results) in md and paths["html"].is_file()
+
+
+def test_clarity_never_mixes_judges(tmp_path):
+    """One generator without the SER judge: findings, per-emotion table and plot all go by
+    the filter (a comparison across judges would mean nothing); the judge table still shows
+    what there is."""
+    results = _without(make_fold_results(), "generated.vae.judged")
+    md = write_report(results, tmp_path)["md"].read_text(encoding="utf-8")
+    assert "is 60.0% for diffusion and 70.0% for the VAE, so the target diffusion clarity > VAE clarity is not met" in md
+    assert "### Clarity per emotion (%)" in md and "by the SER judge (%)" not in md
+    assert "*Accuracy of the real-trained SER on generated clips" in md
+    assert len(table_rows(md, "VAE")) >= 1 and [r[1] for r in table_rows(md, "diffusion")][-3:] == [
+        "filter (each fold and seed's baseline SER; chose the kept clips)", "SER judge (train+val, own seed)", "linear probe"]
