@@ -88,6 +88,7 @@ from emogen.results import (
     SERMetrics,
     SERRun,
     ProbeRun,
+    Realism,
     Targets,
     comparisons,
     paired_gains,
@@ -437,13 +438,21 @@ def _judged(requested: np.ndarray, predicted: np.ndarray, keep: np.ndarray) -> d
 
 def _generate_task(generator_checkpoint: str, filter_checkpoint: str, judge_checkpoint: str, probe: Any, per_emotion: int,
                    seed: int, options: dict[str, Any], min_confidence: float, out_dir: str,
-                   real_eval: dict[str, Any]) -> dict[str, Any]:
+                   real_eval: dict[str, Any], real_mels: np.ndarray) -> dict[str, Any]:
     """Generate per_emotion clips of every emotion, score them with the filter (the fold
     and seed's baseline SER), keep the confident ones, write them as a features dataset,
-    and let the judges (the fold's judge SER and linear probe) score all and kept clips."""
+    let the judges (the fold's judge SER and linear probe) score all and kept clips, and
+    measure realism against the fold's held-out real clips."""
     from emogen.evaluate import SERClassifier, write_generated_features
     from emogen.generate import EmotionGenerator
-    from emogen.metrics import classification_report, emotional_clarity, frechet_distance, inception_score
+    from emogen.metrics import (
+        classification_report,
+        emotional_clarity,
+        frechet_distance,
+        inception_score,
+        silent_frame_fraction,
+        two_sample_accuracy,
+    )
 
     _set_threads()
     began = time.time()
@@ -475,6 +484,8 @@ def _generate_task(generator_checkpoint: str, filter_checkpoint: str, judge_chec
         "fid": frechet_distance(real_eval["embeddings"], embeddings)["fid"],
         "fid_counts": {"n_real": int(len(real_eval["embeddings"])), "n_generated": int(len(embeddings))},
         "inception_score": inception_score(probs)["is"],
+        "two_sample": two_sample_accuracy(real_mels, mels, seed=seed),
+        "silent_frames": silent_frame_fraction(mels),
         "mean_confidence": float(confidence.mean()),
         "examples": {e: mels[labels == k][:4].astype(np.float16) for k, e in enumerate(EMOTIONS)},
         "generate_seconds": round(generate_s, 1),
@@ -634,7 +645,7 @@ def generate(ctx: ExperimentContext) -> None:
                 launched[(fold, gen, seed)] = generate_task.remote(
                     ctx.generators[(fold, gen)]["checkpoint"], filter_checkpoint, finished[StageKey.judge(fold)]["checkpoint"],
                     probes[fold], ctx.per_emotion, seed, sampling if gen == DIFFUSION else {}, cfg.min_confidence,
-                    str(_generated_dir(ctx, split, gen, seed)), held_out)
+                    str(_generated_dir(ctx, split, gen, seed)), held_out, split.test_mels)
     for (fold, seed), (held_out, training) in references.items():
         finished.run(StageKey.fid_reference(fold, seed), lambda a=held_out, b=training: frechet_distance(
             ray.get(a)["embeddings"], ray.get(b)["embeddings"]))
@@ -912,7 +923,21 @@ def _generated_set(ctx: ExperimentContext, generator: str) -> GeneratedSet:
         mean_confidence=spread(p["mean_confidence"] for p in per_set),
         generate_seconds=spread(p["generate_seconds"] for p in per_set),
         judged={judge: _judged_clarity(ctx, judge, per_set) for judge in JUDGES},
+        realism=Realism(two_sample_accuracy=spread(p["two_sample"]["accuracy"] for p in per_set),
+                        n_per_side=per_set[0]["two_sample"]["n_per_side"],
+                        silent_frames=spread(p["silent_frames"] for p in per_set),
+                        real_silent_frames=_real_silent_frames(ctx)),
     )
+
+
+def _real_silent_frames(ctx: ExperimentContext) -> float:
+    """Near-silent frames of the held-out real clips, every clip once over the folds."""
+    import ray
+
+    from emogen.metrics import silent_frame_fraction
+
+    return float(np.average([silent_frame_fraction(ray.get(split.test_mels)) for split in ctx.splits],
+                            weights=[split.counts["test"] for split in ctx.splits]))
 
 
 def _generator_run(ctx: ExperimentContext, split: Split, generator: str) -> GeneratorRun:
@@ -949,6 +974,9 @@ def _log_parent(results: ExperimentResults, out: Path, tracking_uri: str | None)
         metrics.update({f"{gen}.clarity": info.clarity.mean, f"{gen}.fid": info.fid.mean,
                         f"{gen}.inception_score": info.inception_score.mean})
         metrics.update({f"{gen}.clarity_by_{judge}": judged.all.mean for judge, judged in info.judged.items()})
+        if info.realism is not None:
+            metrics.update({f"{gen}.two_sample_accuracy": info.realism.two_sample_accuracy.mean,
+                            f"{gen}.silent_frames": info.realism.silent_frames.mean})
     metrics.update({f"seconds.{k}": float(v) for k, v in results.seconds.items()})
     with mlflow.start_run(run_id=results.mlflow.parent_run_id):
         mlflow.log_metrics(metrics)

@@ -46,7 +46,7 @@ from urllib.parse import quote
 
 import numpy as np
 
-from emogen.config import EMOTIONS
+from emogen.config import EMOTIONS, AudioConfig
 from emogen.results import (
     AUGMENTED_BY,
     CONTROL,
@@ -59,6 +59,8 @@ from emogen.results import (
     PROBE_JUDGE,
     REAL,
     SER_JUDGE,
+    SILENT_FRAMES_TOLERANCE,
+    TWO_SAMPLE_TARGETS,
     UA,
     VAE,
     Comparison,
@@ -634,11 +636,32 @@ def _findings_section(results: ExperimentResults) -> list[Block]:
         *_gain_sentences(results, threshold),
         _ua_target_sentence(results, threshold),
         _clarity_target_sentence(results),
+        *_realism_sentences(results),
         *_steps_sentence(results),
         *_probe_sentences(results),
         *_significance_sentences(results),
     ]
     return [Heading("What this run shows"), Para(" ".join(sentences))]
+
+
+def _realism_sentences(results: ExperimentResults) -> list[str]:
+    """Whether the generated mels look like speech, against the realism targets."""
+    parts, silent = [], []
+    real_silent = None
+    for gen, generated in _in_generator_order(results.generated).items():
+        r = generated.realism
+        if r is None:
+            continue
+        target = TWO_SAMPLE_TARGETS.get(gen)
+        verdict = "" if target is None else f" (target ≤ {target:.2f}: {'met' if r.two_sample_met(gen) else 'not met'})"
+        parts.append(f"{r.two_sample_accuracy.mean:.2f} for {_label(gen)}{verdict}")
+        silent.append(f"{r.silent_frames.mean * 100:.1f}% for {_label(gen)}")
+        real_silent = r.real_silent_frames
+    if not parts:
+        return []
+    return [f"A simple classifier tells generated mels from held-out real ones with accuracy {', '.join(parts)} "
+            f"(0.50 = indistinguishable); near-silent frames are {', '.join(silent)} against {real_silent * 100:.1f}% "
+            "in real speech."]
 
 
 def _probe_sentences(results: ExperimentResults) -> list[str]:
@@ -876,7 +899,34 @@ def _quality_section(results: ExperimentResults) -> list[Block]:
     if per_emotion is not None:
         title, table = per_emotion
         blocks += [Heading(title, 3), table]
-    return blocks
+    return blocks + _realism_blocks(results)
+
+
+def _realism_blocks(results: ExperimentResults) -> list[Block]:
+    """Does it look like speech: the two-sample test and near-silent frames beside their targets."""
+    realism = {gen: g.realism for gen, g in _in_generator_order(results.generated).items() if g.realism is not None}
+    if not realism:
+        return []
+    rows: list[list[Cell]] = []
+    for gen, r in realism.items():
+        target = TWO_SAMPLE_TARGETS.get(gen)
+        met = r.two_sample_met(gen)
+        rows.append([
+            _label(gen), _mean_std(r.two_sample_accuracy, digits=2),
+            NA if target is None else f"≤ {target:.2f} ({'met' if met else 'not met'})", str(r.n_per_side),
+            _mean_std(r.silent_frames, scale=100), _pct(r.real_silent_frames),
+            f"within {SILENT_FRAMES_TOLERANCE * 100:.0f} points ({'met' if r.silent_frames_met else 'not met'})",
+        ])
+    return [
+        Heading("Realism", 3),
+        Para(f"Two-sample accuracy: how well a logistic regression on 8 × 8-pooled mels tells generated clips from the "
+             f"fold's held-out real ones (5-fold cross-validated, equal numbers per side): 0.50 = indistinguishable, "
+             f"1.00 = every clip told apart. Near-silent frames: share (%) of frames whose loudest band is below "
+             f"{AudioConfig().silent_frame_db:.0f} dB (pauses and the silence around an utterance). Mean ± std over "
+             f"{_over_sets(results)}."),
+        Table(["generator", "two-sample accuracy", "target", "clips per side", "near-silent frames", "real clips'",
+               "target"], rows),
+    ]
 
 
 def _generators_section(results: ExperimentResults) -> list[Block]:

@@ -14,8 +14,9 @@ reference an SER must beat), `comparisons` (paired statistics of each condition
 against real and against the matched-steps control), and the speaker folds: `data.folds`
 (each fold's held-out speakers), `SERRun.fold` / `ProbeRun.fold` (a run of one fold;
 None in a file from before folds, which had one split), `probes` and `judges` (per fold)
-and `GeneratedSet.judged` (clarity by judges that did not filter the clips). A file
-without them reports without them.
+`GeneratedSet.judged` (clarity by judges that did not filter the clips) and
+`GeneratedSet.realism` (two-sample test, near-silent frames). A file without them reports
+without them.
 """
 
 from __future__ import annotations
@@ -48,6 +49,10 @@ JUDGES = (SER_JUDGE, PROBE_JUDGE)
 SCORES = ("weighted_accuracy", "unweighted_accuracy", "macro_f1")
 UA = "unweighted_accuracy"
 UA_GAIN_TARGET_POINTS = 3.0  # the SPEC's target for real+diffusion over real
+# realism targets on the demo (issue 13): two-sample accuracy at most this per generator,
+# near-silent frames within SILENT_FRAMES_TOLERANCE of the real clips' share
+TWO_SAMPLE_TARGETS = {DIFFUSION: 0.70, VAE: 0.80}
+SILENT_FRAMES_TOLERANCE = 0.05
 
 
 class _Record(BaseModel):
@@ -158,6 +163,25 @@ class JudgedClarity(_Record):
     kept_per_emotion: dict[str, float] = Field(default_factory=dict)  # emotions with kept clips
 
 
+class Realism(_Record):
+    """Does it look like speech? A classifier two-sample test against the fold's held-out
+    real clips (`metrics.two_sample_accuracy`: 0.5 = indistinguishable, 1.0 = every clip
+    told apart) and the share of near-silent frames beside the real clips'."""
+
+    two_sample_accuracy: Spread  # over fold x seed sets
+    n_per_side: int  # clips per side in the first set
+    silent_frames: Spread
+    real_silent_frames: float  # of every held-out real clip (each clip once over the folds)
+
+    def two_sample_met(self, generator: str) -> bool | None:
+        target = TWO_SAMPLE_TARGETS.get(generator)
+        return None if target is None else bool(self.two_sample_accuracy.mean <= target)
+
+    @property
+    def silent_frames_met(self) -> bool:
+        return bool(abs(self.silent_frames.mean - self.real_silent_frames) <= SILENT_FRAMES_TOLERANCE)
+
+
 class GeneratedSet(_Record):
     """One generator's clips over fold x seed sets. `clarity` is the filter's (the fold
     and seed's real-trained SER, which chose the kept clips: it is high for the kept ones
@@ -174,6 +198,7 @@ class GeneratedSet(_Record):
     mean_confidence: Spread | None = None
     generate_seconds: Spread | None = None
     judged: dict[str, JudgedClarity] = Field(default_factory=dict)
+    realism: Realism | None = None
 
 
 class GeneratorRun(_Record):

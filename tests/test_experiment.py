@@ -196,6 +196,12 @@ def test_tiny_experiment_end_to_end(tiny_experiment, tiny_features):
             own = [j["metrics"]["unweighted_accuracy"] for j in judges] if judge == "ser-judge" else pooled["fold_ua"]["values"]
             assert judged["judge_ua"]["values"] == pytest.approx(own)
         assert set(info["judged"]) == {"ser-judge", "probe"}
+        # realism against the fold's held-out real clips: equal sides (fewer generated clips than real here)
+        realism = info["realism"]
+        assert realism["n_per_side"] == min(info["n_clips"], fold_of[0]["split_counts"]["test"])
+        assert len(realism["two_sample_accuracy"]["values"]) == FOLDS
+        assert all(0.0 <= v <= 1.0 for v in realism["two_sample_accuracy"]["values"] + realism["silent_frames"]["values"])
+        assert 0.0 < realism["real_silent_frames"] < 1.0  # the tiny corpus's clips have padding and pauses
         assert math.isfinite(info["fid"]["mean"]) and info["fid"]["mean"] >= -1e-6
         assert 1.0 - 1e-6 <= info["inception_score"]["mean"] <= len(EMOTIONS) + 1e-6
         assert Path(results["generators"][gen]["checkpoint"]).exists() and results["generators"][gen]["epochs"] >= 1

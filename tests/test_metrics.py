@@ -88,3 +88,40 @@ def test_per_speaker_ua_is_each_speakers_classification_report():
     assert result["03"] == pytest.approx((1 / 2 + 2 / 2) / 2)  # classes 0 and 1 only
     assert result["11"] == pytest.approx((1 / 1 + 1 / 3) / 2)  # classes 0 and 2 only
     assert result["11"] == pytest.approx(balanced_accuracy_score(labels[4:], preds[4:]))
+
+
+def test_clarity_per_emotion_leaves_out_emotions_without_clips():
+    from emogen.metrics import clarity_per_emotion
+
+    requested = np.array([0, 0, 2, 2, 2])
+    predicted = np.array([0, 1, 2, 2, 0])
+    assert clarity_per_emotion(requested, predicted) == {"anger": 0.5, "happiness": pytest.approx(2 / 3)}
+
+
+def test_silent_frame_fraction_counts_frames_whose_loudest_band_is_below_the_threshold():
+    from emogen.config import AudioConfig
+    from emogen.metrics import silent_frame_fraction
+
+    cfg = AudioConfig()
+    to_scaled = lambda db: (db - cfg.db_floor) * 2 / (cfg.db_ceil - cfg.db_floor) - 1  # noqa: E731
+    mels = np.full((2, 8, 10), to_scaled(-70.0), np.float32)  # every frame below -60 dB
+    mels[0, 3, :4] = to_scaled(-50.0)  # one loud band makes a frame not silent
+    mels[1, :, 5:] = to_scaled(0.0)
+    assert silent_frame_fraction(mels, cfg) == pytest.approx((6 + 5) / 20)
+    assert silent_frame_fraction(np.full((1, 8, 4), to_scaled(-59.0)), cfg) == 0.0
+
+
+def test_two_sample_accuracy_is_chance_for_one_distribution_and_high_for_another():
+    from emogen.metrics import two_sample_accuracy
+
+    rng = np.random.default_rng(0)
+    speechlike = lambda n: np.clip(rng.normal(0, 1, (n, 1, 1)) * np.linspace(-1, 1, 32)[None, :, None]  # noqa: E731
+                                   + rng.normal(0, 0.3, (n, 32, 40)), -1, 1)
+    same = two_sample_accuracy(speechlike(120), speechlike(80), seed=1)
+    assert same["n_per_side"] == 80 and 0.3 <= same["accuracy"] <= 0.7
+    shifted = two_sample_accuracy(speechlike(80), speechlike(80) + 0.5, seed=1)
+    assert shifted["accuracy"] >= 0.95
+    a, b = speechlike(50), speechlike(60)
+    assert two_sample_accuracy(a, b, seed=3) == two_sample_accuracy(a, b, seed=3)  # seeded: the report is reproducible
+    with pytest.raises(ValueError, match="at least 2 clips per side"):
+        two_sample_accuracy(speechlike(5), speechlike(1))

@@ -139,8 +139,8 @@ def table_row(md: str, first_cell: str) -> list[str]:
     raise AssertionError(f"no table row starting with {first_cell!r}")
 
 
-def pm(values: list[float]) -> str:
-    return f"{np.mean(values) * 100:.1f} ± {np.std(values, ddof=1) * 100:.1f}"
+def pm(values: list[float], scale: float = 100, digits: int = 1) -> str:
+    return f"{np.mean(values) * scale:.{digits}f} ± {np.std(values, ddof=1) * scale:.{digits}f}"
 
 
 NOT_MET = dict(diffusion_extra=[1, 0, 0, 0, 0, 0], vae_extra=[-1, 0, 0, 0, 0, 0], clarity=(0.70, 0.60))  # +1.7 UA points
@@ -532,6 +532,10 @@ CLARITY = {
 }
 
 
+TWO_SAMPLE = {"vae": [0.95, 0.97, 0.93, 0.95], "diffusion": [0.66, 0.70, 0.62, 0.66]}  # VAE misses 0.80, diffusion meets 0.70
+SILENT = {"vae": [0.0, 0.01, 0.0, 0.01], "diffusion": [0.17, 0.19, 0.18, 0.18]}  # against real 20 %: VAE misses, diffusion within 5
+
+
 def make_fold_results() -> dict:
     """A results.json dict of 2 speaker folds x 2 seeds, built as emogen.experiment builds one:
     summary and gains left to the model (paired by fold and seed), the probe pooled from its
@@ -563,7 +567,9 @@ def make_fold_results() -> dict:
                        "clarity_per_emotion": {e: CLARITY[gen]["filter"][0] for e in EMOTIONS},
                        "fid": {**_stat([12.0, 12.6, 11.4, 12.0]), "n_real": 60, "n_generated": 300},
                        "inception_score": _stat([3.0, 3.2, 2.8, 3.0]),
-                       "judged": {"ser-judge": judged(gen, "ser-judge", SER_JUDGE_UA), "probe": judged(gen, "probe", probe_ua)}}
+                       "judged": {"ser-judge": judged(gen, "ser-judge", SER_JUDGE_UA), "probe": judged(gen, "probe", probe_ua)},
+                       "realism": {"two_sample_accuracy": _stat(TWO_SAMPLE[gen]), "n_per_side": 60,
+                                   "silent_frames": _stat(SILENT[gen]), "real_silent_frames": 0.2}}
                  for gen in ("vae", "diffusion")}
     folds = [{"fold": fold, "test_speakers": FOLD_TEST[fold], "val_speakers": FOLD_VAL[fold], "split_counts": FOLD_SPLITS[fold],
               "class_counts": {"test": {e: PER_CLASS // 2 for e in EMOTIONS}}} for fold in (0, 1)]
@@ -729,5 +735,17 @@ def test_clarity_never_mixes_judges(tmp_path):
     assert "is 60.0% for diffusion and 70.0% for the VAE, so the target diffusion clarity > VAE clarity is not met" in md
     assert "### Clarity per emotion (%)" in md and "by the SER judge (%)" not in md
     assert "*Accuracy of the real-trained SER on generated clips" in md
-    assert len(table_rows(md, "VAE")) >= 1 and [r[1] for r in table_rows(md, "diffusion")][-3:] == [
+    judge_rows = section(md, "Generated data quality").split("### Clarity by judge")[1].split("###")[0]
+    assert len(table_rows(judge_rows, "VAE")) >= 1 and [r[1] for r in table_rows(judge_rows, "diffusion")][-3:] == [
         "filter (each fold and seed's baseline SER; chose the kept clips)", "SER judge (train+val, own seed)", "linear probe"]
+
+
+def test_realism_table_and_sentence(fold_report):
+    _, _, md = fold_report
+    quality = section(md, "Generated data quality").split("### Realism")[1]
+    assert table_rows(quality, "VAE") == [["VAE", pm(TWO_SAMPLE["vae"], 1, 2), "≤ 0.80 (not met)", "60",
+                                           pm(SILENT["vae"]), "20.0", "within 5 points (not met)"]]
+    assert table_rows(quality, "diffusion") == [["diffusion", pm(TWO_SAMPLE["diffusion"], 1, 2), "≤ 0.70 (met)", "60",
+                                                 pm(SILENT["diffusion"]), "20.0", "within 5 points (met)"]]
+    assert ("tells generated mels from held-out real ones with accuracy 0.95 for VAE (target ≤ 0.80: not met), "
+            "0.66 for diffusion (target ≤ 0.70: met)") in section(md, "What this run shows")
