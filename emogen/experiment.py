@@ -56,6 +56,7 @@ from emogen.config import EMOTIONS, replace
 from emogen.diffusion import SAMPLERS
 from emogen.errors import InvalidInputError
 from emogen.logs import get_logger
+from emogen.models.vae import LATENT_SOURCES
 from emogen.options import option
 from emogen.presets import preset_sections
 from emogen.results import (
@@ -116,6 +117,9 @@ class ExperimentConfig:
     sampler: str | None = option(None, "diffusion sampler (default: the preset's)", choices=tuple(SAMPLERS))
     steps: int | None = option(None, "sampling steps (default: the preset's)")
     guidance_scale: float | None = option(None, "classifier-free guidance (default: the preset's)")
+    # models.vae: the emotion's fitted latent distribution, or N(0, I) as the seed did
+    vae_latent: str = option("posterior", "VAE latents: each emotion's fitted distribution or the prior",
+                             choices=LATENT_SOURCES)
     min_confidence: float = option(
         0.0, "keep generated clips the seed's real-trained SER gives >= this probability for their emotion")
     # None: the preset's train_ser / train_vae / train_diffusion
@@ -644,7 +648,8 @@ def generate(ctx: ExperimentContext) -> None:
             if StageKey.generated(fold, gen, seed) not in finished:
                 launched[(fold, gen, seed)] = generate_task.remote(
                     ctx.generators[(fold, gen)]["checkpoint"], filter_checkpoint, finished[StageKey.judge(fold)]["checkpoint"],
-                    probes[fold], ctx.per_emotion, seed, sampling if gen == DIFFUSION else {}, cfg.min_confidence,
+                    probes[fold], ctx.per_emotion, seed, sampling if gen == DIFFUSION else {"vae_latent": cfg.vae_latent},
+                    cfg.min_confidence,
                     str(_generated_dir(ctx, split, gen, seed)), held_out, split.test_mels)
     for (fold, seed), (held_out, training) in references.items():
         finished.run(StageKey.fid_reference(fold, seed), lambda a=held_out, b=training: frechet_distance(

@@ -87,11 +87,12 @@ class EmotionGenerator:
         eta: float | None = None,
         seed: int = 0,
         progress: Callable[[int, int], None] | None = None,
+        vae_latent: str = "posterior",
     ) -> np.ndarray:
         """Scaled log-mels [N, n_mels, frames] for the requested emotion(s); seeded."""
         generator = torch.Generator(device="cpu").manual_seed(seed)
         return self.generate_rows(emotion_labels(emotions, num_samples), generator, sampler, steps,
-                                  guidance_scale, eta, progress=progress)
+                                  guidance_scale, eta, progress=progress, vae_latent=vae_latent)
 
     @property
     def sample_shape(self) -> tuple[int, int, int]:
@@ -112,6 +113,7 @@ class EmotionGenerator:
         eta: float | None = None,
         chunk_rows: int | None = None,
         progress: Callable[[int, int], None] | None = None,
+        vae_latent: str = "posterior",
     ) -> np.ndarray:
         """Scaled log-mels [len(labels), n_mels, frames], one row per emotion index.
 
@@ -119,7 +121,9 @@ class EmotionGenerator:
         comes from its own generator only). chunk_rows: run every model call (U-Net step,
         VAE decode) on fixed chunks of that many rows (`emogen.diffusion.in_chunks`), so a
         row's numbers do not depend on the rows beside it. Sampling options default to
-        the checkpoint's and are ignored by a VAE, which decodes prior noise.
+        the checkpoint's and are ignored by a VAE, which decodes latents drawn from each
+        emotion's fitted distribution (vae_latent "posterior") or from N(0, I) ("prior");
+        diffusion ignores vae_latent.
         """
         from emogen.diffusion import in_chunks
 
@@ -128,7 +132,13 @@ class EmotionGenerator:
         if self.unet is None:
             from diffusers.utils.torch_utils import randn_tensor
 
+            from emogen.models.vae import LATENT_SOURCES
+
+            if vae_latent not in LATENT_SOURCES:
+                raise ValueError(f"vae_latent must be one of {', '.join(LATENT_SOURCES)}, got {vae_latent!r}")
             latents = randn_tensor(shape, generator=generator, device=self.device)
+            if vae_latent == "posterior":
+                latents = self.vae.latents_from_noise(latents, labels)
         else:
             from emogen.diffusion import make_sampler, sample
 

@@ -175,6 +175,47 @@ def test_vae_sample_chosen_emotion(cfgs):
     assert not torch.allclose(out, other)
 
 
+def test_vae_latent_distribution_is_fit_per_emotion_and_sampled_from(cfgs):
+    from emogen.models.vae import LatentStatistics
+
+    model = ConditionalVAE(cfgs["vae"]).eval()
+    shape = model.latent_mean.shape[1:]
+    assert not model.latent_distribution_fitted
+    g = torch.Generator().manual_seed(0)
+    mu = torch.randn((7, *shape), generator=g) * 3 + 5
+    classes = torch.tensor([0, 0, 0, 2, 2, 2, 2])
+    stats = LatentStatistics()
+    stats.add(mu[:4], classes[:4], 6)  # two batches add up to one pass
+    stats.add(mu[4:], classes[4:], 6)
+    model.fit_latent_distribution(stats.sums, stats.squares, stats.counts)
+    assert model.latent_distribution_fitted and model.latent_count.tolist() == [3, 0, 4, 0, 0, 0]
+    for k in (0, 2):
+        assert torch.allclose(model.latent_mean[k], mu[classes == k].mean(0), atol=1e-5)
+        assert torch.allclose(model.latent_std[k], mu[classes == k].std(0, unbiased=False), atol=1e-4)
+    # an emotion without clips keeps N(0, I)
+    assert model.latent_mean[1].abs().max() == 0 and torch.all(model.latent_std[1] == 1)
+
+    noise = torch.randn((2, *shape), generator=g)
+    latents = model.latents_from_noise(noise, torch.tensor([2, 1]))
+    assert torch.allclose(latents[0], model.latent_mean[2] + model.latent_std[2] * noise[0]) and torch.equal(latents[1], noise[1])
+    posterior = model.sample(torch.tensor([2]), generator=torch.Generator().manual_seed(1))
+    prior = model.sample(torch.tensor([2]), generator=torch.Generator().manual_seed(1), latent="prior")
+    z = model.latents_from_noise(torch.randn((1, *shape), generator=torch.Generator().manual_seed(1)), torch.tensor([2]))
+    assert torch.allclose(posterior, model.decode(z, torch.tensor([2]), 173)) and not torch.allclose(posterior, prior)
+    with pytest.raises(ValueError, match="latent must be one of posterior, prior"):
+        model.sample(torch.tensor([2]), latent="aggregate")
+    with pytest.raises(ValueError, match="173-frame clips"):
+        model.latents_from_noise(torch.randn(1, shape[0], shape[1], 3), torch.tensor([0]))
+
+
+def test_vae_loads_weights_saved_before_the_latent_distribution(cfgs):
+    model = ConditionalVAE(cfgs["vae"])
+    old = {k: v for k, v in model.state_dict().items() if not k.startswith("latent_")}
+    again = ConditionalVAE(cfgs["vae"])
+    again.load_state_dict(old)  # strict: the missing buffers are the unfitted distribution
+    assert not again.latent_distribution_fitted and torch.equal(again.latent_std, torch.ones_like(again.latent_std))
+
+
 def test_vae_loss_terms(cfgs):
     x = mels(2, 50)
     mu, logvar = torch.zeros(2, 4, 16, 7), torch.zeros(2, 4, 16, 7)

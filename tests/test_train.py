@@ -10,6 +10,7 @@ import soundfile as sf
 import torch
 
 from emogen.checkpoint import load_state, save_state
+from emogen.config import EMOTIONS
 from emogen.training import TrainConfig, train_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -193,6 +194,35 @@ def test_fold_assignments_test_every_speaker_once_and_training_never_sees_them(t
         from emogen.datasets import speaker_folds
 
         speaker_folds(meta.assign(dataset="d", speaker="one").head(4), 3)
+
+
+def test_vae_training_fits_each_emotions_latent_distribution(tiny_features, tmp_path):
+    """A VAE checkpoint carries, beside its best weights, the per-emotion distribution of
+    its training clips' encoder means, and generation samples from it by default."""
+    from emogen.checkpoint import load_model, load_state
+    from emogen.data import read_features
+    from emogen.generate import EmotionGenerator
+    from emogen.training import loop_config, split_assignment, split_datasets, train_config, train_in_process
+
+    loop, _ = loop_config("vae", "tiny", epochs=2)
+    assignment = split_assignment(tiny_features, train_config("vae", "tiny"))
+    summary = train_in_process(loop, split_datasets(tiny_features, assignment), tmp_path / "vae")
+    meta = read_features(tiny_features, columns=["clip_id", "label"])
+    train_labels = meta.loc[meta["clip_id"].map(assignment) == "train", "label"]
+    expected = [int((train_labels == k).sum()) for k in range(len(EMOTIONS))]
+    state = load_state(summary["checkpoint"])
+    for weights in ("model", "best_model"):  # the distribution goes with the weights it was fit with
+        assert state[weights]["latent_count"].tolist() == expected
+    vae = load_model(state)
+    assert vae.latent_distribution_fitted and (vae.latent_std[torch.tensor(expected) > 0] > 0).all()
+
+    generator = EmotionGenerator.from_checkpoint(summary["checkpoint"])
+    posterior = generator.generate("fear", 2, seed=4)
+    prior = generator.generate("fear", 2, seed=4, vae_latent="prior")
+    assert posterior.shape == prior.shape == (2, 128, 173) and not np.allclose(posterior, prior)
+    assert np.array_equal(posterior, generator.generate("fear", 2, seed=4))
+    with pytest.raises(ValueError, match="vae_latent must be one of posterior, prior"):
+        generator.generate("fear", 1, vae_latent="both")
 
 
 # ----------------------------------------------------------- SER input augmentation

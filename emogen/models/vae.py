@@ -4,8 +4,18 @@ The seed used a flat latent of 32 numbers. We keep the latent SPATIAL instead
 (latent_channels x n_mels/f x frames/f, e.g. 4 x 16 x 22 = 1408 values for f = 8 and a
 173-frame clip padded to 176) because latent diffusion (AudioLDM / Stable Diffusion
 style, the `demo` preset) runs the same convolutional U-Net on this latent: it needs a
-small image, not a vector. The VAE alone can still generate a chosen emotion by decoding
-prior noise with that emotion's label (`sample`).
+small image, not a vector. The VAE alone generates a chosen emotion by decoding a latent
+with that emotion's label (`sample`): drawn from the emotion's fitted latent distribution
+(default) or from the prior N(0, I).
+
+Why not the prior: with a small KL weight (the demo's beta) the encoder's posteriors sit
+far from N(0, I), so prior draws land where no training clip's latent lies and decode to
+textures. Ex-post density estimation (Ghosh et al. 2020, "From Variational to
+Deterministic Autoencoders") fits a density to the encoder means instead: here, per
+emotion, a Gaussian with a mean and a standard deviation per latent element, from the
+encoder means of that emotion's training clips, kept as buffers (so in every checkpoint,
+beside the weights they belong to). Training fills them (`accumulate_latents` on each
+training batch, `fit_latent_distribution` after the epoch's pass).
 
 Conditioning: a class embedding drives FiLM scale/shift in every residual block of both
 encoder and decoder (layers.ResidualBlock), so the latent need not encode the emotion and
@@ -20,6 +30,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from emogen.config import AudioConfig
 
 from .layers import Downsample, ResidualBlock, Upsample, check_height, crop_frames, freeze_sequences, norm, pad_frames
 
@@ -99,6 +111,9 @@ class Decoder(nn.Module):
         return self.out(h)
 
 
+LATENT_SOURCES = ("posterior", "prior")  # where `sample` draws latents from
+
+
 class ConditionalVAE(nn.Module):
     def __init__(self, config: VAEConfig | None = None) -> None:
         super().__init__()
@@ -109,6 +124,44 @@ class ConditionalVAE(nn.Module):
         self.dec_class_emb = nn.Embedding(cfg.num_classes, cfg.class_emb_dim)
         self.encoder = Encoder(cfg)
         self.decoder = Decoder(cfg)
+        # the per-emotion latent distribution (module docstring); unfitted it is N(0, I)
+        shape = (cfg.num_classes, *self.latent_shape(AudioConfig().num_frames))
+        self.register_buffer("latent_mean", torch.zeros(shape))
+        self.register_buffer("latent_std", torch.ones(shape))
+        self.register_buffer("latent_count", torch.zeros(cfg.num_classes))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
+        # checkpoints from before the fitted latent distribution: keep the unfitted one
+        for name in ("latent_mean", "latent_std", "latent_count"):
+            state_dict.setdefault(prefix + name, getattr(self, name))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    @property
+    def latent_distribution_fitted(self) -> bool:
+        return bool(self.latent_count.sum() > 0)
+
+    @torch.no_grad()
+    def fit_latent_distribution(self, sums: torch.Tensor, squares: torch.Tensor, counts: torch.Tensor) -> None:
+        """Per-emotion mean and std of encoder means from their per-class sums, sums of
+        squares and counts ([num_classes, C, H, T] and [num_classes]); an emotion without
+        clips keeps N(0, I)."""
+        counts = counts.to(self.latent_count)
+        seen = counts > 0
+        n = counts.clamp(min=1).view(-1, 1, 1, 1)
+        mean = sums.to(self.latent_mean) / n
+        std = (squares.to(self.latent_mean) / n - mean**2).clamp(min=1e-8).sqrt()
+        self.latent_mean[seen] = mean[seen]
+        self.latent_std[seen] = std[seen]
+        self.latent_count.copy_(counts)
+
+    def latents_from_noise(self, noise: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Unit Gaussian noise [B, C, H, T] -> latents of the requested emotions' fitted
+        distributions (the noise itself where it is unfitted)."""
+        labels = labels.long().to(self.latent_mean.device)
+        if noise.shape[1:] != self.latent_mean.shape[1:]:
+            raise ValueError(f"latent noise of shape {tuple(noise.shape[1:])}: the fitted distribution is for "
+                             f"{tuple(self.latent_mean.shape[1:])} ({AudioConfig().num_frames}-frame clips)")
+        return self.latent_mean[labels] + self.latent_std[labels] * noise.to(self.latent_mean)
 
     def latent_shape(self, frames: int) -> tuple[int, int, int]:
         """(C, H, T) of the latent for a clip of `frames` frames (T after padding)."""
@@ -142,14 +195,49 @@ class ConditionalVAE(nn.Module):
         return self.decode(z, labels, frames=x.shape[-1]), mu, logvar
 
     @torch.no_grad()
-    def sample(self, labels: torch.Tensor, frames: int = 173, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Decode prior noise N(0, I) as the requested emotions: [len(labels), 1, n_mels, frames]."""
+    def sample(self, labels: torch.Tensor, frames: int = 173, generator: torch.Generator | None = None,
+               latent: str = "posterior") -> torch.Tensor:
+        """Decode latents of the requested emotions: [len(labels), 1, n_mels, frames].
+        latent: "posterior" (the emotion's fitted distribution) or "prior" (N(0, I))."""
+        if latent not in LATENT_SOURCES:
+            raise ValueError(f"latent must be one of {', '.join(LATENT_SOURCES)}, got {latent!r}")
         device = next(self.parameters()).device
         labels = torch.as_tensor(labels, dtype=torch.long, device=device).reshape(-1)
         shape = (labels.shape[0], *self.latent_shape(frames))
         gen_device = generator.device if generator is not None else device
         z = torch.randn(shape, generator=generator, device=gen_device).to(device)
+        if latent == "posterior":
+            z = self.latents_from_noise(z, labels)
         return self.decode(z, labels, frames)
+
+
+class LatentStatistics:
+    """Per-class sums of encoder means, of their squares, and counts over a training pass:
+    what `ConditionalVAE.fit_latent_distribution` needs, summable across workers."""
+
+    def __init__(self) -> None:
+        self.sums: torch.Tensor | None = None
+        self.squares: torch.Tensor | None = None
+        self.counts: torch.Tensor | None = None
+
+    @torch.no_grad()
+    def add(self, mu: torch.Tensor, labels: torch.Tensor, num_classes: int) -> None:
+        mu, labels = mu.detach().double(), labels.long().to(mu.device)
+        if self.sums is None:
+            self.sums = torch.zeros((num_classes, *mu.shape[1:]), dtype=torch.float64, device=mu.device)
+            self.squares = torch.zeros_like(self.sums)
+            self.counts = torch.zeros(num_classes, dtype=torch.float64, device=mu.device)
+        self.sums.index_add_(0, labels, mu)
+        self.squares.index_add_(0, labels, mu**2)
+        self.counts += torch.bincount(labels, minlength=num_classes).double()
+
+    def all_reduce(self) -> None:
+        """Sum over data-parallel workers (every worker saw its own shard)."""
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized() and self.sums is not None:
+            for tensor in (self.sums, self.squares, self.counts):
+                dist.all_reduce(tensor)
 
 
 # --- loss -----------------------------------------------------------------------------

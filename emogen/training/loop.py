@@ -119,6 +119,7 @@ def run_training(config: dict[str, Any], session: RayTrainSession) -> None:
             for k, v in parts.items():
                 train_sums[k] = train_sums.get(k, 0.0) + v * n
             seen += n
+        task.end_train_pass(_unwrap(model))
         train_sums["count"] = seen
         train_sums = _all_reduce(train_sums, device)
         count = train_sums.pop("count")

@@ -20,7 +20,7 @@ from emogen.checkpoint import load_model, load_state
 from emogen.config import EMOTIONS
 from emogen.diffusion import diffusion_loss, make_train_scheduler
 from emogen.models import NETWORKS, NetworkSpec
-from emogen.models.vae import vae_loss
+from emogen.models.vae import LatentStatistics, vae_loss
 from emogen.training.augment import augment_mels
 from emogen.training.config import TrainConfig
 
@@ -54,6 +54,10 @@ class Task:
         loss, parts = self.loss(model, mel, label, epoch)
         n = mel.shape[0]
         return {"loss": loss.item() * n, **{k: v * n for k, v in parts.items()}}
+
+    def end_train_pass(self, model: nn.Module) -> None:
+        """After each epoch's training pass, before validation and the checkpoint (the
+        model unwrapped from DDP; every worker calls it, so it may all-reduce)."""
 
     def finalize(self, sums: dict[str, float], count: int) -> dict[str, float]:
         return {k: v / max(count, 1) for k, v in sums.items()}
@@ -122,7 +126,16 @@ class SERTask(Task):
 
 
 class VAETask(Task):
+    """Besides the loss, each epoch's training pass collects the encoder means per emotion,
+    and the VAE keeps their per-emotion distribution to sample from (models.vae): the
+    statistics of the pass that ended with the checkpointed weights (weights move a little
+    within the pass; a second, eval-only pass over the data would cost a third more)."""
+
     name = "vae"
+
+    def __init__(self, cfgs, train, extra):
+        super().__init__(cfgs, train, extra)
+        self.latents = LatentStatistics()
 
     def kl_weight(self, epoch: int) -> float:
         warmup = self.train.kl_warmup_epochs
@@ -132,11 +145,19 @@ class VAETask(Task):
         vcfg = self.cfgs["vae"]
         x = mel.unsqueeze(1)
         recon, mu, logvar = model(x, label)
+        if model.training:
+            self.latents.add(mu, label, vcfg.num_classes)
         parts = vae_loss(
             recon, x, mu, logvar, beta=vcfg.beta, spectral_weight=vcfg.spectral_weight,
             kl_weight=self.kl_weight(epoch), recon_type=vcfg.recon_loss,
         )
         return parts["loss"], {k: v.item() for k, v in parts.items() if k != "loss"}
+
+    def end_train_pass(self, model):
+        self.latents.all_reduce()
+        if self.latents.counts is not None:
+            model.fit_latent_distribution(self.latents.sums, self.latents.squares, self.latents.counts)
+        self.latents = LatentStatistics()
 
 
 class DiffusionTask(Task):
