@@ -86,7 +86,7 @@ def cmd_generate(args: argparse.Namespace) -> dict:
     files = []
     for emotion in emotions:
         mels = generator.generate(emotion, args.num_samples, sampler=args.sampler, steps=args.steps,
-                                  guidance_scale=args.guidance_scale, seed=args.seed)
+                                  guidance_scale=args.guidance_scale, seed=args.seed, vae_latent=args.vae_latent)
         names = [f"{emotion}_{args.seed}_{i}" for i in range(len(mels))]
         files += write_wavs(generator.to_audio(mels), args.out, names, generator.audio.sample_rate)
         get_logger("generate").info("%s: %d clips", emotion, len(mels))
@@ -210,6 +210,8 @@ def add_experiment_arguments(p: argparse.ArgumentParser, demo: bool = False) -> 
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from emogen.models.vae import LATENT_SOURCES
+
     parser = argparse.ArgumentParser(prog="emogen", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -249,6 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--guidance-scale", type=float, default=None, help="classifier-free guidance (1 = none)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--vae-latent", default=LATENT_SOURCES[0], choices=LATENT_SOURCES,
+                   help="VAE: each emotion's fitted latent distribution (default) or N(0, I)")
     p.add_argument("--out", type=Path, default=Path("runs/samples"))
     p.set_defaults(func=cmd_generate)
 
