@@ -284,9 +284,9 @@ class Split:
                          split_counts=self.counts, class_counts=_class_counts(self.table))
 
 
-def _class_counts(table: Any, splits: tuple[str, ...] = ("train", "val", "test")) -> dict[str, dict[str, int]]:
+def _class_counts(table: Any) -> dict[str, dict[str, int]]:
     return {s: {e: int(((table["split"] == s) & (table["label"] == k)).sum()) for k, e in enumerate(EMOTIONS)}
-            for s in splits}
+            for s in ("train", "val", "test")}
 
 
 @dataclass
@@ -362,8 +362,8 @@ def _start(features: str | Path, out_dir: str | Path, preset: str, config: Exper
         fold_table = table.assign(split=table["clip_id"].map(assignment))
         counts = {s: int((fold_table["split"] == s).sum()) for s in ("train", "val", "test")}
         if counts["val"] == 0 or counts["train"] == 0:
-            raise InvalidInputError(f"--folds {config.folds}: fold {fold} left no training or validation speakers in {features}; "
-                             "use fewer folds or a corpus with more speakers")
+            raise InvalidInputError(f"--folds {config.folds}: fold {fold} left no training or validation speakers in "
+                                    f"{features}; use fewer folds or a corpus with more speakers")
         test = fold_table[fold_table["split"] == "test"].reset_index(drop=True)
         splits.append(Split(fold, assignment, fold_table, counts, test, ray.put(decode_mels(test)),
                             ray.put(test["label"].to_numpy()), test["speaker"].astype(str).to_numpy()))
