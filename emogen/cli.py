@@ -93,6 +93,32 @@ def cmd_generate(args: argparse.Namespace) -> dict:
     return {"model": generator.kind, "files": [str(f) for f in files], "seconds": round(time.time() - started, 1)}
 
 
+def cmd_attention(args: argparse.Namespace) -> dict:
+    import time
+
+    from emogen.attention import capture_attention, plot_attention
+    from emogen.generate import EmotionGenerator
+
+    started = time.time()
+    generator = EmotionGenerator.from_checkpoint(args.checkpoint)
+    maps = capture_attention(generator, args.emotion, steps_to_capture=args.steps_to_capture, seed=args.seed,
+                             sampler=args.sampler, steps=args.steps, guidance_scale=args.guidance_scale)
+    out = args.out or Path("runs/attention") / f"{args.emotion}_{args.seed}.png"
+    path = plot_attention(maps, out)
+    get_logger("attention").info("%s: %d steps x %d attention blocks -> %s", args.emotion, len(maps.steps),
+                                 len(maps.blocks), path)
+    return {
+        "model": generator.kind,
+        "emotion": args.emotion,
+        "png": str(path),
+        "steps": maps.step_indices,
+        "timesteps": [s.timestep for s in maps.steps],
+        "num_inference_steps": maps.num_inference_steps,
+        "blocks": {name: list(grid) for name, grid in maps.grids.items()},
+        "seconds": round(time.time() - started, 1),
+    }
+
+
 def cmd_experiment(args: argparse.Namespace) -> dict:
     import shlex
 
@@ -255,6 +281,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="VAE: each emotion's fitted latent distribution (default) or N(0, I)")
     p.add_argument("--out", type=Path, default=Path("runs/samples"))
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("attention", help="PNG of the diffusion U-Net's self-attention while it generates one clip")
+    p.add_argument("--checkpoint", required=True, help="a `emogen train diffusion` checkpoint directory")
+    p.add_argument("--emotion", required=True, help="one of the 6 emotions")
+    p.add_argument("--steps-to-capture", type=int, nargs="+", default=None,
+                   help="0-based denoising step indices (default: first, middle, last)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sampler", default=None, choices=["ddpm", "ddim", "dpm"], help="diffusion sampler (default: the preset's)")
+    p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the preset's)")
+    p.add_argument("--guidance-scale", type=float, default=None, help="classifier-free guidance (1 = none)")
+    p.add_argument("--out", type=Path, default=None, help="PNG path (default: runs/attention/EMOTION_SEED.png)")
+    p.set_defaults(func=cmd_attention)
 
     p = sub.add_parser("experiment", help="the augmentation experiment: does generated data improve the SER? (report + MLflow)")
     add_experiment_arguments(p)

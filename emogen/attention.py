@@ -1,0 +1,328 @@
+"""Self-attention maps of the diffusion U-Net while it generates one clip.
+
+What an attention map is here. Each `AttentionBlock` of the U-Net attends over every
+position of its (frequency x time) feature grid: at a block whose grid is H x W (the mel,
+or for latent diffusion the VAE latent, down-sampled 2x per U-Net level on both axes),
+the weights are an [HW, HW] matrix whose row q is the softmax distribution over the key
+positions that query position q attends to, so every row sums to 1. Positions are
+flattened row-major (index = frequency row * W + time column), as the block does. We keep
+the weights of ONE generated clip, averaged over heads, at a few denoising steps.
+
+    generator = EmotionGenerator.from_checkpoint("runs/train/diffusion-demo")
+    maps = capture_attention(generator, "fear", steps_to_capture=[0, 5, 9])
+    plot_attention(maps, "runs/attention/fear.png")
+
+How to read the PNG. On top is the generated clip's scaled log-mel (frequency up, time to
+the right, in mel bins and frames). Below it is one row per captured denoising step
+(step 0 is the first, noisiest one; its diffusion timestep t is in the title) and one
+column per attention block in forward order (down<level>, mid, up<level>; a down and an
+up block of the same level see the same grid). Each heatmap is the attention a
+time-frequency position *receives*, averaged over all query positions (also a
+distribution: it sums to 1), stretched onto the mel's axes so a time on the heatmap is
+the same frame as on the mel. The colour is in multiples of uniform attention (1/HW), so
+blocks with different grids share one scale: 1 means "no preference", a bright patch is
+a region the whole clip looks at.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from emogen.errors import InvalidInputError
+from emogen.models.layers import AttentionBlock
+
+if TYPE_CHECKING:
+    from emogen.generate import EmotionGenerator
+
+Query = Union[Literal["mean"], int]
+
+
+@dataclass(frozen=True)
+class StepAttention:
+    """The attention weights of every block at one denoising step."""
+
+    step: int  # index into the sampler's steps, 0 = the first (noisiest) one
+    timestep: int  # the diffusion timestep t the U-Net was called with at that step
+    weights: dict[str, np.ndarray]  # block name -> [HW, HW], head-averaged, rows sum to 1
+
+
+@dataclass
+class AttentionMaps:
+    """What `capture_attention` saw while generating one clip of `emotion`."""
+
+    emotion: str
+    steps: list[StepAttention]  # in sampling order
+    grids: dict[str, tuple[int, int]]  # block name -> its (H, W) grid, in forward order
+    mel: np.ndarray  # the generated clip's scaled log-mel [n_mels, frames]
+    sampler: str
+    num_inference_steps: int
+    guidance_scale: float
+    seed: int
+    info: dict = field(default_factory=dict)  # free-form context (checkpoint, model space)
+
+    @property
+    def blocks(self) -> list[str]:
+        return list(self.grids)
+
+    @property
+    def step_indices(self) -> list[int]:
+        return [s.step for s in self.steps]
+
+
+# ------------------------------------------------------------------ block names
+
+
+def attention_block_names(unet: nn.Module) -> dict[str, AttentionBlock]:
+    """Stable names of the U-Net's attention blocks, in forward order.
+
+    "down<level>" / "mid" / "up<level>", named by resolution level (0 = full resolution)
+    rather than by the ups list index, which counts levels backwards. A level with several
+    residual blocks gets ".<j>" suffixes. Modules outside that layout keep their path.
+    """
+    paths = [(path, m) for path, m in unet.named_modules() if isinstance(m, AttentionBlock)]
+    levels = len(getattr(unet, "ups", ()))
+    names = []
+    for path, _ in paths:
+        parts = path.split(".")
+        if path == "mid_attn":
+            names.append(("mid", None))
+        elif len(parts) == 5 and parts[0] == "downs":  # downs.<level>.<stage>.<j>.<attn>
+            names.append((f"down{parts[1]}", parts[3]))
+        elif len(parts) == 5 and parts[0] == "ups":  # ups.<i>.<stage>.<j>.<attn>, i = last level - level
+            names.append((f"up{levels - 1 - int(parts[1])}", parts[3]))
+        else:
+            names.append((path, None))
+    counts: dict[str, int] = {}
+    for base, _ in names:
+        counts[base] = counts.get(base, 0) + 1
+    return {
+        (f"{base}.{j}" if counts[base] > 1 and j is not None else base): module
+        for (base, j), (_, module) in zip(names, paths)
+    }
+
+
+# ------------------------------------------------------------------- capturing
+
+
+def default_steps_to_capture(total: int) -> list[int]:
+    """First, middle and last denoising step (fewer when there are fewer steps)."""
+    return sorted({0, total // 2, total - 1})
+
+
+def capture_attention(
+    generator: EmotionGenerator,
+    emotion: str,
+    steps_to_capture: Sequence[int] | None = None,
+    seed: int = 0,
+    sampler: str | None = None,
+    steps: int | None = None,
+    guidance_scale: float | None = None,
+    eta: float | None = None,
+) -> AttentionMaps:
+    """Generate one clip of `emotion` and keep the U-Net's self-attention at chosen steps.
+
+    steps_to_capture: 0-based indices into the sampler's denoising steps (default: the
+    first, middle and last). Sampling options default to the checkpoint's, as in
+    `EmotionGenerator.generate`; the clip is exactly `generator.generate(emotion, 1, ...,
+    seed=seed)`: capture does not change it.
+
+    Which pass: with classifier-free guidance (guidance_scale != 1) the U-Net runs twice
+    per step, first with the emotion label and then with the null class (two calls,
+    not a doubled batch; `UNet.forward_with_cond_scale`). The maps are from the
+    conditional pass, the one that sees the emotion.
+
+    Why not `set_store_attention(unet, True)`: a stored-weights block computes an explicit
+    softmax instead of the fused scaled_dot_product_attention kernel, and the two differ in
+    floating point (about 1e-5..1e-4 in the final mel after 5 steps of the tiny U-Net),
+    so the clip shown would not be the clip the model generates. Instead a forward hook
+    re-runs each block on its own input with `return_attention=True`, at the captured
+    steps only, and discards that output: the sampling path is untouched, and
+    `store_attention` / `last_attention` are never switched on. The hooks are removed
+    afterwards, whatever happens.
+    """
+    from emogen.diffusion import make_sampler
+    from emogen.generate import emotion_labels
+
+    unet = generator.unet
+    if unet is None:
+        raise InvalidInputError(
+            f"{generator.checkpoint or 'this checkpoint'} is a VAE checkpoint: it has no U-Net, so no attention "
+            "to show; use a diffusion checkpoint"
+        )
+    try:  # an unknown emotion fails here, before any sampling, as the user's mistake
+        emotion_labels(emotion)
+    except ValueError as exc:
+        raise InvalidInputError(str(exc)) from exc
+    cfg = generator.diffusion
+    sampler_name = sampler or cfg.sampler
+    num_steps = steps or cfg.num_inference_steps
+    scale = cfg.guidance_scale if guidance_scale is None else guidance_scale
+    # The schedule's length, from a throwaway sampler: schedulers are deterministic given
+    # the config, and the indices must be checked before minutes of sampling, not after.
+    schedule = make_sampler(sampler_name, cfg)
+    schedule.set_timesteps(num_steps)
+    total = len(schedule.timesteps)
+    wanted = default_steps_to_capture(total) if steps_to_capture is None else sorted({int(s) for s in steps_to_capture})
+    bad = [s for s in wanted if not 0 <= s < total]
+    if bad or not wanted:
+        raise InvalidInputError(f"steps to capture {bad or '[]'}: choose step indices in 0..{total - 1} ({total} denoising steps)")
+
+    blocks = attention_block_names(unet)
+    grids: dict[str, tuple[int, int]] = {}
+    captured: dict[int, dict[str, np.ndarray]] = {}
+    timesteps: dict[int, int] = {}
+    # Mutable state shared by the hooks: which step is running, the timestep of the
+    # current U-Net call and whether that call is the conditional one.
+    now = {"step": 0, "timestep": 0, "conditional": False}
+    null_class = unet.null_class
+
+    # forward_with_cond_scale calls UNet.forward directly, so hooks on the U-Net itself
+    # never fire; its embedding submodules are called normally, on every pass, before
+    # any attention block: the time MLP sees t, the class embedding the labels after
+    # guidance dropout (the null class on the unconditional pass).
+    def on_time_embedding(module: nn.Module, args: tuple) -> None:
+        now["timestep"] = int(torch.as_tensor(args[0]).reshape(-1)[0])
+
+    def on_class_embedding(module: nn.Module, args: tuple) -> None:
+        now["conditional"] = int(args[0].reshape(-1)[0]) != null_class
+        if now["conditional"] and now["step"] in wanted:
+            timesteps[now["step"]] = now["timestep"]
+
+    def block_hook(name: str):
+        def on_block_output(module: AttentionBlock, args: tuple, output: torch.Tensor) -> None:
+            if not (now["conditional"] and now["step"] in wanted):
+                return
+            x = args[0]
+            # forward, not __call__: no hooks re-entered; the result is thrown away
+            _, attn = module.forward(x, return_attention=True)
+            grids[name] = (int(x.shape[-2]), int(x.shape[-1]))
+            # row 0: the one clip generated; mean over heads, in float64 so the sums stay 1
+            captured.setdefault(now["step"], {})[name] = attn[0].double().mean(0).cpu().numpy()
+
+        return on_block_output
+
+    def progress(done: int, _total: int) -> None:
+        now["step"] = done  # called after step done-1: the next step to run is `done`
+
+    handles = []
+    try:
+        handles += [unet.time_mlp.register_forward_pre_hook(on_time_embedding),
+                    unet.class_emb.register_forward_pre_hook(on_class_embedding)]
+        handles += [block.register_forward_hook(block_hook(name)) for name, block in blocks.items()]
+        mels = generator.generate(emotion, 1, sampler=sampler_name, steps=num_steps, guidance_scale=scale, eta=eta,
+                                  seed=seed, progress=progress)
+    finally:
+        for handle in handles:
+            handle.remove()
+    missing = [s for s in wanted if s not in captured]
+    if missing:  # a sampler that calls the model differently from emogen.diffusion.sample
+        raise RuntimeError(f"no attention captured at steps {missing}")
+    return AttentionMaps(
+        emotion=emotion,
+        steps=[StepAttention(s, timesteps[s], {name: captured[s][name] for name in grids}) for s in wanted],
+        grids={name: grids[name] for name in blocks if name in grids},
+        mel=np.asarray(mels[0]),
+        sampler=sampler_name,
+        num_inference_steps=total,
+        guidance_scale=float(scale),
+        seed=seed,
+        info={"checkpoint": generator.checkpoint, "space": cfg.space},
+    )
+
+
+# ------------------------------------------------------------------ reading maps
+
+
+def attention_to_image(weights: np.ndarray, grid: tuple[int, int], query: Query = "mean") -> np.ndarray:
+    """[HW, HW] weights -> [H, W]: where one query position looks, on the block's grid.
+
+    query: a flattened position index (row-major: frequency row * W + time column) for
+    what that position attends to, or "mean" for the average over all queries, i.e. the
+    attention each position receives. Rows are softmax distributions, so both sum to 1.
+    """
+    h, w = grid
+    weights = np.asarray(weights)
+    if weights.shape != (h * w, h * w):
+        raise ValueError(f"attention weights {weights.shape} do not match grid {grid}: expected ({h * w}, {h * w})")
+    if isinstance(query, str):
+        if query != "mean":
+            raise ValueError(f"query must be 'mean' or a position index, got {query!r}")
+        row = weights.mean(axis=0)
+    else:
+        if not 0 <= query < h * w:
+            raise ValueError(f"query {query} outside 0..{h * w - 1}")
+        row = weights[query]
+    return row.reshape(h, w)
+
+
+# -------------------------------------------------------------------- plotting
+
+
+def plot_attention(maps: AttentionMaps, path: str | Path) -> Path:
+    """One PNG: the clip's mel on top, then steps x blocks heatmaps of received attention.
+
+    Written atomically (temp file + rename), parent folders created. The figure uses an
+    explicit Agg canvas, as emogen.report does: no pyplot, no global backend switch.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from emogen.checkpoint import atomic_write
+
+    n_mels, frames = maps.mel.shape
+    blocks = maps.blocks
+    rows, cols = len(maps.steps), max(len(blocks), 1)
+    fig = Figure(figsize=(max(3.2 * cols, 6.0), 2.3 * (rows + 1) + 0.4), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    grid = fig.add_gridspec(rows + 1, cols)
+
+    ax_mel = fig.add_subplot(grid[0, :])
+    mel_image = ax_mel.imshow(maps.mel, origin="lower", aspect="auto", cmap="magma", vmin=-1, vmax=1,
+                              interpolation="nearest", extent=(0, frames, 0, n_mels))
+    ax_mel.set_title(f"generated {maps.emotion} (seed {maps.seed}, {maps.sampler}, {maps.num_inference_steps} steps, "
+                     f"guidance {maps.guidance_scale:g})", fontsize=10)
+    ax_mel.set_xlabel("frame")
+    ax_mel.set_ylabel("mel bin")
+    fig.colorbar(mel_image, ax=ax_mel, label="scaled log-mel", pad=0.01)
+
+    # Multiples of uniform attention (x HW): one colour scale is then fair across blocks
+    # whose grids, and so whose uniform level 1/HW, differ.
+    images = {(s.step, b): attention_to_image(s.weights[b], maps.grids[b]) * np.prod(maps.grids[b])
+              for s in maps.steps for b in blocks}
+    vmax = max([float(img.max()) for img in images.values()] + [1.0])
+    heat, heat_axes = None, []
+    for r, step in enumerate(maps.steps):
+        for c, name in enumerate(blocks):
+            ax = fig.add_subplot(grid[r + 1, c])
+            heat_axes.append(ax)
+            h, w = maps.grids[name]
+            # Every down-sampling (VAE and U-Net) halves both axes alike and heights are
+            # never padded, so one grid cell spans n_mels / H mel bins and as many frames.
+            # The grid's extra columns are the time padding past the clip: xlim cuts them.
+            cell = n_mels / h
+            heat = ax.imshow(images[(step.step, name)], origin="lower", aspect="auto", cmap="viridis", vmin=0.0,
+                             vmax=vmax, interpolation="nearest", extent=(0, w * cell, 0, n_mels))
+            ax.set_xlim(0, frames)
+            ax.set_ylim(0, n_mels)
+            ax.set_title(f"step {step.step} (t={step.timestep}) · {name} {h}×{w}", fontsize=9)
+            if r == rows - 1:
+                ax.set_xlabel("frame")
+            if c == 0:
+                ax.set_ylabel("mel bin")
+    if heat is not None:
+        fig.colorbar(heat, ax=heat_axes, shrink=0.8, label="attention received (× uniform)")
+
+    def write(tmp: str) -> None:
+        fig.savefig(tmp, format="png")
+
+    try:
+        return atomic_write(path, write)
+    finally:
+        fig.clear()  # frees the artists now rather than at garbage collection
