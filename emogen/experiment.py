@@ -508,6 +508,16 @@ def _evaluate_task(ser_checkpoint: str, mels: np.ndarray, labels: np.ndarray, sp
     return {**report, "embeddings": embeddings}
 
 
+def _attention_task(checkpoint: str, emotion: str, seed: int, sampling: dict[str, Any], path: str) -> str:
+    """The diffusion U-Net's attention while it generates one clip of an emotion, as a PNG."""
+    from emogen.attention import capture_attention, plot_attention
+    from emogen.generate import EmotionGenerator
+
+    _set_threads()
+    maps = capture_attention(EmotionGenerator.from_checkpoint(checkpoint), emotion, seed=seed, **sampling)
+    return str(plot_attention(maps, path))
+
+
 def _griffin_lim_task(mels: np.ndarray) -> np.ndarray:
     from emogen.audio import MelInverter
     from emogen.config import AudioConfig
@@ -745,7 +755,8 @@ def evaluate(ctx: ExperimentContext) -> None:
 
 def listening_samples(ctx: ExperimentContext) -> None:
     """Mels (one per emotion and source) for the report's grid, Griffin-Lim WAVs to listen
-    to: held-out real clips of the first fold and the first seed's generated ones."""
+    to: held-out real clips of the first fold and the first seed's generated ones; per
+    emotion, the first fold's diffusion U-Net attention while generating a clip (PNG)."""
     import ray
     import soundfile as sf
 
@@ -768,6 +779,11 @@ def listening_samples(ctx: ExperimentContext) -> None:
     np.savez_compressed(sample_dir / "mels.npz", **grid)
     inverse = ctx.remote(_griffin_lim_task)
     refs = {source: inverse.remote(np.concatenate(list(per.values()))) for source, per in sources.items() if per}
+    cfg = ctx.config
+    sampling = {"sampler": cfg.sampler, "steps": cfg.steps, "guidance_scale": cfg.guidance_scale}
+    attention = ctx.remote(_attention_task)
+    attention_refs = {emotion: attention.remote(ctx.generators[(split.fold, DIFFUSION)]["checkpoint"], emotion, seed, sampling,
+                                                str(sample_dir / f"attention_{emotion}.png")) for emotion in EMOTIONS}
     wavs = []
     rate = AudioConfig().sample_rate
     for source, ref in refs.items():
@@ -777,7 +793,8 @@ def listening_samples(ctx: ExperimentContext) -> None:
                 path = sample_dir / f"{source}_{emotion}_{i}.wav"
                 sf.write(str(path), next(waves), rate, subtype="PCM_16")
                 wavs.append(SampleClip(source=source, emotion=emotion, path=str(path.relative_to(ctx.out))))
-    ctx.samples = Samples(mels=str((sample_dir / "mels.npz").relative_to(ctx.out)), wavs=wavs)
+    pngs = {emotion: str(Path(ray.get(ref)).relative_to(ctx.out)) for emotion, ref in attention_refs.items()}
+    ctx.samples = Samples(mels=str((sample_dir / "mels.npz").relative_to(ctx.out)), wavs=wavs, attention=pngs)
 
 
 def write_reports(ctx: ExperimentContext) -> None:
@@ -816,7 +833,7 @@ STAGES: tuple[Stage, ...] = (
           train_augmented),
     Stage("evaluate", lambda ctx: f"evaluating {len(CONDITIONS) * len(ctx.pairs())} SERs and {len(ctx.splits)} judges "
           "on their folds' held-out speakers (Ray tasks)", evaluate),
-    Stage("samples", lambda ctx: "Griffin-Lim audio for the report", listening_samples),
+    Stage("samples", lambda ctx: "Griffin-Lim audio and diffusion attention maps for the report", listening_samples),
     Stage("report", lambda ctx: "writing results.json, report.md, report.html", write_reports),
 )
 

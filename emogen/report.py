@@ -1040,6 +1040,19 @@ def _samples_section(results: ExperimentResults, out_dir: Path) -> list[Block]:
     ]
 
 
+def _attention_section(results: ExperimentResults, out_dir: Path) -> list[Block]:
+    """The diffusion U-Net's attention while generating one clip per emotion (emogen.attention)."""
+    blocks: list[Block] = []
+    for emotion, path in (results.samples.attention if results.samples else {}).items():
+        full, rel = _resolve(out_dir, path)
+        if full.suffix.lower() == ".png" and full.is_file():  # only PNGs are inlined, as only audio is above
+            caption = (f"Top: a generated {emotion} clip's mel. Below: per denoising step (rows) and attention block "
+                       "(columns), the attention each time-frequency position receives, in multiples of uniform "
+                       "attention (1 = no preference).")
+            blocks.append(Plot(f"Diffusion attention: {emotion}", caption, rel, full))
+    return [Heading("Diffusion attention"), *blocks] if blocks else []
+
+
 def _reproduce_section(results: ExperimentResults) -> list[Block]:
     blocks: list[Block] = []
     if results.command:
@@ -1489,6 +1502,7 @@ def write_report(results: ExperimentResults | Mapping[str, Any], out_dir: str | 
         *_timing_section(results),
         *_plots_section(plots, notes),
         *_samples_section(results, out_dir),
+        *_attention_section(results, out_dir),
         *_reproduce_section(results),
         *_data_section(results),
     ]

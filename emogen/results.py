@@ -247,6 +247,8 @@ class SampleClip(_Record):
 class Samples(_Record):
     mels: str | None = None  # an .npz of one mel per "source/emotion", relative to the experiment folder
     wavs: list[SampleClip] = Field(default_factory=list)
+    # emotion -> PNG of the first fold's diffusion U-Net attention while generating it (emogen.attention)
+    attention: dict[str, str] = Field(default_factory=dict)
 
 
 class Targets(_Record):

@@ -225,6 +225,11 @@ def test_tiny_experiment_end_to_end(tiny_experiment, tiny_features):
         assert rate == 22050 and data.ndim == 1 and len(data) == 4 * 22050
         assert np.isfinite(data).all() and np.abs(data).max() > 0
     assert len(np.load(out / results["samples"]["mels"]).files) == len(wavs)
+    # the first fold's diffusion attention while generating each emotion, shown in the report
+    attention = results["samples"]["attention"]
+    assert set(attention) == set(EMOTIONS)
+    assert all((out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for png in attention.values())
+    assert "Diffusion attention: fear" in (out / "report.md").read_text()
 
     # seconds per stage and the total
     seconds = results["seconds"]

@@ -749,3 +749,20 @@ def test_realism_table_and_sentence(fold_report):
                                                  pm(SILENT["diffusion"]), "20.0", "within 5 points (met)"]]
     assert ("tells generated mels from held-out real ones with accuracy 0.95 for VAE (target ≤ 0.80: not met), "
             "0.66 for diffusion (target ≤ 0.70: met)") in section(md, "What this run shows")
+
+
+def test_attention_figures_are_shown_when_their_pngs_exist(tmp_path):
+    from matplotlib.figure import Figure
+
+    results = make_fold_results()
+    (tmp_path / "samples").mkdir()
+    fig = Figure(figsize=(2, 2))
+    fig.add_subplot().imshow(np.eye(4))
+    fig.savefig(tmp_path / "samples" / "attention_fear.png")
+    results["samples"] = {"attention": {"fear": "samples/attention_fear.png", "anger": "samples/attention_anger.png"}}
+    paths = write_report(results, tmp_path)
+    md, html = paths["md"].read_text(encoding="utf-8"), paths["html"].read_text(encoding="utf-8")
+    attention = section(md, "Diffusion attention")
+    assert "Diffusion attention: fear" in attention and "samples/attention_fear.png" in attention
+    assert "anger" not in attention  # its PNG is missing: skipped, not a broken link
+    assert "Diffusion attention: fear" in html and html.count("data:image/png;base64,") >= 1
