@@ -611,7 +611,7 @@ def _train_generator(ctx: ExperimentContext, generator: str) -> None:
             epochs={VAE: cfg.vae_epochs, DIFFUSION: cfg.diffusion_epochs}[generator],
             run_name=f"{generator}-f{split.fold}-{ctx.name}", num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
             storage_path=ctx.out / "train", tracking_uri=ctx.tracking_uri, parent_run_id=ctx.mlflow.parent_run_id,
-            cpus_per_worker=cfg.cpus_per_worker, assignment=split.assignment,
+            cpus_per_worker=cfg.cpus_per_worker, assignment=split.assignment, label=f"{generator} fold {split.fold}",
             vae_checkpoint=ctx.generators[(split.fold, VAE)]["checkpoint"] if latent else None,
         )
         ctx.generators[(split.fold, generator)] = ctx.finished.run(

@@ -28,7 +28,9 @@ class _CurrentStderrHandler(logging.StreamHandler):
         super().__init__(sys.stderr)
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.setStream(sys.stderr)
+        # not setStream: it flushes the previous stream, which pytest's capture or Ray may
+        # have closed by now
+        self.stream = sys.stderr
         super().emit(record)
 
 

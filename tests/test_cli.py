@@ -97,3 +97,22 @@ def test_train_options_are_fit_config_fields_with_their_defaults():
                                       "--extra-train", "a", "--extra-train", "b"])
     config = FitConfig(**config_values(FitConfig, args))
     assert config.use_gpu and config.epochs == 3 and config.extra_train == ["a", "b"]
+
+
+def test_logging_outlives_a_closed_former_stderr(monkeypatch):
+    """Log lines go to the current sys.stderr even when the one before was closed (pytest's
+    capture and Ray swap and close it): switching must not flush the closed stream."""
+    import io
+    import tempfile
+
+    from emogen.logs import configure_logging, get_logger
+
+    configure_logging("INFO")
+    former = tempfile.TemporaryFile("w+")  # a real file: a closed StringIO flushes without complaint
+    monkeypatch.setattr(sys, "stderr", former)
+    get_logger("stage").info("one")
+    former.close()
+    current = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", current)
+    get_logger("stage").info("two")
+    assert current.getvalue() == "[stage] two\n"

@@ -169,6 +169,7 @@ class FitConfig:
     parent_run_id: str | None = None  # the MLflow run is a child of this one (an experiment's)
     # clip_id -> "train" | "val" | "test" (an experiment's speaker fold); None: split_assignment
     assignment: dict[str, str] | None = None
+    label: str | None = None  # what its log lines start with (default: the model), e.g. "vae fold 0"
     cpus_per_worker: float | None = None  # CPUs (= torch threads) per worker; None: Ray Train's 1
 
 
@@ -201,6 +202,8 @@ def fit(model: str, features: str | Path, config: FitConfig = FitConfig()) -> di
     tracking_uri = tracking.resolve_tracking_uri(config.tracking_uri)
     loop["mlflow"] = {"tracking_uri": tracking_uri, "run_id": run_id}
     loop["run_dir"] = run_dir
+    if config.label:
+        loop["label"] = config.label
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop,
