@@ -41,7 +41,7 @@ from emogen.data import decode_mels, read_features
 from emogen.datasets import speaker_folds
 from emogen.evaluate import SERClassifier
 from emogen.generate import EmotionGenerator
-from emogen.metrics import clarity_per_emotion, frechet_distance, silent_frame_fraction, two_sample_accuracy
+from emogen.metrics import classification_report, clarity_per_emotion, frechet_distance, silent_frame_fraction, two_sample_accuracy
 from emogen.models.vae import LATENT_SOURCES
 from emogen.training.driver import loop_config, train_in_process
 from ser_vs_probe import TableShard, parse_overrides
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         judge_seconds = train("ser", judge_shards, args.preset, judge_overrides, f"{tmp}/judge")
         judge = SERClassifier.from_checkpoint(f"{tmp}/judge")
         probs, real_embeddings = judge.predict(mels[test])
-        judge_ua = float(np.mean(list(clarity_per_emotion(labels[test], probs.argmax(axis=1)).values())))
+        judge_ua = classification_report(labels[test], probs.argmax(axis=1))["unweighted_accuracy"]
         _, train_embeddings = judge.predict(mels[train_rows])
         real_fid = frechet_distance(real_embeddings, train_embeddings)["fid"]
         print(f"fold {args.fold}: judge UA {judge_ua * 100:.1f} on {int(test.sum())} held-out clips ({judge_seconds:.0f} s); "

@@ -877,7 +877,8 @@ def run_experiment(
 def _results(ctx: ExperimentContext) -> ExperimentResults:
     runs, cfg = ctx.runs, ctx.config
     gains = {c: paired_gains(runs[c], runs[REAL]) for c in CONDITIONS if c != REAL}
-    generated = {gen: _generated_set(ctx, gen) for gen in GENERATORS}
+    real_silent_frames = _real_silent_frames(ctx)  # one pass over the held-out clips for both generators
+    generated = {gen: _generated_set(ctx, gen, real_silent_frames) for gen in GENERATORS}
     folds = [split.summary() for split in ctx.splits]
     tested = {e: sum(f.class_counts["test"][e] for f in folds) for e in EMOTIONS}
     return ExperimentResults(
@@ -930,7 +931,7 @@ def _judged_clarity(ctx: ExperimentContext, judge: str, per_set: list[dict[str, 
                          kept_per_emotion=_mean_per_emotion([s["kept_per_emotion"] for s in sets]))
 
 
-def _generated_set(ctx: ExperimentContext, generator: str) -> GeneratedSet:
+def _generated_set(ctx: ExperimentContext, generator: str, real_silent_frames: float) -> GeneratedSet:
     per_set = [ctx.finished[StageKey.generated(split.fold, generator, seed)] for split, seed in ctx.pairs()]
     references = [ctx.finished[StageKey.fid_reference(split.fold, seed)]["fid"] for split, seed in ctx.pairs()]
     return GeneratedSet(
@@ -948,7 +949,7 @@ def _generated_set(ctx: ExperimentContext, generator: str) -> GeneratedSet:
         realism=Realism(two_sample_accuracy=spread(p["two_sample"]["accuracy"] for p in per_set),
                         n_per_side=per_set[0]["two_sample"]["n_per_side"],
                         silent_frames=spread(p["silent_frames"] for p in per_set),
-                        real_silent_frames=_real_silent_frames(ctx)),
+                        real_silent_frames=real_silent_frames),
     )
 
 
