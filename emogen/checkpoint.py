@@ -2,8 +2,8 @@
 networks and config objects rebuilt from it.
 
 A state dict holds plain values only (tensors, numbers, strings, lists, dicts), so
-`torch.load(weights_only=True)` reads it: "model_name", "model" and "best_model"
-(weights), "configs" (config sections as dicts), "train", "audio", "extra", and the
+`torch.load(weights_only=True)` reads it: "model_name", "model", "best_model" and
+"ema_model" (weights; the last None without a weight average), "configs" (config sections as dicts), "train", "audio", "extra", and the
 training progress the loop resumes from (see emogen.training.loop).
 """
 
@@ -96,5 +96,6 @@ def build_model(model_name: str, sections: dict[str, dict[str, Any]], weights: d
 
 
 def load_model(state: dict[str, Any]) -> nn.Module:
-    """A checkpoint's network with its best validation weights (the latest if none)."""
-    return build_model(state["model_name"], state["configs"], state.get("best_model") or state["model"])
+    """A checkpoint's network with its weight average when it was trained with one
+    (TrainConfig.ema_decay), else its best validation weights (else the latest)."""
+    return build_model(state["model_name"], state["configs"], state.get("ema_model") or state.get("best_model") or state["model"])

@@ -58,6 +58,10 @@ class DiffusionConfig:
     num_inference_steps: int = 50
     guidance_scale: float = 1.0
     eta: float = 0.0  # DDIM only: 0 deterministic, 1 DDPM-like
+    # Min-SNR-gamma loss weighting (Hang et al. 2023): timesteps weighted by
+    # min(SNR, gamma) relative to the prediction target's natural weight, so the many
+    # nearly-clean, easy timesteps stop dominating the gradient. None = plain MSE.
+    snr_gamma: float | None = None
 
     def __post_init__(self) -> None:
         if self.space not in ("mel", "latent"):
@@ -128,8 +132,10 @@ def diffusion_loss(
     x0: torch.Tensor,
     labels: torch.Tensor | None,
     generator: torch.Generator | None = None,
+    snr_gamma: float | None = None,
 ) -> torch.Tensor:
-    """MSE between the model's prediction and the target at uniformly random timesteps.
+    """MSE between the model's prediction and the target at uniformly random timesteps,
+    per item weighted by min-SNR-gamma when snr_gamma is given.
 
     The model sees its configured label dropout (it is in train mode during training),
     which is what teaches the null class for classifier-free guidance.
@@ -148,7 +154,24 @@ def diffusion_loss(
         target = scheduler.get_velocity(x0, noise, t)
     else:  # "sample"
         target = x0
-    return F.mse_loss(pred, target)
+    if snr_gamma is None:
+        return F.mse_loss(pred, target)
+    per_item = F.mse_loss(pred, target, reduction="none").flatten(1).mean(dim=1)
+    return (per_item * min_snr_weights(scheduler, t, snr_gamma)).mean()
+
+
+def min_snr_weights(scheduler: DDPMScheduler, t: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Per-timestep loss weights of min-SNR-gamma for the scheduler's prediction type:
+    min(SNR, gamma) / SNR for epsilon, / (SNR + 1) for v, min(SNR, gamma) for x0."""
+    alpha_bar = scheduler.alphas_cumprod.to(t.device)[t]
+    snr = alpha_bar / (1 - alpha_bar)
+    clipped = snr.clamp(max=gamma)
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        return clipped / snr
+    if kind == "v_prediction":
+        return clipped / (snr + 1)
+    return clipped
 
 
 @torch.no_grad()

@@ -147,3 +147,28 @@ def test_sample_rows_do_not_depend_on_batch_mates(model):
     assert torch.equal(run([3, 1], [5, 0]), batch[[2, 0]])
     with pytest.raises(ValueError, match="generators"):
         sample(model, make_sampler("ddim"), [0, 1], SHAPE, 2, generator=[torch.Generator()])
+
+
+def test_min_snr_weights_follow_the_prediction_type_and_a_large_gamma_is_plain_mse():
+    from emogen.diffusion import DiffusionConfig, diffusion_loss, make_train_scheduler, min_snr_weights
+
+    t = torch.tensor([0, 100, 500, 999])
+    for kind in ("epsilon", "v_prediction", "sample"):
+        scheduler = make_train_scheduler(DiffusionConfig(prediction_type=kind))
+        alpha_bar = scheduler.alphas_cumprod[t]
+        snr = alpha_bar / (1 - alpha_bar)
+        expected = {"epsilon": snr.clamp(max=5) / snr, "v_prediction": snr.clamp(max=5) / (snr + 1), "sample": snr.clamp(max=5)}[kind]
+        assert torch.allclose(min_snr_weights(scheduler, t, 5.0), expected)
+    eps = make_train_scheduler(DiffusionConfig())
+    w = min_snr_weights(eps, t, 5.0)
+    assert w[0] < 0.01 and w[-1] == pytest.approx(1.0)  # nearly clean steps count little, noisy ones fully
+
+    class Zero(torch.nn.Module):
+        def forward(self, x, t, labels):
+            return torch.zeros_like(x)
+
+    x0 = torch.randn(4, 1, 8, 8)
+    plain = diffusion_loss(Zero(), eps, x0, None, generator=torch.Generator().manual_seed(0))
+    huge = diffusion_loss(Zero(), eps, x0, None, generator=torch.Generator().manual_seed(0), snr_gamma=1e12)
+    weighted = diffusion_loss(Zero(), eps, x0, None, generator=torch.Generator().manual_seed(0), snr_gamma=0.1)
+    assert huge == pytest.approx(plain.item(), rel=1e-5) and weighted < plain

@@ -336,3 +336,73 @@ def test_ser_mixup_mixes_training_batches_and_cosine_schedule_decays():
     assert lrs == pytest.approx([1.0, 0.853553, 0.5, 0.146447], rel=1e-4) and opt.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-9)
     with pytest.raises(ValueError, match="lr_schedule"):
         _lr_scheduler(opt, TrainConfig(lr_schedule="step"))
+
+
+# ----------------------------------------------------------- weight average, data in memory
+
+
+def test_weight_average_warms_up_then_follows_slowly_and_copies_buffers():
+    from emogen.training.ema import WeightAverage
+
+    model = torch.nn.BatchNorm1d(3)  # a parameter (weight) and buffers (running stats, counter)
+    ema = WeightAverage(model, decay=0.99)
+    assert ema.current_decay(1) == pytest.approx(2 / 11) and ema.current_decay(10_000) == 0.99
+    with torch.no_grad():
+        model.weight.fill_(2.0)  # from 1.0
+        model.running_mean.fill_(5.0)
+    ema.update(model, step=1)
+    assert ema.shadow["weight"] == pytest.approx(torch.full((3,), 1 + (1 - 2 / 11)))  # mostly the new value
+    assert torch.equal(ema.shadow["running_mean"], model.running_mean)
+    for step in range(10_000, 10_010):
+        ema.update(model, step)
+    before = ema.shadow["weight"].clone()
+    with torch.no_grad():
+        model.weight.fill_(100.0)
+        model.running_var.fill_(7.0)
+    ema.update(model, 10_011)
+    assert ema.shadow["weight"] == pytest.approx(before + 0.01 * (100 - before))
+    ema.copy_buffers(model)
+    assert torch.equal(ema.shadow["running_var"], model.running_var)
+    restored = WeightAverage(model, decay=0.99)
+    restored.load_state_dict(ema.state_dict())
+    assert all(torch.equal(restored.shadow[k], v) for k, v in ema.shadow.items())
+    with pytest.raises(ValueError, match="decay"):
+        WeightAverage(model, decay=1.0)
+
+
+def test_split_in_memory_is_reshuffled_per_epoch_and_streams_above_its_size_limit():
+    from emogen.training.loop import _read_into_memory
+    from emogen.training.tasks import Task
+
+    mels = np.arange(10 * 4 * 3, dtype=np.float32).reshape(10, 4, 3)
+    data = _read_into_memory(_ArrayShard(mels), Task({}, TrainConfig(), {}), torch.device("cpu"), limit_mb=1, chunk=4)
+    assert len(data) == 10 and torch.equal(data.x, torch.from_numpy(mels))
+
+    def order(seed):
+        return torch.cat([x[:, 0, 0] for x, _ in data.batches(3, torch.Generator().manual_seed(seed))])
+
+    assert sorted(order(0).tolist()) == sorted(mels[:, 0, 0].tolist())  # every clip once per epoch
+    assert torch.equal(order(0), order(0)) and not torch.equal(order(0), order(1))
+    assert [len(x) for x, _ in data.batches(4)] == [4, 4, 2]
+    assert _read_into_memory(_ArrayShard(mels), Task({}, TrainConfig(), {}), torch.device("cpu"), limit_mb=100 / 2**20) is None
+    assert _read_into_memory(_ArrayShard(mels), Task({}, TrainConfig(), {}), torch.device("cpu"), limit_mb=0) is None
+
+
+def test_diffusion_trains_with_a_weight_average_that_checkpoints_load_and_resume_keeps(tiny_features, tmp_path):
+    from emogen.checkpoint import load_model
+    from emogen.training import loop_config, split_assignment, split_datasets, train_config, train_in_process
+
+    train = {"ema_decay": 0.9, "lr_schedule": "constant"}
+    loop, _ = loop_config("diffusion", "tiny", {"diffusion": {"snr_gamma": 5.0}}, epochs=1, train_overrides=train)
+    datasets = split_datasets(tiny_features, split_assignment(tiny_features, train_config("diffusion", "tiny")))
+    train_in_process(loop, datasets, tmp_path / "diffusion")
+    first = load_state(tmp_path / "diffusion")
+    assert first["ema_model"] is not None and first["history"][-1]["train_loss"] > 0
+    assert not torch.equal(first["ema_model"]["init_conv.weight"], first["model"]["init_conv.weight"])
+    assert torch.equal(load_model(first).state_dict()["init_conv.weight"], first["ema_model"]["init_conv.weight"])
+
+    loop, _ = loop_config("diffusion", "tiny", {"diffusion": {"snr_gamma": 5.0}}, epochs=2, train_overrides=train)
+    summary = train_in_process(loop, datasets, tmp_path / "diffusion")
+    second = load_state(tmp_path / "diffusion")
+    assert summary["resumed_from"] == [1] and second["history"][-1]["steps"] == 2 * first["history"][-1]["steps"]
+    assert not torch.equal(second["ema_model"]["init_conv.weight"], first["ema_model"]["init_conv.weight"])

@@ -22,8 +22,12 @@ class TrainConfig:
     # without improvement (0 = never stop early).
     lr_factor: float = 0.5
     lr_patience: int = 2
-    # "plateau" (above) or "cosine": lr decays to 0 over the epochs by a half cosine
+    # "plateau" (above), "cosine" (lr decays to 0 over the epochs by a half cosine) or
+    # "constant" (diffusion with a weight average: the average does the annealing)
     lr_schedule: str = "plateau"
+    # An exponential moving average of the weights, updated every optimizer step and
+    # saved beside them; checkpoints then load the average (emogen.training.ema). 0 = off.
+    ema_decay: float = 0.0
     early_stopping_patience: int = 0
     kl_warmup_epochs: int = 0  # VAE: KL weight ramps 0 -> 1 over these epochs
     label_smoothing: float = 0.0  # SER
@@ -43,6 +47,11 @@ class TrainConfig:
     test_fraction: float = 0.2
     amp: bool = True  # mixed precision, only ever on CUDA
     shuffle_buffer: int = 512
+    # A worker's training and validation splits are read once into tensors (after the
+    # task's input transform, e.g. the frozen VAE's latents) and reshuffled every epoch,
+    # when they fit in this many MB; bigger splits stream from Ray Data every epoch
+    # (shuffled through shuffle_buffer). 0 = always stream.
+    in_memory_mb: float = 2048.0
     # Fault-tolerance drills: the rank-0 worker kills its process once, at the start of
     # this epoch (a marker file in the run directory makes it happen only once).
     fail_at_epoch: int = -1

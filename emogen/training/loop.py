@@ -25,7 +25,8 @@ from emogen.checkpoint import build_configs, load_state, plain, save_state
 from emogen.logs import get_logger
 from emogen.training.config import TrainConfig
 from emogen.training.session import RayTrainSession
-from emogen.training.tasks import MODELS
+from emogen.training.ema import WeightAverage
+from emogen.training.tasks import MODELS, Task
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -67,6 +68,7 @@ def run_training(config: dict[str, Any], session: RayTrainSession) -> None:
         task.fit_data_stats(model, train_shard)
     model = session.prepare_model(model)
     task.setup(model, device)
+    ema = WeightAverage(_unwrap(model), train_cfg.ema_decay) if train_cfg.ema_decay > 0 else None
     optimizer = torch.optim.AdamW(model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
     lr_scheduler = _lr_scheduler(optimizer, train_cfg)
     use_amp = train_cfg.amp and device.type == "cuda"
@@ -80,14 +82,19 @@ def run_training(config: dict[str, Any], session: RayTrainSession) -> None:
             scaler.load_state_dict(state["grad_scaler"])
         start_epoch, best, bad_epochs = state["epoch"], state["best"], state["bad_epochs"]
         history, resumes, best_model = state["history"], state["resumes"] + [state["epoch"]], state["best_model"]
+        if ema is not None and state.get("ema_model"):
+            ema.load_state_dict(state["ema_model"])
 
     mlflow = _mlflow_for_rank0(config.get("mlflow"), rank)
     val_shard = session.get_dataset_shard("val")
+    train_data = _read_into_memory(train_shard, task, device, train_cfg.in_memory_mb)
+    val_data = _read_into_memory(val_shard, task, device, train_cfg.in_memory_mb) if train_data is not None else None
     stopped_early = state is not None and state.get("stopped_early", False)
     steps = int(history[-1].get("steps", 0)) if history else 0  # optimizer steps so far, per worker
     log = get_logger(config.get("label") or task.name)  # names the run in interleaved logs
     if rank == 0:
-        log.info(f"{world} worker(s) on {device.type}, {torch.get_num_threads()} torch thread(s) each")
+        log.info(f"{world} worker(s) on {device.type}, {torch.get_num_threads()} torch thread(s) each; "
+                 + (f"{len(train_data)} training clips held in memory" if train_data is not None else "training data streamed"))
         if start_epoch:
             log.info(f"resuming from the checkpoint of epoch {start_epoch}")
 
@@ -104,9 +111,14 @@ def run_training(config: dict[str, Any], session: RayTrainSession) -> None:
         started = time.time()
         model.train()
         train_sums, seen = {"loss": 0.0}, 0
-        for mel, label in _batches(train_shard, train_cfg.batch_size, device, train_cfg.shuffle_buffer):
+        if train_data is not None:
+            order = torch.Generator().manual_seed(train_cfg.seed * 1_000_003 + rank * 10_007 + epoch)
+            batches = train_data.batches(train_cfg.batch_size, order)
+        else:
+            batches = _input_batches(train_shard, task, train_cfg.batch_size, device, train_cfg.shuffle_buffer)
+        for x, label in batches:
             with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
-                loss, parts = task.loss(model, mel, label, epoch)
+                loss, parts = task.loss(model, x, label, epoch)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)
@@ -114,12 +126,16 @@ def run_training(config: dict[str, Any], session: RayTrainSession) -> None:
             scaler.step(optimizer)
             scaler.update()
             steps += 1
-            n = mel.shape[0]
+            if ema is not None:
+                ema.update(_unwrap(model), steps)
+            n = x.shape[0]
             train_sums["loss"] += loss.item() * n
             for k, v in parts.items():
                 train_sums[k] = train_sums.get(k, 0.0) + v * n
             seen += n
         task.end_train_pass(_unwrap(model))
+        if ema is not None:
+            ema.copy_buffers(_unwrap(model))
         train_sums["count"] = seen
         train_sums = _all_reduce(train_sums, device)
         count = train_sums.pop("count")
@@ -128,10 +144,11 @@ def run_training(config: dict[str, Any], session: RayTrainSession) -> None:
         model.eval()
         val_sums: dict[str, float] = {}
         val_count = 0
-        for mel, label in _batches(val_shard, train_cfg.batch_size, device):
-            for k, v in task.evaluate(model, mel, label, epoch).items():
+        val_batches = val_data.batches(train_cfg.batch_size) if val_data is not None else _input_batches(val_shard, task, train_cfg.batch_size, device)
+        for x, label in val_batches:
+            for k, v in task.evaluate(model, x, label, epoch).items():
                 val_sums[k] = val_sums.get(k, 0.0) + v
-            val_count += mel.shape[0]
+            val_count += x.shape[0]
         val_sums["count"] = val_count
         val_sums = _all_reduce(val_sums, device)
         val_count = int(val_sums.pop("count"))
@@ -158,6 +175,7 @@ def run_training(config: dict[str, Any], session: RayTrainSession) -> None:
             "model_name": task.name,
             "model": {k: v.detach().cpu() for k, v in _unwrap(model).state_dict().items()},
             "best_model": best_model,
+            "ema_model": ema.state_dict() if ema is not None else None,
             "optimizer": optimizer.state_dict(),
             "lr_scheduler": lr_scheduler.state_dict(),
             "grad_scaler": scaler.state_dict() if use_amp else None,
@@ -190,10 +208,12 @@ def run_training(config: dict[str, Any], session: RayTrainSession) -> None:
 def _lr_scheduler(optimizer: torch.optim.Optimizer, train_cfg: TrainConfig) -> Any:
     if train_cfg.lr_schedule == "plateau":
         return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=train_cfg.lr_factor, patience=train_cfg.lr_patience)
+    if train_cfg.lr_schedule == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 1.0)
     if train_cfg.lr_schedule == "cosine":
         epochs = max(train_cfg.epochs, 1)
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 0.5 * (1 + math.cos(math.pi * min(epoch, epochs) / epochs)))
-    raise ValueError(f"unknown lr_schedule {train_cfg.lr_schedule!r}; expected plateau or cosine")
+    raise ValueError(f"unknown lr_schedule {train_cfg.lr_schedule!r}; expected plateau, cosine or constant")
 
 
 def _batches(shard: Any, batch_size: int, device: torch.device, shuffle: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -206,6 +226,50 @@ def _batches(shard: Any, batch_size: int, device: torch.device, shuffle: int = 0
             continue
         mel = torch.from_numpy(decode_mels(batch)).to(device, non_blocking=True)
         yield mel, torch.tensor(np.asarray(batch["label"], dtype=np.int64), device=device)
+
+
+def _input_batches(shard: Any, task: Task, batch_size: int, device: torch.device, shuffle: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    for mel, label in _batches(shard, batch_size, device, shuffle):
+        yield task.inputs(mel, label), label
+
+
+class TensorData:
+    """A worker's split held as tensors: inputs (after `Task.inputs`) and labels."""
+
+    def __init__(self, x: torch.Tensor, label: torch.Tensor) -> None:
+        self.x, self.label = x, label
+
+    def __len__(self) -> int:
+        return self.label.shape[0]
+
+    def batches(self, batch_size: int, shuffle: torch.Generator | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Consecutive batches, in a random order drawn from `shuffle` when given (a
+        seeded generator per epoch: a resumed run sees the order the lost one would have)."""
+        n = len(self)
+        order = torch.randperm(n, generator=shuffle).to(self.label.device) if shuffle is not None else None
+        for start in range(0, n, batch_size):
+            if order is None:
+                yield self.x[start : start + batch_size], self.label[start : start + batch_size]
+            else:
+                index = order[start : start + batch_size]
+                yield self.x[index], self.label[index]
+
+
+def _read_into_memory(shard: Any, task: Task, device: torch.device, limit_mb: float, chunk: int = 256) -> TensorData | None:
+    """The shard as TensorData, or None when it is bigger than limit_mb (or limit_mb is 0):
+    then the loop streams it from Ray Data every epoch, as before."""
+    if limit_mb <= 0:
+        return None
+    xs, labels, size = [], [], 0
+    for x, label in _input_batches(shard, task, chunk, device):
+        size += x.element_size() * x.nelement()
+        if size > limit_mb * 2**20:
+            return None
+        xs.append(x)
+        labels.append(label)
+    if not xs:
+        return TensorData(torch.zeros(0, device=device), torch.zeros(0, dtype=torch.long, device=device))
+    return TensorData(torch.cat(xs), torch.cat(labels))
 
 
 def _all_reduce(sums: dict[str, float], device: torch.device) -> dict[str, float]:

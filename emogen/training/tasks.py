@@ -45,14 +45,20 @@ class Task:
         """Statistics of the training data the model keeps (e.g. input normalization);
         called once, before the first epoch of a fresh run (a resumed model has them)."""
 
-    def loss(self, model: nn.Module, mel: torch.Tensor, label: torch.Tensor, epoch: int) -> tuple[torch.Tensor, dict[str, float]]:
+    def inputs(self, mel: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        """What the model trains on, from a batch of mels [B, n_mels, T]: deterministic,
+        so the loop may compute it once per clip and hold the result in memory."""
+        return mel
+
+    def loss(self, model: nn.Module, x: torch.Tensor, label: torch.Tensor, epoch: int) -> tuple[torch.Tensor, dict[str, float]]:
+        """Loss of a training batch of `inputs` and named parts to log."""
         raise NotImplementedError
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, mel: torch.Tensor, label: torch.Tensor, epoch: int) -> dict[str, float]:
+    def evaluate(self, model: nn.Module, x: torch.Tensor, label: torch.Tensor, epoch: int) -> dict[str, float]:
         """Validation sums for one batch (summed over items; the loop divides by count)."""
-        loss, parts = self.loss(model, mel, label, epoch)
-        n = mel.shape[0]
+        loss, parts = self.loss(model, x, label, epoch)
+        n = x.shape[0]
         return {"loss": loss.item() * n, **{k: v * n for k, v in parts.items()}}
 
     def end_train_pass(self, model: nn.Module) -> None:
@@ -190,7 +196,8 @@ class DiffusionTask(Task):
         self.vae_state = {"config": state["configs"]["vae"], "model": self.vae.state_dict()}
 
     @torch.no_grad()
-    def to_space(self, mel: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+    def inputs(self, mel: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        """[B, 1, n_mels, T] mels, or the VAE's scaled posterior means (latent space)."""
         x = mel.unsqueeze(1)
         if self.vae is None:
             return x
@@ -202,15 +209,16 @@ class DiffusionTask(Task):
             self.extra["latent_scale"] = self.latent_scale
         return mu * self.latent_scale
 
-    def loss(self, model, mel, label, epoch):
-        return diffusion_loss(model, self.scheduler, self.to_space(mel, label), label), {}
+    def loss(self, model, x, label, epoch):
+        return diffusion_loss(model, self.scheduler, x, label, snr_gamma=self.cfgs["diffusion"].snr_gamma), {}
 
     @torch.no_grad()
-    def evaluate(self, model, mel, label, epoch):
-        # Fixed noise and timesteps per batch position: validation loss comparable across epochs.
+    def evaluate(self, model, x, label, epoch):
+        # Fixed noise and timesteps per batch position: validation loss comparable across
+        # epochs; unweighted, so it stays comparable across loss weightings too.
         gen = torch.Generator(device="cpu").manual_seed(1234)
-        loss = diffusion_loss(model, self.scheduler, self.to_space(mel, label), label, generator=gen)
-        return {"loss": loss.item() * mel.shape[0]}
+        loss = diffusion_loss(model, self.scheduler, x, label, generator=gen)
+        return {"loss": loss.item() * x.shape[0]}
 
     def checkpoint_extra(self):
         return {"latent_scale": self.latent_scale, "vae": self.vae_state}
