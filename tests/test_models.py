@@ -58,6 +58,7 @@ def test_pad_and_crop_frames(frames, multiple, padded):
     p, n = pad_frames(x, multiple)
     assert p.shape[-1] == padded and n == frames
     assert torch.equal(crop_frames(p, n), x)
+    assert torch.equal(p[..., frames:], x[..., -1:].expand(*x.shape[:-1], padded - frames))  # the last frame repeated
 
 
 # --- U-Net ----------------------------------------------------------------------------

@@ -18,12 +18,15 @@ from torch import nn
 # way out, here and nowhere else, so output shape == input shape for any clip length.
 
 
-def pad_frames(x: torch.Tensor, multiple: int, value: float = 0.0) -> tuple[torch.Tensor, int]:
-    """Right-pad the last (time) axis to a multiple of `multiple`; return (padded, original frames)."""
+def pad_frames(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, int]:
+    """Right-pad the last (time) axis to a multiple of `multiple` by repeating the last
+    frame; return (padded, original frames). Zeros would be a loud artificial column
+    (a scaled log-mel's silence is -1): the VAE encoded it into a latent column that the
+    diffusion U-Net's attention then fixed on (an attention sink at the clip's end)."""
     frames = x.shape[-1]
     extra = (-frames) % multiple
     if extra:
-        x = F.pad(x, (0, extra), value=value)
+        x = torch.cat([x, x[..., -1:].expand(*x.shape[:-1], extra)], dim=-1)
     return x, frames
 
 
