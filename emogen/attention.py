@@ -10,7 +10,7 @@ the weights of ONE generated clip, averaged over heads, at a few denoising steps
 
     generator = EmotionGenerator.from_checkpoint("runs/train/diffusion-demo")
     maps = capture_attention(generator, "fear", steps_to_capture=[0, 5, 9])
-    plot_attention(maps, "runs/attention/fear.png")
+    plot_attention(maps, "runs/attention/fear.png")  # or attention_png(maps) -> PNG bytes
 
 How to read the PNG. On top is the generated clip's scaled log-mel (frequency up, time to
 the right, in mel bins and frames). Below it is one row per captured denoising step
@@ -26,6 +26,7 @@ a region the whole clip looks at.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,8 @@ from emogen.errors import InvalidInputError
 from emogen.models.layers import AttentionBlock
 
 if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
     from emogen.generate import EmotionGenerator
 
 Query = Union[Literal["mean"], int]
@@ -265,16 +268,15 @@ def attention_to_image(weights: np.ndarray, grid: tuple[int, int], query: Query 
 # -------------------------------------------------------------------- plotting
 
 
-def plot_attention(maps: AttentionMaps, path: str | Path) -> Path:
-    """One PNG: the clip's mel on top, then steps x blocks heatmaps of received attention.
+def attention_figure(maps: AttentionMaps) -> Figure:
+    """The figure: the clip's mel on top, then steps x blocks heatmaps of received attention.
 
-    Written atomically (temp file + rename), parent folders created. The figure uses an
-    explicit Agg canvas, as emogen.report does: no pyplot, no global backend switch.
+    The figure uses an explicit Agg canvas, as emogen.report does: no pyplot, no global
+    backend switch, so it is safe to build in a server's worker threads. The caller
+    renders it (`attention_png`, `plot_attention`) and then clears it.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-
-    from emogen.checkpoint import atomic_write
 
     n_mels, frames = maps.mel.shape
     blocks = maps.blocks
@@ -318,11 +320,24 @@ def plot_attention(maps: AttentionMaps, path: str | Path) -> Path:
                 ax.set_ylabel("mel bin")
     if heat is not None:
         fig.colorbar(heat, ax=heat_axes, shrink=0.8, label="attention received (× uniform)")
+    return fig
 
-    def write(tmp: str) -> None:
-        fig.savefig(tmp, format="png")
 
+def attention_png(maps: AttentionMaps) -> bytes:
+    """`attention_figure` rendered to PNG bytes (what the service's /v1/attention returns)."""
+    fig = attention_figure(maps)
     try:
-        return atomic_write(path, write)
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png")
+        return buffer.getvalue()
     finally:
         fig.clear()  # frees the artists now rather than at garbage collection
+
+
+def plot_attention(maps: AttentionMaps, path: str | Path) -> Path:
+    """`attention_png` written to `path` atomically (temp file + rename), parent folders created."""
+    from emogen.checkpoint import atomic_write
+
+    # Rendered before the temp file exists: a failing figure leaves nothing behind.
+    png = attention_png(maps)
+    return atomic_write(path, lambda tmp: Path(tmp).write_bytes(png))

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from emogen.attention import AttentionMaps, attention_to_image, capture_attention, plot_attention
+from emogen.attention import AttentionMaps, attention_png, attention_to_image, capture_attention, plot_attention
 from emogen.checkpoint import build_model, plain, save_state
 from emogen.generate import EmotionGenerator
 from emogen.models import AttentionBlock
@@ -132,6 +132,13 @@ def test_plot_writes_a_png(maps, tmp_path):
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
     assert [p.name for p in path.parent.iterdir()] == ["fear.png"]  # no temp file left behind
+
+
+def test_attention_png_is_the_png_plot_attention_writes(maps, tmp_path):
+    """The service's bytes and the CLI's file come from one figure: same PNG."""
+    png = attention_png(maps)
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
+    assert plot_attention(maps, tmp_path / "fear.png").read_bytes() == png
 
 
 def test_cli_writes_the_png_and_prints_a_summary(tmp_path, capsys):

@@ -1,14 +1,16 @@
 """The Ray Serve synthesis service end to end: endpoints, seed determinism (alone and
 batched), bad requests (4xx naming the field, never 500), a broken checkpoint (503), the
-web page in headless Chromium."""
+attention-map PNG, the web page in headless Chromium."""
 
 from __future__ import annotations
 
 import argparse
 import base64
 import io
+import time
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +20,7 @@ from conftest import free_ports
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 CHROMIUM = Path("/usr/bin/chromium")
+PNG = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
@@ -63,9 +66,12 @@ def test_info_endpoints(client, diffusion_checkpoint):
     assert info["model"] == "diffusion" and info["checkpoint"] == diffusion_checkpoint
     assert info["config"]["step_budget"] == 4000 and info["config"]["max_batch_size"] == 8
     schema = client.get("/openapi.json").json()
-    assert "/v1/synthesize" in schema["paths"] and client.get("/docs").status_code == 200
+    assert "/v1/synthesize" in schema["paths"] and "/v1/attention" in schema["paths"]
+    assert client.get("/docs").status_code == 200
     page = client.get("/")
     assert page.status_code == 200 and 'id="generate"' in page.text and "fear" in page.text
+    assert 'id="show_attention"' in page.text  # a diffusion model: attention maps are offered
+    assert 'id="show_attention"' not in client.get("/broken/").text  # no model, nothing to look into
 
 
 def test_formats_and_seed_determinism(client):
@@ -168,6 +174,64 @@ def test_api_key_and_budget(client):
     assert client.get("/locked/healthz").status_code == 200
 
 
+def _attention(client, body, prefix="", **kw):
+    return client.post(f"{prefix}/v1/attention", json=body, **kw)
+
+
+def test_attention_png_is_not_disturbed_by_concurrent_synthesis(client):
+    """The maps of one request are the same PNG alone and while batched synthesis runs on
+    the replica (attention hooks a private copy of the model, not the shared one)."""
+    body = {"emotion": "fear", "steps": 2, "seed": 11}
+    alone = _attention(client, body)
+    assert alone.status_code == 200, alone.text
+    assert alone.headers["content-type"] == "image/png" and alone.content[:8] == PNG
+    synthesis = {"emotion": "anger", "num_samples": 4, "steps": 40, "seed": 1, "format": "npy"}
+    with ThreadPoolExecutor(3) as pool:
+        busy = pool.submit(_post, client, synthesis)
+        time.sleep(1.5)  # past the 0.5-s batch window: the synthesis is sampling when attention starts
+        during = [pool.submit(_attention, client, body) for _ in range(2)]
+        assert [f.result().content for f in during] == [alone.content] * 2
+        assert not busy.done(), "the synthesis ended before attention ran: make it longer"
+        assert busy.result().status_code == 200
+    assert _attention(client, {**body, "seed": 12}).content != alone.content
+
+
+def test_attention_refusals(client):
+    assert _attention(client, {"emotion": "fear"}, prefix="/broken").status_code == 503
+    assert _attention(client, {"emotion": "fear", "steps": 1}, prefix="/locked").status_code == 401
+    assert _attention(client, {"emotion": "fear", "steps": 1}, prefix="/locked", headers={"X-API-Key": "wrong"}).status_code == 401
+    over = _attention(client, {"emotion": "fear", "steps": 9}, prefix="/locked", headers={"X-API-Key": "sesame"})
+    assert over.status_code == 422 and over.json()["message"] == "steps: steps = 9 exceeds this service's budget of 8; lower steps"
+    for body, field in [({"emotion": "fear", "num_samples": 2}, "num_samples"),  # one clip's maps: not a field here
+                        ({"emotion": "fear", "format": "wav"}, "format"), ({"emotion": "terror"}, "emotion"),
+                        ({"emotion": "fear", "steps": 0}, "steps"), ({"emotion": "fear", "eta": 2}, "eta")]:
+        r = _attention(client, body)
+        assert r.status_code == 422 and field in r.json()["message"], r.text
+
+
+def test_attention_refuses_a_vae_checkpoint():
+    """The check /v1/attention runs before anything else on the model (a unit call: the
+    served app has no VAE checkpoint, and the message is all the endpoint adds)."""
+    from test_attention import vae_state
+
+    from emogen.generate import EmotionGenerator
+    from emogen.serving.schema import AttentionRequest, RequestError, resolve_attention
+
+    with pytest.raises(RequestError) as refused:
+        resolve_attention(AttentionRequest(emotion="fear"), EmotionGenerator(vae_state()))
+    assert refused.value.status == 422 and refused.value.detail()["message"] == (
+        "model: attention maps need a diffusion checkpoint; this replica serves a vae")
+
+
+def test_page_offers_attention_only_for_diffusion():
+    from emogen.serving.app import page_html
+
+    assert 'id="show_attention" type="checkbox"' in page_html({"model": "diffusion", "default_steps": 5})
+    for info in ({"model": "vae"}, {}):  # a VAE, or no model loaded
+        html = page_html(info)
+        assert "show_attention" not in html.split("<script>")[0] and "__ATTENTION__" not in html
+
+
 def test_refuses_public_bind_without_key():
     from emogen.serving.command import add_subcommand, check_bind
 
@@ -183,7 +247,9 @@ def test_refuses_public_bind_without_key():
         args.func(args)
 
 
-def test_web_page_generates_playable_audio(base_url):
+@contextmanager
+def _browser_page(base_url):
+    """A headless Chromium tab on the web page (skips when no browser is installed)."""
     if not CHROMIUM.exists():
         pytest.skip(f"no browser: {CHROMIUM} is not installed (apt-get install chromium)")
     try:
@@ -197,17 +263,36 @@ def test_web_page_generates_playable_audio(base_url):
         try:
             page = browser.new_page()
             page.goto(base_url + "/")
-            page.fill("#steps", "1")
-            page.fill("#num_samples", "2")
-            page.select_option("#emotion", "sadness")
-            page.click("#generate")
-            page.wait_for_selector("#clips audio", timeout=240_000)
-            assert page.locator("#clips audio").count() == 2
-            src = page.eval_on_selector("#clips audio", "a => a.src")
-            assert src.startswith("data:audio/wav;base64,")
-            assert base64.b64decode(src.split(",", 1)[1])[:4] == b"RIFF"
-            page.wait_for_function("document.querySelector('#clips audio').readyState >= 1", timeout=30_000)
-            assert page.eval_on_selector("#mel", "img => img.naturalWidth") > 0
-            assert "Done: 2 clip(s) of sadness" in page.inner_text("#status")
+            yield page
         finally:
             browser.close()
+
+
+def test_web_page_generates_playable_audio(base_url):
+    with _browser_page(base_url) as page:
+        page.fill("#steps", "1")
+        page.fill("#num_samples", "2")
+        page.select_option("#emotion", "sadness")
+        page.click("#generate")
+        page.wait_for_selector("#clips audio", timeout=240_000)
+        assert page.locator("#clips audio").count() == 2
+        src = page.eval_on_selector("#clips audio", "a => a.src")
+        assert src.startswith("data:audio/wav;base64,")
+        assert base64.b64decode(src.split(",", 1)[1])[:4] == b"RIFF"
+        page.wait_for_function("document.querySelector('#clips audio').readyState >= 1", timeout=30_000)
+        assert page.eval_on_selector("#mel", "img => img.naturalWidth") > 0
+        assert "Done: 2 clip(s) of sadness" in page.inner_text("#status")
+        assert not page.is_checked("#show_attention") and page.is_hidden("#attention")  # off by default
+
+
+def test_web_page_shows_attention_when_asked(base_url):
+    with _browser_page(base_url) as page:
+        page.fill("#steps", "1")
+        page.select_option("#emotion", "fear")
+        page.check("#show_attention")
+        page.click("#generate")
+        page.wait_for_function("document.getElementById('attention').naturalWidth > 0", timeout=240_000)
+        assert page.is_visible("#attention")
+        caption = page.inner_text("#attention_figure figcaption")
+        assert "self-attention while generating clip 1" in caption and "Brighter" in caption
+        assert page.inner_text("#status").startswith("Done: 1 clip(s) of fear")

@@ -4,17 +4,20 @@
     serve run serve/config.yaml                                              # autoscaling, GPUs
     emogen serve --checkpoint PATH                                           # same, from the CLI
 
-Endpoints: POST /v1/synthesize, GET /v1/emotions, GET /v1/info, GET /healthz, GET / (web
-page), GET /docs (OpenAPI). Concurrent requests are batched on the replica with
-`@serve.batch` and synthesized together (emogen.serving.synthesis).
+Endpoints: POST /v1/synthesize, POST /v1/attention (PNG of the U-Net's self-attention),
+GET /v1/emotions, GET /v1/info, GET /healthz, GET / (web page), GET /docs (OpenAPI).
+Concurrent synthesis requests are batched on the replica with `@serve.batch` and
+synthesized together (emogen.serving.synthesis).
 """
 
 # No `from __future__ import annotations`: Ray Serve converts the builder's arguments to
 # the pydantic model only when the parameter's annotation is the class itself, not a string.
 
 import asyncio
+import copy
 import logging
 import os
+import threading
 import time
 from functools import cache
 from importlib.resources import files
@@ -33,10 +36,12 @@ from emogen.serving.schema import (
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_STACK_ROWS,
     DEFAULT_STEP_BUDGET,
+    AttentionRequest,
     Job,
     RequestError,
     SynthesisRequest,
     resolve,
+    resolve_attention,
 )
 from emogen.serving.synthesis import AudioRenderer, synthesize_mels
 
@@ -116,12 +121,18 @@ def _page_template() -> str:
     return files("emogen.serving").joinpath("page.html").read_text(encoding="utf-8")
 
 
+# Offered only for a diffusion model: a VAE has no U-Net, so /v1/attention would refuse it.
+ATTENTION_CHECKBOX = '<label><input id="show_attention" type="checkbox"> Show attention</label>'
+
+
 def page_html(info: dict) -> str:
-    """The web page: an emotion picker, the checkpoint's default steps, the model kind."""
+    """The web page: an emotion picker, the checkpoint's default steps, the model kind, and
+    for a diffusion model the "Show attention" checkbox."""
     options = "".join(f'<option value="{e}">{e}</option>' for e in EMOTIONS)
     steps = info.get("default_steps") or 1
+    attention = ATTENTION_CHECKBOX if info.get("model") == "diffusion" else ""
     return (_page_template().replace("__OPTIONS__", options).replace("__STEPS__", str(steps))
-            .replace("__MODEL__", str(info.get("model", "not loaded"))))
+            .replace("__ATTENTION__", attention).replace("__MODEL__", str(info.get("model", "not loaded"))))
 
 
 @serve.deployment(
@@ -144,6 +155,11 @@ class EmoGenService:
         self.renderer = None
         self.error: str | None = None
         self.batches: list[int] = []  # sizes of recent batches, for /v1/info
+        # /v1/attention hooks the U-Net it runs on, so it gets a private copy (made on first
+        # use: most replicas never need the memory) that batched synthesis never touches;
+        # the lock keeps two attention requests from hooking that copy at once.
+        self.attention_generator = None
+        self.attention_lock = threading.Lock()
         self.handle_batch.set_max_batch_size(int(max_batch_size))
         self.handle_batch.set_batch_wait_timeout_s(float(batch_wait_timeout_s))
         try:
@@ -220,6 +236,41 @@ class EmoGenService:
         mels, waves = await self.handle_batch(job)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(None, self._encode, body, job, mels, waves, time.perf_counter() - started)
+
+    @api.post("/v1/attention", response_class=Response, responses={200: {"content": {"image/png": {}}}, 401: {"description": "missing or wrong API key"}, 422: {"description": "a field is invalid, or the checkpoint is a VAE (named in message)"}, 503: {"description": "model not loaded"}})
+    async def attention(self, body: AttentionRequest, request: Request):
+        """PNG of the diffusion U-Net's self-attention while it generates clip 0 of the
+        synthesis request with these fields (`emogen.attention`; how to read it is there).
+
+        The clip is regenerated alone with the request's seed. That is the served clip 0,
+        up to rounding (synthesis runs rows in fixed stacks, this one row), for one-clip
+        requests and for deterministic samplers (DDIM with eta 0, DPM). With DDPM or DDIM
+        eta > 0 the clips of a several-clip request draw their per-step noise in turn from
+        one generator, so that request's clip 0 is a different sample from this one.
+        """
+        denied = self._auth(request)
+        if denied:
+            return denied
+        if self.error:
+            return self._unavailable()
+        try:
+            job = resolve_attention(body, self.generator, self.step_budget)
+        except RequestError as exc:
+            return JSONResponse(status_code=exc.status, content=exc.detail())
+        loop = asyncio.get_running_loop()  # minutes of sampling: off the event loop, as synthesis
+        png = await loop.run_in_executor(None, self._attention_png, job)
+        return Response(png, media_type="image/png",
+                        headers={"Content-Disposition": f'inline; filename="{job.emotion}_seed{job.seed}_attention.png"'})
+
+    def _attention_png(self, job: Job) -> bytes:
+        from emogen.attention import attention_png, capture_attention
+
+        with self.attention_lock:
+            if self.attention_generator is None:
+                self.attention_generator = copy.deepcopy(self.generator)
+            maps = capture_attention(self.attention_generator, job.emotion, seed=job.seed, sampler=job.sampler,
+                                     steps=job.steps, guidance_scale=job.guidance_scale, eta=job.eta)
+        return attention_png(maps)  # the maps are plain arrays: render outside the lock
 
     def _encode(self, body: SynthesisRequest, job: Job, mels, waves, seconds: float) -> Response:
         sr = self.renderer.sample_rate

@@ -1,5 +1,5 @@
-"""What a request may ask for (SynthesisRequest), how a refusal names its field
-(RequestError) and the request with every default resolved from the checkpoint (Job)."""
+"""What a request may ask for (SynthesisRequest, AttentionRequest), how a refusal names its
+field (RequestError) and the request with every default resolved from the checkpoint (Job)."""
 
 from __future__ import annotations
 
@@ -16,19 +16,27 @@ DEFAULT_MAX_BODY_BYTES = 64 * 1024
 DEFAULT_STACK_ROWS = 4  # rows per model call on a replica
 
 
-class SynthesisRequest(BaseModel):
-    """POST /v1/synthesize body. Unknown fields are rejected (422 naming them)."""
+class SamplingRequest(BaseModel):
+    """What one generated clip depends on: the fields /v1/synthesize and /v1/attention share.
+    Unknown fields are rejected (422 naming them)."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"example": {"emotion": "fear", "num_samples": 2, "steps": 20, "seed": 0, "format": "zip"}})
+    model_config = ConfigDict(extra="forbid")
 
     emotion: Literal["anger", "sadness", "happiness", "neutral", "fear", "disgust"]
-    num_samples: int = Field(1, ge=1, le=16, description="clips to generate (1-16); format 'wav' needs 1")
-    model: Literal["diffusion", "vae"] | None = Field(None, description="must match the loaded checkpoint's kind when given")
     sampler: Literal["ddim", "ddpm", "dpm"] | None = Field(None, description="diffusion only; default: the checkpoint's")
     steps: int | None = Field(None, ge=1, le=1000, description="diffusion sampling steps; default: the checkpoint's")
     guidance_scale: float | None = Field(None, ge=0.0, le=20.0, description="classifier-free guidance scale")
     eta: float | None = Field(None, ge=0.0, le=1.0, description="DDIM only: 0 deterministic, 1 DDPM-like")
     seed: int = Field(0, ge=0, le=2**63 - 1)
+
+
+class SynthesisRequest(SamplingRequest):
+    """POST /v1/synthesize body. Unknown fields are rejected (422 naming them)."""
+
+    model_config = ConfigDict(json_schema_extra={"example": {"emotion": "fear", "num_samples": 2, "steps": 20, "seed": 0, "format": "zip"}})
+
+    num_samples: int = Field(1, ge=1, le=16, description="clips to generate (1-16); format 'wav' needs 1")
+    model: Literal["diffusion", "vae"] | None = Field(None, description="must match the loaded checkpoint's kind when given")
     format: Literal["wav", "zip", "npy", "json"] = Field("json", description="wav: one clip; zip: WAVs; npy: mels; json: metadata + base64 WAVs + mel PNG")
     image: bool = Field(True, description="json only: include a PNG of the mel-spectrograms")
 
@@ -37,6 +45,17 @@ class SynthesisRequest(BaseModel):
         if self.format == "wav" and self.num_samples != 1:
             raise ValueError("num_samples: format 'wav' returns one clip, so num_samples must be 1 (use 'zip' or 'json' for several)")
         return self
+
+
+class AttentionRequest(SamplingRequest):
+    """POST /v1/attention body: the sampling fields of a synthesis request; the maps are
+    those of its clip 0 (`as_synthesis`)."""
+
+    model_config = ConfigDict(json_schema_extra={"example": {"emotion": "fear", "steps": 20, "seed": 0}})
+
+    def as_synthesis(self) -> SynthesisRequest:
+        """The one-clip synthesis request whose clip the maps are of: same limits, same defaults."""
+        return SynthesisRequest(**self.model_dump(), num_samples=1, format="npy")
 
 
 class RequestError(ValueError):
@@ -81,9 +100,19 @@ def resolve(req: SynthesisRequest, generator: EmotionGenerator, step_budget: int
     if sampler == "ddpm" and req.steps is None:
         steps = min(cfg.num_train_timesteps, max(steps, 1))
     if steps * req.num_samples > step_budget:
+        if req.num_samples == 1:  # also every /v1/attention request, which has no num_samples to lower
+            raise RequestError("steps", f"steps = {steps} exceeds this service's budget of {step_budget}; lower steps")
         raise RequestError(
             "steps", f"steps x num_samples = {steps} x {req.num_samples} = {steps * req.num_samples} exceeds this service's "
             f"budget of {step_budget}; lower steps or num_samples")
     guidance = cfg.guidance_scale if req.guidance_scale is None else req.guidance_scale
     eta = cfg.eta if req.eta is None else req.eta
     return Job(req.emotion, req.num_samples, sampler, int(steps), float(guidance), float(eta), req.seed, req.format != "npy")
+
+
+def resolve_attention(req: AttentionRequest, generator: EmotionGenerator, step_budget: int = DEFAULT_STEP_BUDGET) -> Job:
+    """The Job of clip 0 of the same synthesis request, for `capture_attention`: a VAE has
+    no U-Net to look into (RequestError), everything else as `resolve`."""
+    if generator.kind != "diffusion":
+        raise RequestError("model", f"attention maps need a diffusion checkpoint; this replica serves a {generator.kind}")
+    return resolve(req.as_synthesis(), generator, step_budget)
