@@ -294,5 +294,5 @@ def test_web_page_shows_attention_when_asked(base_url):
         page.wait_for_function("document.getElementById('attention').naturalWidth > 0", timeout=240_000)
         assert page.is_visible("#attention")
         caption = page.inner_text("#attention_figure figcaption")
-        assert "self-attention while generating clip 1" in caption and "Brighter" in caption
+        assert "self-attention while generating one clip" in caption and "Brighter" in caption
         assert page.inner_text("#status").startswith("Done: 1 clip(s) of fear")
