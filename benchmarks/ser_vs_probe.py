@@ -72,6 +72,8 @@ def parse_overrides(text: str | None) -> dict[str, Any]:
     """--config: a JSON object of sections ({"ser": {...}, "train": {...}}) or a JSON/YAML file."""
     if not text:
         return {}
+    if text.lstrip().startswith("{"):
+        return json.loads(text)
     path = Path(text)
     if path.is_file():
         if path.suffix in (".yaml", ".yml"):
