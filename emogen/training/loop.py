@@ -191,7 +191,9 @@ def run_training(config: dict[str, Any], session: RayTrainSession) -> None:
             "extra": task.checkpoint_extra(),
         }
         if rank == 0:  # log before reporting: a Tune scheduler may end the trial at the report
-            _log_epoch(log, metrics, train_cfg.epochs)
+            # ~30 progress lines per run at most: a 150-epoch diffusion run would bury the rest
+            if (epoch + 1) % max(1, train_cfg.epochs // 30) == 0 or epoch + 1 in (1, train_cfg.epochs) or stopped_early:
+                _log_epoch(log, metrics, train_cfg.epochs)
             if mlflow is not None:
                 mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=epoch + 1)
         _report(session, metrics, state if rank == 0 else None)
