@@ -877,8 +877,8 @@ def run_experiment(
 def _results(ctx: ExperimentContext) -> ExperimentResults:
     runs, cfg = ctx.runs, ctx.config
     gains = {c: paired_gains(runs[c], runs[REAL]) for c in CONDITIONS if c != REAL}
-    real_silent_frames = _real_silent_frames(ctx)  # one pass over the held-out clips for both generators
-    generated = {gen: _generated_set(ctx, gen, real_silent_frames) for gen in GENERATORS}
+    real = _real_realism(ctx)  # one pass over the real clips for both generators
+    generated = {gen: _generated_set(ctx, gen, real) for gen in GENERATORS}
     folds = [split.summary() for split in ctx.splits]
     tested = {e: sum(f.class_counts["test"][e] for f in folds) for e in EMOTIONS}
     return ExperimentResults(
@@ -931,7 +931,7 @@ def _judged_clarity(ctx: ExperimentContext, judge: str, per_set: list[dict[str, 
                          kept_per_emotion=_mean_per_emotion([s["kept_per_emotion"] for s in sets]))
 
 
-def _generated_set(ctx: ExperimentContext, generator: str, real_silent_frames: float) -> GeneratedSet:
+def _generated_set(ctx: ExperimentContext, generator: str, real: dict[str, float]) -> GeneratedSet:
     per_set = [ctx.finished[StageKey.generated(split.fold, generator, seed)] for split, seed in ctx.pairs()]
     references = [ctx.finished[StageKey.fid_reference(split.fold, seed)]["fid"] for split, seed in ctx.pairs()]
     return GeneratedSet(
@@ -949,18 +949,26 @@ def _generated_set(ctx: ExperimentContext, generator: str, real_silent_frames: f
         realism=Realism(two_sample_accuracy=spread(p["two_sample"]["accuracy"] for p in per_set),
                         n_per_side=per_set[0]["two_sample"]["n_per_side"],
                         silent_frames=spread(p["silent_frames"] for p in per_set),
-                        real_silent_frames=real_silent_frames),
+                        real_silent_frames=real["silent_frames"], real_two_sample_accuracy=real["two_sample"]),
     )
 
 
-def _real_silent_frames(ctx: ExperimentContext) -> float:
-    """Near-silent frames of the held-out real clips, every clip once over the folds."""
+def _real_realism(ctx: ExperimentContext) -> dict[str, float]:
+    """The realism measures' real references: near-silent frames of the held-out real clips
+    (every clip once over the folds) and the two-sample accuracy of held-out against
+    training real clips (mean over folds)."""
     import ray
 
-    from emogen.metrics import silent_frame_fraction
+    from emogen.data import decode_mels
+    from emogen.metrics import silent_frame_fraction, two_sample_accuracy
 
-    return float(np.average([silent_frame_fraction(ray.get(split.test_mels)) for split in ctx.splits],
-                            weights=[split.counts["test"] for split in ctx.splits]))
+    held_out = [ray.get(split.test_mels) for split in ctx.splits]
+    return {
+        "silent_frames": float(np.average([silent_frame_fraction(mels) for mels in held_out],
+                                          weights=[split.counts["test"] for split in ctx.splits])),
+        "two_sample": float(np.mean([two_sample_accuracy(mels, decode_mels(split.rows("train")))["accuracy"]
+                                     for mels, split in zip(held_out, ctx.splits)])),
+    }
 
 
 def _generator_run(ctx: ExperimentContext, split: Split, generator: str) -> GeneratorRun:

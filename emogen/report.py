@@ -647,7 +647,7 @@ def _findings_section(results: ExperimentResults) -> list[Block]:
 def _realism_sentences(results: ExperimentResults) -> list[str]:
     """Whether the generated mels look like speech, against the realism targets."""
     parts, silent = [], []
-    real_silent = None
+    real_silent = real_two_sample = None
     for gen, generated in _in_generator_order(results.generated).items():
         r = generated.realism
         if r is None:
@@ -656,12 +656,13 @@ def _realism_sentences(results: ExperimentResults) -> list[str]:
         verdict = "" if target is None else f" (target ≤ {target:.2f}: {'met' if r.two_sample_met(gen) else 'not met'})"
         parts.append(f"{r.two_sample_accuracy.mean:.2f} for {_label(gen)}{verdict}")
         silent.append(f"{r.silent_frames.mean * 100:.1f}% for {_label(gen)}")
-        real_silent = r.real_silent_frames
+        real_silent, real_two_sample = r.real_silent_frames, r.real_two_sample_accuracy
     if not parts:
         return []
+    reference = "" if real_two_sample is None else f", against {real_two_sample:.2f} for the training speakers' real clips"
     return [f"A simple classifier tells generated mels from held-out real ones with accuracy {', '.join(parts)} "
-            f"(0.50 = indistinguishable); near-silent frames are {', '.join(silent)} against {real_silent * 100:.1f}% "
-            "in real speech."]
+            f"(0.50 = indistinguishable{reference}); near-silent frames are {', '.join(silent)} against "
+            f"{real_silent * 100:.1f}% in real speech."]
 
 
 def _probe_sentences(results: ExperimentResults) -> list[str]:
@@ -913,6 +914,7 @@ def _realism_blocks(results: ExperimentResults) -> list[Block]:
         met = r.two_sample_met(gen)
         rows.append([
             _label(gen), _mean_std(r.two_sample_accuracy, digits=2),
+            NA if r.real_two_sample_accuracy is None else f"{r.real_two_sample_accuracy:.2f}",
             NA if target is None else f"≤ {target:.2f} ({'met' if met else 'not met'})", str(r.n_per_side),
             _mean_std(r.silent_frames, scale=100), _pct(r.real_silent_frames),
             f"within {SILENT_FRAMES_TOLERANCE * 100:.0f} points ({'met' if r.silent_frames_met else 'not met'})",
@@ -921,10 +923,12 @@ def _realism_blocks(results: ExperimentResults) -> list[Block]:
         Heading("Realism", 3),
         Para(f"Two-sample accuracy: how well a logistic regression on 8 × 8-pooled mels tells generated clips from the "
              f"fold's held-out real ones (5-fold cross-validated, equal numbers per side): 0.50 = indistinguishable, "
-             f"1.00 = every clip told apart. Near-silent frames: share (%) of frames whose loudest band is below "
+             f"1.00 = every clip told apart. The test tells speakers apart too: the real reference is the same test "
+             f"between the held-out clips and the fold's training clips (other speakers), the best a generator of the "
+             f"training speakers can expect. Near-silent frames: share (%) of frames whose loudest band is below "
              f"{AudioConfig().silent_frame_db:.0f} dB (pauses and the silence around an utterance). Mean ± std over "
              f"{_over_sets(results)}."),
-        Table(["generator", "two-sample accuracy", "target", "clips per side", "near-silent frames", "real clips'",
+        Table(["generator", "two-sample accuracy", "real vs real", "target", "clips per side", "near-silent frames", "real clips'",
                "target"], rows),
     ]
 

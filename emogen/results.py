@@ -172,6 +172,10 @@ class Realism(_Record):
     n_per_side: int  # clips per side in the first set
     silent_frames: Spread
     real_silent_frames: float  # of every held-out real clip (each clip once over the folds)
+    # The same test between the held-out real clips and the fold's training clips (other
+    # speakers), mean over folds: what a perfect generator of the training speakers
+    # would score, since the test also tells speakers apart. None in older results.
+    real_two_sample_accuracy: float | None = None
 
     def two_sample_met(self, generator: str) -> bool | None:
         target = TWO_SAMPLE_TARGETS.get(generator)

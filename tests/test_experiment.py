@@ -202,6 +202,7 @@ def test_tiny_experiment_end_to_end(tiny_experiment, tiny_features):
         assert len(realism["two_sample_accuracy"]["values"]) == FOLDS
         assert all(0.0 <= v <= 1.0 for v in realism["two_sample_accuracy"]["values"] + realism["silent_frames"]["values"])
         assert 0.0 < realism["real_silent_frames"] < 1.0  # the tiny corpus's clips have padding and pauses
+        assert 0.0 <= realism["real_two_sample_accuracy"] <= 1.0
         assert math.isfinite(info["fid"]["mean"]) and info["fid"]["mean"] >= -1e-6
         assert 1.0 - 1e-6 <= info["inception_score"]["mean"] <= len(EMOTIONS) + 1e-6
         assert Path(results["generators"][gen]["checkpoint"]).exists() and results["generators"][gen]["epochs"] >= 1
