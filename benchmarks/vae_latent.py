@@ -54,6 +54,25 @@ def train(model: str, shards: dict[str, TableShard], preset: str, overrides: dic
     return time.perf_counter() - started
 
 
+def per_element_only(generator: EmotionGenerator) -> EmotionGenerator:
+    """A copy whose fitted latent distribution keeps its mean and total per-element
+    variance but drops the principal directions (VAEConfig.latent_components = 0)."""
+    import copy
+    import dataclasses
+
+    from emogen.models.vae import ConditionalVAE
+
+    vae = generator.vae
+    plain = ConditionalVAE(dataclasses.replace(vae.config, latent_components=0)).eval()
+    state = {k: v for k, v in vae.state_dict().items() if k not in ("latent_basis", "latent_scales")}
+    explained = (vae.latent_basis * vae.latent_scales[:, :, None]).pow(2).sum(1).view_as(vae.latent_std)
+    state["latent_std"] = (vae.latent_std**2 + explained).sqrt()
+    plain.load_state_dict(state)
+    other = copy.copy(generator)
+    other.vae = plain
+    return other
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True)
@@ -95,8 +114,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             vae_overrides = {**overrides, "vae": {**overrides.get("vae", {}), "beta": beta}}
             seconds = train("vae", shards, args.preset, vae_overrides, f"{tmp}/vae-{beta}")
             generator = EmotionGenerator.from_checkpoint(f"{tmp}/vae-{beta}")
-            for latent in LATENT_SOURCES:
-                generated = np.concatenate([generator.generate(e, args.per_emotion, seed=k, vae_latent=latent)
+            sources = [(latent, generator) for latent in LATENT_SOURCES]
+            if generator.vae.config.latent_components > 0:  # the same weights, per-element Gaussian only
+                sources.insert(1, ("diagonal", per_element_only(generator)))
+            for latent, source in sources:
+                generated = np.concatenate([source.generate(e, args.per_emotion, seed=k, vae_latent=latent if latent != "diagonal" else "posterior")
                                             for k, e in enumerate(EMOTIONS)])
                 gen_probs, gen_embeddings = judge.predict(generated)
                 predicted = gen_probs.argmax(axis=1)

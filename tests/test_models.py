@@ -209,6 +209,42 @@ def test_vae_latent_distribution_is_fit_per_emotion_and_sampled_from(cfgs):
         model.latents_from_noise(torch.randn(1, shape[0], shape[1], 3), torch.tensor([0]))
 
 
+def test_vae_latent_principal_directions_capture_how_positions_move_together(cfgs):
+    """Encoder means of one emotion that vary along one hidden direction (plus small
+    independent noise): the fitted distribution finds that direction and its spread, and
+    its samples reproduce the correlation a per-element Gaussian would lose."""
+    import dataclasses
+
+    from emogen.models.vae import LatentStatistics
+
+    model = ConditionalVAE(dataclasses.replace(cfgs["vae"], latent_components=2)).eval()
+    shape = model.latent_mean.shape[1:]
+    g = torch.Generator().manual_seed(0)
+    direction = torch.randn(shape, generator=g)
+    direction /= direction.norm()
+    amount = torch.randn(200, generator=g) * 4.0
+    mu = 1.0 + amount.view(-1, 1, 1, 1) * direction + 0.05 * torch.randn((200, *shape), generator=g)
+    labels = torch.full((200,), 3)
+    stats = LatentStatistics(keep_latents=True)
+    stats.add(mu[:120], labels[:120], 6)
+    stats.add(mu[120:], labels[120:], 6)
+    model.fit_latent_distribution(stats.sums, stats.squares, stats.counts, *stats.latents)
+    top = model.latent_basis[3, 0]
+    assert abs(float(top @ direction.flatten())) > 0.99 and model.latent_scales[3, 0] == pytest.approx(4.0, rel=0.15)
+    total = model.latent_std[3] ** 2 + (model.latent_basis[3] * model.latent_scales[3, :, None]).pow(2).sum(0).view(shape)
+    assert torch.allclose(total, mu.var(0, unbiased=False), rtol=1e-3, atol=1e-6)  # the variance is split, not lost
+    assert model.latent_basis[0].abs().max() == 0  # no clips of emotion 0: no directions
+
+    samples = model.latents_from_noise(torch.randn((4000, *shape), generator=g), torch.full((4000,), 3))
+    along = (samples - model.latent_mean[3]).flatten(1) @ direction.flatten()
+    assert along.std() == pytest.approx(4.0, rel=0.15)  # the spread along the hidden direction is kept
+    i, j = direction.flatten().abs().topk(2).indices.tolist()  # two positions the direction moves together
+    pair = (samples - model.latent_mean[3]).flatten(1)[:, [i, j]]
+    assert abs(float(torch.corrcoef(pair.T)[0, 1])) > 0.5
+    plain = ConditionalVAE(cfgs["vae"]).eval()  # latent_components 0: no latents kept, a per-element Gaussian
+    assert LatentStatistics().latents == (None, None) and plain.latent_basis.shape[1] == 0
+
+
 def test_vae_loads_weights_saved_before_the_latent_distribution(cfgs):
     model = ConditionalVAE(cfgs["vae"])
     old = {k: v for k, v in model.state_dict().items() if not k.startswith("latent_")}

@@ -14,8 +14,12 @@ textures. Ex-post density estimation (Ghosh et al. 2020, "From Variational to
 Deterministic Autoencoders") fits a density to the encoder means instead: here, per
 emotion, a Gaussian with a mean and a standard deviation per latent element, from the
 encoder means of that emotion's training clips, kept as buffers (so in every checkpoint,
-beside the weights they belong to). Training fills them (`accumulate_latents` on each
-training batch, `fit_latent_distribution` after the epoch's pass).
+beside the weights they belong to). A per-element Gaussian ignores how latent positions
+move together (an utterance's onset with the pause after it), so with
+`latent_components` K > 0 each emotion's Gaussian also gets its top K principal
+directions (probabilistic PCA: mean + K directions with their spreads + a per-element
+residual). Training fills the buffers (`LatentStatistics` over each epoch's training
+pass, then `fit_latent_distribution`).
 
 Conditioning: a class embedding drives FiLM scale/shift in every residual block of both
 encoder and decoder (layers.ResidualBlock), so the latent need not encode the emotion and
@@ -54,6 +58,9 @@ class VAEConfig:
     beta: float = 0.1  # KL weight of vae_loss
     spectral_weight: float = 0.5
     recon_loss: str = "mse"  # or "l1"
+    # principal directions per emotion in the fitted latent distribution (0: per-element
+    # Gaussian only); at most the emotion's training clips - 1 are used
+    latent_components: int = 0
 
     def __post_init__(self) -> None:
         freeze_sequences(self)
@@ -129,10 +136,16 @@ class ConditionalVAE(nn.Module):
         self.register_buffer("latent_mean", torch.zeros(shape))
         self.register_buffer("latent_std", torch.ones(shape))
         self.register_buffer("latent_count", torch.zeros(cfg.num_classes))
+        # orthonormal principal directions (rows) and their standard deviations; zero rows
+        # where an emotion has fewer clips than directions
+        size = math.prod(shape[1:])
+        self.register_buffer("latent_basis", torch.zeros(cfg.num_classes, cfg.latent_components, size))
+        self.register_buffer("latent_scales", torch.zeros(cfg.num_classes, cfg.latent_components))
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
-        # checkpoints from before the fitted latent distribution: keep the unfitted one
-        for name in ("latent_mean", "latent_std", "latent_count"):
+        # checkpoints from before the fitted latent distribution (or its principal
+        # directions): keep the unfitted one
+        for name in ("latent_mean", "latent_std", "latent_count", "latent_basis", "latent_scales"):
             state_dict.setdefault(prefix + name, getattr(self, name))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
@@ -141,10 +154,13 @@ class ConditionalVAE(nn.Module):
         return bool(self.latent_count.sum() > 0)
 
     @torch.no_grad()
-    def fit_latent_distribution(self, sums: torch.Tensor, squares: torch.Tensor, counts: torch.Tensor) -> None:
+    def fit_latent_distribution(self, sums: torch.Tensor, squares: torch.Tensor, counts: torch.Tensor,
+                                latents: torch.Tensor | None = None, labels: torch.Tensor | None = None) -> None:
         """Per-emotion mean and std of encoder means from their per-class sums, sums of
         squares and counts ([num_classes, C, H, T] and [num_classes]); an emotion without
-        clips keeps N(0, I)."""
+        clips keeps N(0, I). With latent_components > 0, also each emotion's principal
+        directions, from the encoder means themselves (latents [N, C, H, T], labels [N]);
+        the per-element std then holds only the variance they leave unexplained."""
         counts = counts.to(self.latent_count)
         seen = counts > 0
         n = counts.clamp(min=1).view(-1, 1, 1, 1)
@@ -153,6 +169,24 @@ class ConditionalVAE(nn.Module):
         self.latent_mean[seen] = mean[seen]
         self.latent_std[seen] = std[seen]
         self.latent_count.copy_(counts)
+        if self.config.latent_components == 0 or latents is None or labels is None:
+            return
+        self.latent_basis.zero_()
+        self.latent_scales.zero_()
+        flat = latents.flatten(1).double()
+        for k in range(self.config.num_classes):
+            rows = flat[labels.to(flat.device) == k]
+            if len(rows) < 2:
+                continue
+            centred = rows - rows.mean(dim=0)
+            _, singular, directions = torch.linalg.svd(centred, full_matrices=False)
+            used = min(self.config.latent_components, len(rows) - 1)
+            scales = singular[:used] / math.sqrt(len(rows))  # population std, as latent_std
+            self.latent_basis[k, :used] = directions[:used].to(self.latent_basis)
+            self.latent_scales[k, :used] = scales.to(self.latent_scales)
+            explained = ((directions[:used] * scales[:, None]) ** 2).sum(dim=0)
+            residual = (self.latent_std[k].flatten().double() ** 2 - explained).clamp(min=1e-8).sqrt()
+            self.latent_std[k] = residual.view_as(self.latent_std[k]).to(self.latent_std)
 
     def latents_from_noise(self, noise: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Unit Gaussian noise [B, C, H, T] -> latents of the requested emotions' fitted
@@ -161,7 +195,17 @@ class ConditionalVAE(nn.Module):
         if noise.shape[1:] != self.latent_mean.shape[1:]:
             raise ValueError(f"latent noise of shape {tuple(noise.shape[1:])}: the fitted distribution is for "
                              f"{tuple(self.latent_mean.shape[1:])} ({AudioConfig().num_frames}-frame clips)")
-        return self.latent_mean[labels] + self.latent_std[labels] * noise.to(self.latent_mean)
+        noise = noise.to(self.latent_mean)
+        if self.config.latent_components == 0:
+            return self.latent_mean[labels] + self.latent_std[labels] * noise
+        # One noise tensor serves both parts: its projections on the orthonormal principal
+        # directions are independent unit normals (the directions' coefficients), and what
+        # is left of it, orthogonal to them, is independent of those (the residual).
+        flat, basis = noise.flatten(1), self.latent_basis[labels]
+        coefficients = torch.einsum("bkd,bd->bk", basis, flat)
+        along = torch.einsum("bk,bkd->bd", coefficients * self.latent_scales[labels], basis)
+        across = flat - torch.einsum("bk,bkd->bd", coefficients, basis)
+        return self.latent_mean[labels] + along.view_as(noise) + self.latent_std[labels] * across.view_as(noise)
 
     def latent_shape(self, frames: int) -> tuple[int, int, int]:
         """(C, H, T) of the latent for a clip of `frames` frames (T after padding)."""
@@ -215,10 +259,13 @@ class LatentStatistics:
     """Per-class sums of encoder means, of their squares, and counts over a training pass:
     what `ConditionalVAE.fit_latent_distribution` needs, summable across workers."""
 
-    def __init__(self) -> None:
+    def __init__(self, keep_latents: bool = False) -> None:
         self.sums: torch.Tensor | None = None
         self.squares: torch.Tensor | None = None
         self.counts: torch.Tensor | None = None
+        # the encoder means themselves (on CPU), for the principal directions
+        self.keep_latents = keep_latents
+        self.latent_batches: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     @torch.no_grad()
     def add(self, mu: torch.Tensor, labels: torch.Tensor, num_classes: int) -> None:
@@ -230,14 +277,28 @@ class LatentStatistics:
         self.sums.index_add_(0, labels, mu)
         self.squares.index_add_(0, labels, mu**2)
         self.counts += torch.bincount(labels, minlength=num_classes).double()
+        if self.keep_latents:
+            self.latent_batches.append((mu.float().cpu(), labels.cpu()))
+
+    @property
+    def latents(self) -> tuple[torch.Tensor, torch.Tensor] | tuple[None, None]:
+        """(encoder means [N, C, H, T], labels [N]) kept over the pass, or (None, None)."""
+        if not self.latent_batches:
+            return None, None
+        return torch.cat([m for m, _ in self.latent_batches]), torch.cat([y for _, y in self.latent_batches])
 
     def all_reduce(self) -> None:
-        """Sum over data-parallel workers (every worker saw its own shard)."""
+        """Sum over data-parallel workers (every worker saw its own shard); kept latents
+        are gathered, so every worker fits the same directions."""
         import torch.distributed as dist
 
         if dist.is_available() and dist.is_initialized() and self.sums is not None:
             for tensor in (self.sums, self.squares, self.counts):
                 dist.all_reduce(tensor)
+            if self.keep_latents:
+                gathered: list = [None] * dist.get_world_size()
+                dist.all_gather_object(gathered, self.latents)
+                self.latent_batches = [pair for pair in gathered if pair[0] is not None]
 
 
 # --- loss -----------------------------------------------------------------------------

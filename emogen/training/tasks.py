@@ -141,7 +141,10 @@ class VAETask(Task):
 
     def __init__(self, cfgs, train, extra):
         super().__init__(cfgs, train, extra)
-        self.latents = LatentStatistics()
+        self.latents = self._new_statistics()
+
+    def _new_statistics(self) -> LatentStatistics:
+        return LatentStatistics(keep_latents=self.cfgs["vae"].latent_components > 0)
 
     def kl_weight(self, epoch: int) -> float:
         warmup = self.train.kl_warmup_epochs
@@ -162,8 +165,8 @@ class VAETask(Task):
     def end_train_pass(self, model):
         self.latents.all_reduce()
         if self.latents.counts is not None:
-            model.fit_latent_distribution(self.latents.sums, self.latents.squares, self.latents.counts)
-        self.latents = LatentStatistics()
+            model.fit_latent_distribution(self.latents.sums, self.latents.squares, self.latents.counts, *self.latents.latents)
+        self.latents = self._new_statistics()
 
 
 class DiffusionTask(Task):
