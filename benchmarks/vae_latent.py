@@ -80,6 +80,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--fold", type=int, default=0, help="the fold measured")
     parser.add_argument("--preset", default="demo")
     parser.add_argument("--betas", type=float, nargs="+", default=[0.001, 0.1], help="VAE KL weights")
+    parser.add_argument("--vae-epochs", type=int, default=None, help="VAE epochs (default: the preset's)")
     parser.add_argument("--per-emotion", type=int, default=40)
     parser.add_argument("--judge-seed", type=int, default=1000)
     parser.add_argument("--config", help="override sections as JSON (on top of the preset)")
@@ -112,6 +113,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         requested = np.repeat(np.arange(len(EMOTIONS)), args.per_emotion)
         for beta in args.betas:
             vae_overrides = {**overrides, "vae": {**overrides.get("vae", {}), "beta": beta}}
+            if args.vae_epochs is not None:
+                vae_overrides["train"] = {**overrides.get("train", {}), "epochs": args.vae_epochs}
             seconds = train("vae", shards, args.preset, vae_overrides, f"{tmp}/vae-{beta}")
             generator = EmotionGenerator.from_checkpoint(f"{tmp}/vae-{beta}")
             sources = [(latent, generator) for latent in LATENT_SOURCES]
