@@ -70,6 +70,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--milestones", type=int, nargs="+", default=[25, 50, 100], help="epochs at which to score")
     parser.add_argument("--guidance", type=float, nargs="+", default=[4.0])
     parser.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the preset's)")
+    parser.add_argument("--vae-config", default="{}", help="JSON override sections of the VAE's training (on top of the preset)")
+    parser.add_argument("--vae-epochs", type=int, default=None, help="VAE epochs (default: the preset's)")
     parser.add_argument("--per-emotion", type=int, default=40)
     parser.add_argument("--judge-seed", type=int, default=1000)
     parser.add_argument("--threads", type=int, default=2)
@@ -98,7 +100,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           f"training real {real_fid:.1f}; real near-silent frames {real_silent * 100:.1f}%", flush=True)
 
     shards = {s: TableShard(table[split == s], seed=0) for s in ("train", "val")}
-    train("vae", shards, args.preset, {}, work / "vae")
+    train("vae", shards, args.preset, parse_overrides(args.vae_config), work / "vae", epochs=args.vae_epochs)
     requested = np.repeat(np.arange(len(EMOTIONS)), args.per_emotion)
     rows: list[dict[str, Any]] = []
     for name, overrides in recipes.items():
