@@ -37,7 +37,8 @@ CONFIG_CLASSES: dict[str, type] = {
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "tiny": {
         "unet": {"base_channels": 8, "channel_mults": (1, 1, 2, 2), "attention_levels": (3,), "attention_heads": 2},
-        "vae": {"base_channels": 8, "channel_mults": (1, 2, 4), "latent_channels": 4, "class_emb_dim": 16},
+        "vae": {"base_channels": 8, "channel_mults": (1, 2, 4), "latent_channels": 4, "class_emb_dim": 16,
+                "latent_components": 2},
         "ser": {"widths": (8, 16), "blocks_per_stage": (1, 1)},
         "diffusion": {"space": "mel", "sampler": "ddim", "num_inference_steps": 5},
         "train": {"epochs": 2, "batch_size": 16},

@@ -215,6 +215,12 @@ def test_vae_training_fits_each_emotions_latent_distribution(tiny_features, tmp_
         assert state[weights]["latent_count"].tolist() == expected
     vae = load_model(state)
     assert vae.latent_distribution_fitted and (vae.latent_std[torch.tensor(expected) > 0] > 0).all()
+    # the tiny preset keeps 2 principal directions per emotion: orthonormal where an emotion had >= 3 clips
+    for k, n in enumerate(expected):
+        used = min(2, max(n - 1, 0))
+        gram = vae.latent_basis[k] @ vae.latent_basis[k].T
+        assert torch.allclose(gram[:used, :used], torch.eye(used), atol=1e-4)
+        assert torch.count_nonzero(gram[used:]) == 0
 
     generator = EmotionGenerator.from_checkpoint(summary["checkpoint"])
     posterior = generator.generate("fear", 2, seed=4)
