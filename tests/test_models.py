@@ -241,7 +241,7 @@ def test_vae_latent_principal_directions_capture_how_positions_move_together(cfg
     i, j = direction.flatten().abs().topk(2).indices.tolist()  # two positions the direction moves together
     pair = (samples - model.latent_mean[3]).flatten(1)[:, [i, j]]
     assert abs(float(torch.corrcoef(pair.T)[0, 1])) > 0.5
-    plain = ConditionalVAE(cfgs["vae"]).eval()  # latent_components 0: no latents kept, a per-element Gaussian
+    plain = ConditionalVAE(dataclasses.replace(cfgs["vae"], latent_components=0)).eval()  # a per-element Gaussian
     assert LatentStatistics().latents == (None, None) and plain.latent_basis.shape[1] == 0
 
 
