@@ -41,22 +41,9 @@ import torch
 from common import load_avg, write_result
 from emogen.checkpoint import load_state
 from emogen.config import EMOTIONS
-from emogen.data import decode_mels, read_features
-from emogen.datasets import speaker_folds
-from emogen.evaluate import SERClassifier
 from emogen.generate import EmotionGenerator
-from emogen.metrics import classification_report, clarity_per_emotion, frechet_distance, silent_frame_fraction, two_sample_accuracy
-from emogen.training.driver import loop_config, train_in_process
-from ser_vs_probe import TableShard, parse_overrides
-
-
-def train(model: str, shards: dict[str, TableShard], preset: str, overrides: dict[str, Any], run_dir: Path,
-          epochs: int | None = None, vae: Path | None = None) -> float:
-    """Train (or resume, or find finished) a run in run_dir; seconds spent here."""
-    config, _ = loop_config(model, preset, overrides, epochs=epochs, vae_checkpoint=vae)
-    started = time.perf_counter()
-    train_in_process(config, shards, run_dir)
-    return time.perf_counter() - started
+from judging import describe_score, judged_fold, requested_labels, train
+from ser_vs_probe import parse_overrides
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -82,26 +69,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     recipes = parse_overrides(args.recipes)
     work = Path(args.work)
 
-    table = read_features(args.data, columns=["clip_id", "dataset", "speaker", "label", "mel", "n_mels", "n_frames"])
-    split = speaker_folds(table, args.folds, 0.15, seed=0)[args.fold]
-    mels, labels = decode_mels(table), table["label"].to_numpy()
-    test, train_rows = (split == "test").to_numpy(), (split == "train").to_numpy()
-
-    judge_split = split.replace("val", "train")
-    judge_shards = {s: TableShard(table[judge_split == s], seed=args.judge_seed) for s in ("train", "val")}
-    train("ser", judge_shards, args.preset, {"train": {"seed": args.judge_seed}}, work / "judge")
-    judge = SERClassifier.from_checkpoint(work / "judge")
-    probs, real_embeddings = judge.predict(mels[test])
-    judge_ua = classification_report(labels[test], probs.argmax(axis=1))["unweighted_accuracy"]
-    _, train_embeddings = judge.predict(mels[train_rows])
-    real_fid = frechet_distance(real_embeddings, train_embeddings)["fid"]
-    real_silent = silent_frame_fraction(mels[test])
-    print(f"fold {args.fold}: judge UA {judge_ua * 100:.1f} on {int(test.sum())} held-out clips; FID held-out vs "
-          f"training real {real_fid:.1f}; real near-silent frames {real_silent * 100:.1f}%", flush=True)
-
-    shards = {s: TableShard(table[split == s], seed=0) for s in ("train", "val")}
+    fold = judged_fold(args.data, args.folds, args.fold, args.preset, args.judge_seed, work / "judge")
+    print(f"fold {args.fold}: {fold.describe()}", flush=True)
+    shards = fold.shards()
     train("vae", shards, args.preset, parse_overrides(args.vae_config), work / "vae", epochs=args.vae_epochs)
-    requested = np.repeat(np.arange(len(EMOTIONS)), args.per_emotion)
+    requested = requested_labels(args.per_emotion)
     rows: list[dict[str, Any]] = []
     for name, overrides in recipes.items():
         run_dir, seconds = work / f"diffusion-{name}", 0.0
@@ -113,22 +85,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 started = time.perf_counter()
                 generated = np.concatenate([generator.generate(e, args.per_emotion, seed=k, guidance_scale=scale, steps=args.steps)
                                             for k, e in enumerate(EMOTIONS)])
-                gen_seconds = time.perf_counter() - started
-                gen_probs, gen_embeddings = judge.predict(generated)
-                predicted = gen_probs.argmax(axis=1)
-                per_emotion = clarity_per_emotion(requested, predicted)
-                row = {
-                    "recipe": name, "overrides": overrides, "epochs": milestone, "steps": steps, "train_seconds": seconds,
-                    "guidance": scale, "clarity": float((predicted == requested).mean()), "clarity_per_emotion": per_emotion,
-                    "judge_ua": judge_ua, "fid": frechet_distance(real_embeddings, gen_embeddings)["fid"], "real_fid": real_fid,
-                    "two_sample": two_sample_accuracy(mels[test], generated)["accuracy"],
-                    "silent_frames": silent_frame_fraction(generated), "real_silent_frames": real_silent,
-                    "generate_seconds": gen_seconds,
-                }
+                row = {"recipe": name, "overrides": overrides, "epochs": milestone, "steps": steps, "train_seconds": seconds,
+                       "guidance": scale, "generate_seconds": time.perf_counter() - started, **fold.score(requested, generated)}
                 rows.append(row)
-                print(f"{name:12s} ep {milestone:4d} steps {steps:5d} ({seconds:5.0f} s) g {scale:g}: clarity {row['clarity'] * 100:5.1f} "
-                      f"/ judge {judge_ua * 100:.1f} (" + " ".join(f"{e[:4]} {v * 100:.0f}" for e, v in per_emotion.items())
-                      + f")  FID {row['fid']:.1f}  two-sample {row['two_sample']:.2f}  silent {row['silent_frames'] * 100:.1f}%", flush=True)
+                print(f"{name:12s} ep {milestone:4d} steps {steps:5d} ({seconds:5.0f} s) g {scale:g}: {describe_score(row)}", flush=True)
     print(f"load {load_avg()}")
     result = {"args": vars(args), "rows": rows, "load": load_avg()}
     write_result(result, args.json_out)

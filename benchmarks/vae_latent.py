@@ -29,7 +29,6 @@ import argparse
 import logging
 import sys
 import tempfile
-import time
 from typing import Any
 
 import numpy as np
@@ -37,21 +36,10 @@ import torch
 
 from common import load_avg, write_result
 from emogen.config import EMOTIONS
-from emogen.data import decode_mels, read_features
-from emogen.datasets import speaker_folds
-from emogen.evaluate import SERClassifier
 from emogen.generate import EmotionGenerator
-from emogen.metrics import classification_report, clarity_per_emotion, frechet_distance, silent_frame_fraction, two_sample_accuracy
 from emogen.models.vae import LATENT_SOURCES
-from emogen.training.driver import loop_config, train_in_process
-from ser_vs_probe import TableShard, parse_overrides
-
-
-def train(model: str, shards: dict[str, TableShard], preset: str, overrides: dict[str, Any], run_dir: str) -> float:
-    config, _ = loop_config(model, preset, overrides)
-    started = time.perf_counter()
-    train_in_process(config, shards, run_dir)
-    return time.perf_counter() - started
+from judging import describe_score, judged_fold, requested_labels, train
+from ser_vs_probe import parse_overrides
 
 
 def per_element_only(generator: EmotionGenerator) -> EmotionGenerator:
@@ -91,26 +79,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     overrides = parse_overrides(args.config)
 
-    table = read_features(args.data, columns=["clip_id", "dataset", "speaker", "label", "mel", "n_mels", "n_frames"])
-    split = speaker_folds(table, args.folds, 0.15, seed=0)[args.fold]
-    mels, labels = decode_mels(table), table["label"].to_numpy()
-    test, train_rows = (split == "test").to_numpy(), (split == "train").to_numpy()
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
-        judge_split = split.replace("val", "train")
-        judge_shards = {s: TableShard(table[judge_split == s], seed=args.judge_seed) for s in ("train", "val")}
-        judge_overrides = {**overrides, "train": {**overrides.get("train", {}), "seed": args.judge_seed}}
-        judge_seconds = train("ser", judge_shards, args.preset, judge_overrides, f"{tmp}/judge")
-        judge = SERClassifier.from_checkpoint(f"{tmp}/judge")
-        probs, real_embeddings = judge.predict(mels[test])
-        judge_ua = classification_report(labels[test], probs.argmax(axis=1))["unweighted_accuracy"]
-        _, train_embeddings = judge.predict(mels[train_rows])
-        real_fid = frechet_distance(real_embeddings, train_embeddings)["fid"]
-        print(f"fold {args.fold}: judge UA {judge_ua * 100:.1f} on {int(test.sum())} held-out clips ({judge_seconds:.0f} s); "
-              f"FID held-out vs training real {real_fid:.1f}; real near-silent frames "
-              f"{silent_frame_fraction(mels[test]) * 100:.1f}%", flush=True)
-        shards = {s: TableShard(table[split == s], seed=0) for s in ("train", "val")}
-        requested = np.repeat(np.arange(len(EMOTIONS)), args.per_emotion)
+        fold = judged_fold(args.data, args.folds, args.fold, args.preset, args.judge_seed, f"{tmp}/judge", overrides)
+        print(f"fold {args.fold}: {fold.describe()}", flush=True)
+        shards = fold.shards()
+        requested = requested_labels(args.per_emotion)
         for beta in args.betas:
             vae_overrides = {**overrides, "vae": {**overrides.get("vae", {}), "beta": beta}}
             if args.vae_epochs is not None:
@@ -121,23 +95,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             if generator.vae.config.latent_components > 0:  # the same weights, per-element Gaussian only
                 sources.insert(1, ("diagonal", per_element_only(generator)))
             for latent, source in sources:
-                generated = np.concatenate([source.generate(e, args.per_emotion, seed=k, vae_latent=latent if latent != "diagonal" else "posterior")
+                generated = np.concatenate([source.generate(e, args.per_emotion, seed=k, vae_latent="posterior" if latent == "diagonal" else latent)
                                             for k, e in enumerate(EMOTIONS)])
-                gen_probs, gen_embeddings = judge.predict(generated)
-                predicted = gen_probs.argmax(axis=1)
-                per_emotion = clarity_per_emotion(requested, predicted)
-                row = {
-                    "beta": beta, "latent": latent, "clarity": float((predicted == requested).mean()),
-                    "clarity_per_emotion": per_emotion, "judge_ua": judge_ua,
-                    "fid": frechet_distance(real_embeddings, gen_embeddings)["fid"], "real_fid": real_fid,
-                    "two_sample": two_sample_accuracy(mels[test], generated)["accuracy"],
-                    "silent_frames": silent_frame_fraction(generated), "vae_seconds": seconds,
-                }
+                row = {"beta": beta, "latent": latent, "vae_seconds": seconds, **fold.score(requested, generated)}
                 rows.append(row)
-                print(f"beta {beta:g} {latent:9s}: clarity {row['clarity'] * 100:5.1f} (judge UA {judge_ua * 100:.1f}; "
-                      + " ".join(f"{e[:4]} {v * 100:.0f}" for e, v in per_emotion.items())
-                      + f")  FID {row['fid']:.1f}  two-sample {row['two_sample']:.2f}  silent {row['silent_frames'] * 100:.1f}%"
-                      f"  (VAE {seconds:.0f} s)", flush=True)
+                print(f"beta {beta:g} {latent:9s}: {describe_score(row)}  (VAE {seconds:.0f} s)", flush=True)
     print(f"load {load_avg()}")
     result = {"args": vars(args), "rows": rows, "load": load_avg()}
     write_result(result, args.json_out)

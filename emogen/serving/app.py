@@ -21,7 +21,7 @@ import threading
 import time
 from functools import cache
 from importlib.resources import files
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -184,6 +184,19 @@ class EmoGenService:
             return JSONResponse(status_code=401, content={"message": "X-API-Key: missing or wrong API key", "detail": [{"loc": ["header", "X-API-Key"], "msg": "missing or wrong API key"}]})
         return None
 
+    def _admit(self, request: Request, resolve_body: Callable[[], Job]) -> tuple[Job | None, JSONResponse | None]:
+        """The checks every sampling endpoint makes, in this order: the key (401), the
+        model (503), the fields (422); returns (job, None) or (None, the refusal)."""
+        denied = self._auth(request)
+        if denied:
+            return None, denied
+        if self.error:
+            return None, self._unavailable()
+        try:
+            return resolve_body(), None
+        except RequestError as exc:
+            return None, JSONResponse(status_code=exc.status, content=exc.detail())
+
     def _unavailable(self) -> JSONResponse:
         return JSONResponse(status_code=503, content={"status": "unavailable", "reason": self.error})
 
@@ -223,15 +236,9 @@ class EmoGenService:
 
     @api.post("/v1/synthesize", responses={200: {"content": {"audio/wav": {}, "application/zip": {}, "application/octet-stream": {}}}, 422: {"description": "a field is invalid (named in message)"}, 503: {"description": "model not loaded"}})
     async def synthesize(self, body: SynthesisRequest, request: Request):
-        denied = self._auth(request)
-        if denied:
-            return denied
-        if self.error:
-            return self._unavailable()
-        try:
-            job = resolve(body, self.generator, self.step_budget)
-        except RequestError as exc:
-            return JSONResponse(status_code=exc.status, content=exc.detail())
+        job, refused = self._admit(request, lambda: resolve(body, self.generator, self.step_budget))
+        if refused:
+            return refused
         started = time.perf_counter()
         mels, waves = await self.handle_batch(job)
         loop = asyncio.get_running_loop()
@@ -248,15 +255,9 @@ class EmoGenService:
         eta > 0 the clips of a several-clip request draw their per-step noise in turn from
         one generator, so that request's clip 0 is a different sample from this one.
         """
-        denied = self._auth(request)
-        if denied:
-            return denied
-        if self.error:
-            return self._unavailable()
-        try:
-            job = resolve_attention(body, self.generator, self.step_budget)
-        except RequestError as exc:
-            return JSONResponse(status_code=exc.status, content=exc.detail())
+        job, refused = self._admit(request, lambda: resolve_attention(body, self.generator, self.step_budget))
+        if refused:
+            return refused
         loop = asyncio.get_running_loop()  # minutes of sampling: off the event loop, as synthesis
         png = await loop.run_in_executor(None, self._attention_png, job)
         return Response(png, media_type="image/png",

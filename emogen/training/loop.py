@@ -31,7 +31,20 @@ from emogen.training.tasks import MODELS, Task
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """The Ray Train worker function (see run_training for config)."""
+    _quiet_ray_train_reports()
     run_training(config, RayTrainSession())
+
+
+def _quiet_ray_train_reports() -> None:
+    """Ray Train V2 logs every report (its metrics dict and checkpoint path) at INFO from
+    each worker: a long line per epoch that buries the loop's own progress lines. Its
+    logger is named by its module's file path, so look the module up (internal: skip
+    quietly when a Ray version moves it)."""
+    try:
+        from ray.train.v2._internal.execution import context
+    except ImportError:
+        return
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)
 
 
 def run_training(config: dict[str, Any], session: RayTrainSession) -> None:
