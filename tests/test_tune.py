@@ -196,7 +196,10 @@ def test_interrupted_sweep_resumes(tiny_features, tmp_path, ray_session):
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     space = {"train": {"lr": {"grid": [2e-3, 1e-3]}}}
-    kwargs = dict(preset="tiny", space=space, num_samples=1, epochs=3, max_concurrent=1, scheduler="fifo",
+    # enough epochs that the second trial is still running when its first checkpoint is
+    # seen (tiny SER epochs take a fraction of a second with the split held in memory)
+    epochs = 12
+    kwargs = dict(preset="tiny", space=space, num_samples=1, epochs=epochs, max_concurrent=1, scheduler="fifo",
                   storage_path=str(tmp_path / "tune"), name="interrupted", tracking_uri=uri)
     script = (
         "import json, sys, ray\n"
@@ -212,7 +215,7 @@ def test_interrupted_sweep_resumes(tiny_features, tmp_path, ray_session):
         while time.time() < deadline and driver.poll() is None:
             if list(sweep_dir.glob("*_00001_*/checkpoint_*")):  # trial 0 done, trial 1 has an epoch
                 break
-            time.sleep(0.5)
+            time.sleep(0.1)
         assert driver.poll() is None, "the sweep finished before it could be interrupted"
         assert list(sweep_dir.glob("*_00001_*/checkpoint_*")), "the second trial never checkpointed"
     finally:
@@ -235,10 +238,10 @@ def test_interrupted_sweep_resumes(tiny_features, tmp_path, ray_session):
     summary = run_sweep(SweepConfig("ser", tiny_features, **kwargs))
     assert summary["trials"] == 2 and summary["status"] == {"TERMINATED": 2}
     with open(summary["results_csv"]) as f:
-        assert [int(r["epochs"]) for r in csv.DictReader(f)] == [3, 3]
+        assert [int(r["epochs"]) for r in csv.DictReader(f)] == [epochs, epochs]
     mlflow.set_tracking_uri(uri)
     children = mlflow.search_runs(experiment_names=["emogen"],
                                   filter_string=f"tags.`mlflow.parentRunId` = '{summary['mlflow_parent_run_id']}'")
     assert len(children) == 2 and set(children["status"]) == {"FINISHED"}  # the resumed trial kept its run
     first = next(sweep_dir.glob("*_00000_*"))
-    assert len((first / "result.json").read_text().splitlines()) == 3  # the finished trial was not re-run
+    assert len((first / "result.json").read_text().splitlines()) == epochs  # the finished trial was not re-run
