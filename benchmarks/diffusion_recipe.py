@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from common import load_avg, write_result
+from common import finish
 from emogen.checkpoint import load_state
 from emogen.config import EMOTIONS
 from emogen.generate import EmotionGenerator
@@ -89,10 +89,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                        "guidance": scale, "generate_seconds": time.perf_counter() - started, **fold.score(requested, generated)}
                 rows.append(row)
                 print(f"{name:12s} ep {milestone:4d} steps {steps:5d} ({seconds:5.0f} s) g {scale:g}: {describe_score(row)}", flush=True)
-    print(f"load {load_avg()}")
-    result = {"args": vars(args), "rows": rows, "load": load_avg()}
-    write_result(result, args.json_out)
-    return result
+    return finish(args, rows)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from common import load_avg, write_result
+from common import finish
 from emogen.config import EMOTIONS
 from emogen.generate import EmotionGenerator
 from emogen.models.vae import LATENT_SOURCES
@@ -100,10 +100,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 row = {"beta": beta, "latent": latent, "vae_seconds": seconds, **fold.score(requested, generated)}
                 rows.append(row)
                 print(f"beta {beta:g} {latent:9s}: {describe_score(row)}  (VAE {seconds:.0f} s)", flush=True)
-    print(f"load {load_avg()}")
-    result = {"args": vars(args), "rows": rows, "load": load_avg()}
-    write_result(result, args.json_out)
-    return result
+    return finish(args, rows)
 
 
 if __name__ == "__main__":
