@@ -28,44 +28,30 @@ import os
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "2")
 
-import argparse
-import logging
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from common import finish
 from emogen.checkpoint import load_state
 from emogen.config import EMOTIONS
 from emogen.generate import EmotionGenerator
-from judging import describe_score, judged_fold, requested_labels, train
+from judging import describe_score, fold_parser, judged_fold, parse_fold_args, requested_labels, train
 from ser_vs_probe import parse_overrides
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", required=True)
+    parser = fold_parser(__doc__.splitlines()[0])
     parser.add_argument("--work", required=True, help="checkpoints (kept: a re-run reuses the judge, the VAE and finished milestones)")
-    parser.add_argument("--folds", type=int, default=3)
-    parser.add_argument("--fold", type=int, default=0)
-    parser.add_argument("--preset", default="demo")
     parser.add_argument("--recipes", default='{"demo": {}}', help="JSON: recipe name -> override sections")
     parser.add_argument("--milestones", type=int, nargs="+", default=[25, 50, 100], help="epochs at which to score")
     parser.add_argument("--guidance", type=float, nargs="+", default=[4.0])
     parser.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the preset's)")
     parser.add_argument("--vae-config", default="{}", help="JSON override sections of the VAE's training (on top of the preset)")
     parser.add_argument("--vae-epochs", type=int, default=None, help="VAE epochs (default: the preset's)")
-    parser.add_argument("--per-emotion", type=int, default=40)
-    parser.add_argument("--judge-seed", type=int, default=1000)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--json-out")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    torch.set_num_threads(args.threads)
+    args = parse_fold_args(parser, argv)
     recipes = parse_overrides(args.recipes)
     work = Path(args.work)
 

@@ -10,6 +10,9 @@ benchmarks/ser_vs_probe.py does).
 
 from __future__ import annotations
 
+import argparse
+import logging
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 
 from emogen.config import EMOTIONS
 from emogen.data import decode_mels, read_features
@@ -108,3 +112,26 @@ def judged_fold(data: str | Path, folds: int, fold: int, preset: str, judge_seed
 def requested_labels(per_emotion: int) -> np.ndarray:
     """The emotion indices of per_emotion clips of every emotion, in EMOTIONS order."""
     return np.repeat(np.arange(len(EMOTIONS)), per_emotion)
+
+
+def fold_parser(description: str) -> argparse.ArgumentParser:
+    """The options both generator benchmarks take: the fold, the preset, the judge, the
+    clips per emotion, threads and --json-out; each script adds its own."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--folds", type=int, default=3, help="speaker folds (the demo experiment's)")
+    parser.add_argument("--fold", type=int, default=0, help="the fold measured")
+    parser.add_argument("--preset", default="demo")
+    parser.add_argument("--per-emotion", type=int, default=40)
+    parser.add_argument("--judge-seed", type=int, default=1000)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json-out")
+    return parser
+
+
+def parse_fold_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse, then quiet logging to warnings and set torch's threads."""
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    torch.set_num_threads(args.threads)
+    return args

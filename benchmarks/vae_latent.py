@@ -25,20 +25,16 @@ import os
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "2")
 
-import argparse
-import logging
-import sys
 import tempfile
 from typing import Any
 
 import numpy as np
-import torch
 
 from common import finish
 from emogen.config import EMOTIONS
 from emogen.generate import EmotionGenerator
 from emogen.models.vae import LATENT_SOURCES
-from judging import describe_score, judged_fold, requested_labels, train
+from judging import describe_score, fold_parser, judged_fold, parse_fold_args, requested_labels, train
 from ser_vs_probe import parse_overrides
 
 
@@ -62,21 +58,11 @@ def per_element_only(generator: EmotionGenerator) -> EmotionGenerator:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", required=True)
-    parser.add_argument("--folds", type=int, default=3, help="speaker folds (the demo experiment's)")
-    parser.add_argument("--fold", type=int, default=0, help="the fold measured")
-    parser.add_argument("--preset", default="demo")
+    parser = fold_parser(__doc__.splitlines()[0])
     parser.add_argument("--betas", type=float, nargs="+", default=[0.001, 0.1], help="VAE KL weights")
     parser.add_argument("--vae-epochs", type=int, default=None, help="VAE epochs (default: the preset's)")
-    parser.add_argument("--per-emotion", type=int, default=40)
-    parser.add_argument("--judge-seed", type=int, default=1000)
     parser.add_argument("--config", help="override sections as JSON (on top of the preset)")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--json-out")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    torch.set_num_threads(args.threads)
+    args = parse_fold_args(parser, argv)
     overrides = parse_overrides(args.config)
 
     rows: list[dict[str, Any]] = []
