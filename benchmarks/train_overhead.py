@@ -214,11 +214,13 @@ def main(argv: list[str] | None = None) -> int:
 
     import ray
 
+    from emogen.runtime import init_ray
+
     work = Path(args.work or tempfile.mkdtemp(prefix="train_overhead_"))
     work.mkdir(parents=True, exist_ok=True)
     print(f"load average at start: {load_avg()}", flush=True)
     t = time.time()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=True)
+    init_ray(num_cpus=2)  # as every emogen command starts Ray (its Ray Train settings included)
     init_s = time.time() - t
     try:
         import ray.data

@@ -13,6 +13,9 @@ same loss code as emogen.training's Tasks:
   batch 4 for one or two steps: the record of why the demo preset diffuses in latent space.
 
 Warm-up steps are excluded. Weights are untrained; throughput does not depend on them.
+Every demo model is timed in both memory layouts in the same run: contiguous (NCHW, the
+PyTorch default) and channels-last (NHWC, what emogen.models.NETWORKS builds), and the
+ratio printed.
 
     .venv/bin/python benchmarks/train_throughput.py
     .venv/bin/python benchmarks/train_throughput.py --steps 10 --paper-steps 2
@@ -62,6 +65,45 @@ def train_step_fn(model: torch.nn.Module, loss_fn: Callable[[], torch.Tensor]) -
     return step
 
 
+def time_demo_models(cfgs: dict, mel: torch.Tensor, label: torch.Tensor, layout: torch.memory_format,
+                     args: argparse.Namespace, record: Callable[..., None]) -> None:
+    """SER, VAE and latent diffusion training steps with every network in one memory layout."""
+    from emogen.diffusion import diffusion_loss, make_train_scheduler
+    from emogen.models.unet import UNet
+    from emogen.training import SERTask, VAETask, train_config
+
+    tag = "channels-last" if layout == torch.channels_last else "contiguous"
+    b = args.batch_size
+    # SER
+    ser_task = SERTask(cfgs, train_config("ser", "demo"), {})
+    ser = ser_task.build().to(memory_format=layout)
+    record(f"SER ResNet (demo), {tag}", ser, b, time_steps(train_step_fn(ser, lambda: ser_task.loss(ser, mel, label, 0)[0]), args.warmup, args.steps))
+
+    # VAE
+    vae_task = VAETask(cfgs, train_config("vae", "demo"), {})
+    vae = vae_task.build().to(memory_format=layout)
+    record(f"VAE (demo), {tag}", vae, b, time_steps(train_step_fn(vae, lambda: vae_task.loss(vae, mel, label, 0)[0]), args.warmup, args.steps))
+
+    # Latent diffusion with the frozen VAE encoder (untrained weights; scale from the batch)
+    vae.eval().requires_grad_(False)
+    unet = UNet(cfgs["unet"]).to(memory_format=layout)
+    sched = make_train_scheduler(cfgs["diffusion"])
+    with torch.no_grad():
+        scale = float(1.0 / vae.encode(mel.unsqueeze(1), label)[0].std().clamp(min=1e-6))
+
+    def latent_loss() -> torch.Tensor:
+        with torch.no_grad():
+            z = vae.encode(mel.unsqueeze(1), label)[0] * scale
+        return diffusion_loss(unet, sched, z, label)
+
+    record(f"latent diffusion U-Net + frozen VAE encoder (demo), {tag}", unet, b,
+           time_steps(train_step_fn(unet, latent_loss), args.warmup, args.steps), "latents 4x32x44")
+    with torch.no_grad():
+        z_fixed = vae.encode(mel.unsqueeze(1), label)[0] * scale
+    record(f"latent diffusion U-Net only, precomputed latents (demo), {tag}", unet, b,
+           time_steps(train_step_fn(unet, lambda: diffusion_loss(unet, sched, z_fixed, label)), args.warmup, args.steps), "latents 4x32x44")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch-size", type=int, default=16)
@@ -75,9 +117,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from emogen.diffusion import diffusion_loss, make_train_scheduler
     from emogen.models.unet import UNet
-    from emogen.models.vae import ConditionalVAE
     from emogen.presets import model_configs
-    from emogen.training import SERTask, VAETask, train_config
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -96,36 +136,8 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
         print(f"  {name}: {per:.3f} s/step (min {min(times):.3f}), {batch / per:.1f} clips/s", flush=True)
 
-    # SER
-    ser_task = SERTask(cfgs, train_config("ser", "demo"), {})
-    ser = ser_task.build()
-    record("SER ResNet (demo)", ser, b, time_steps(train_step_fn(ser, lambda: ser_task.loss(ser, mel, label, 0)[0]), args.warmup, args.steps))
-    del ser
-
-    # VAE
-    vae_task = VAETask(cfgs, train_config("vae", "demo"), {})
-    vae = vae_task.build()
-    record("VAE (demo)", vae, b, time_steps(train_step_fn(vae, lambda: vae_task.loss(vae, mel, label, 0)[0]), args.warmup, args.steps))
-
-    # Latent diffusion with the frozen VAE encoder (untrained weights; scale from the batch)
-    vae.eval().requires_grad_(False)
-    unet = UNet(cfgs["unet"])
-    sched = make_train_scheduler(cfgs["diffusion"])
-    with torch.no_grad():
-        scale = float(1.0 / vae.encode(mel.unsqueeze(1), label)[0].std().clamp(min=1e-6))
-
-    def latent_loss() -> torch.Tensor:
-        with torch.no_grad():
-            z = vae.encode(mel.unsqueeze(1), label)[0] * scale
-        return diffusion_loss(unet, sched, z, label)
-
-    record("latent diffusion U-Net + frozen VAE encoder (demo)", unet, b,
-           time_steps(train_step_fn(unet, latent_loss), args.warmup, args.steps), "latents 4x16x22")
-    with torch.no_grad():
-        z_fixed = vae.encode(mel.unsqueeze(1), label)[0] * scale
-    record("latent diffusion U-Net only, precomputed latents (demo)", unet, b,
-           time_steps(train_step_fn(unet, lambda: diffusion_loss(unet, sched, z_fixed, label)), args.warmup, args.steps), "latents 4x16x22")
-    del vae, unet
+    for layout in (torch.contiguous_format, torch.channels_last):
+        time_demo_models(cfgs, mel, label, layout, args, record)
 
     # Paper: U-Net on mels
     if args.paper_steps > 0:
@@ -141,14 +153,19 @@ def main(argv: list[str] | None = None) -> int:
         del punet
 
     load_end = load_avg()
+    contiguous = {r["model"].rsplit(", ", 1)[0]: r for r in rows if r["model"].endswith(", contiguous")}
+    speedups = {name: round(r["s_per_step"] / next(q["s_per_step"] for q in rows if q["model"] == f"{name}, channels-last"), 3)
+                for name, r in contiguous.items()}
     print()
     print(f"training throughput, {args.threads} threads, random mels (B, 1, {N_MELS}, {FRAMES}), warm-up excluded")
-    print(f"{'model':<56} {'params':>8} {'batch':>5} {'s/step':>8} {'min':>7} {'clips/s':>8}")
+    print(f"{'model':<72} {'params':>8} {'batch':>5} {'s/step':>8} {'min':>7} {'clips/s':>8}")
     for r in rows:
-        print(f"{r['model']:<56} {r['params_m']:>7.2f}M {r['batch']:>5} {r['s_per_step']:>8.3f} {r['min_s_per_step']:>7.3f} {r['clips_per_s']:>8.1f}")
+        print(f"{r['model']:<72} {r['params_m']:>7.2f}M {r['batch']:>5} {r['s_per_step']:>8.3f} {r['min_s_per_step']:>7.3f} {r['clips_per_s']:>8.1f}")
+    for name, ratio in speedups.items():
+        print(f"channels-last vs contiguous, {name}: {ratio:.2f}x")
     print(f"load average: start {load_start}, end {load_end}")
     result = {"benchmark": "train_throughput", "threads": args.threads, "load_avg_start": load_start,
-              "load_avg_end": load_end, "rows": rows}
+              "load_avg_end": load_end, "rows": rows, "channels_last_speedup": speedups}
     write_result(result, args.json_out)
     print(json.dumps(result))
     return 0
