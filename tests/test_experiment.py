@@ -541,6 +541,8 @@ def test_augment_job_on_a_separate_ray_head(ray_session, tmp_path):
         epoch_lines = re.findall(r"\[[^\]\n]+\] epoch \d+/\d+", logs)
         assert epoch_lines and len(epoch_lines) == len(set(epoch_lines)), epoch_lines
         assert "\x1b[A" not in logs and "\r" not in logs
+        # nor Ray Train's own lines per report and per checkpoint (emogen.training.loop)
+        assert "Checkpoint successfully created" not in logs and "Reporting training result" not in logs
         assert summary["out"] == str(out) and set(summary["unweighted_accuracy"]) == set(CONDITIONS)
         results = json.loads((out / "results.json").read_text())
         assert results["seeds"] == [0] and results["preset"] == "tiny"

@@ -56,6 +56,8 @@ def test_ser_two_gloo_workers_end_to_end(tiny_features, tmp_path, tracking_uri):
     assert {"train_loss", "val_loss", "val_accuracy", "val_uar"} <= set(summary["metrics"])
     state = load_state(summary["checkpoint"])
     assert state["model_name"] == "ser" and len(state["history"]) == 2 and state["best_model"] is not None
+    # where an epoch's time goes: the validation pass is part of it
+    assert all(0 < h["seconds_validation"] < h["seconds"] for h in state["history"])
     mlflow.set_tracking_uri(tracking_uri)
     run = mlflow.get_run(summary["mlflow_run_id"])
     assert run.data.params["train.batch_size"] == "16" and run.data.params["num_workers"] == "2"

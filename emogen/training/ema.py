@@ -21,8 +21,8 @@ class WeightAverage:
         if not 0.0 < decay < 1.0:
             raise ValueError(f"EMA decay must be in (0, 1), got {decay}")
         self.decay = decay
-        self.parameter_names = {name for name, _ in model.named_parameters()}
         self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        self._averaged = [self.shadow[name] for name, _ in model.named_parameters()]
 
     def current_decay(self, step: int) -> float:
         return min(self.decay, (1 + step) / (10 + step))
@@ -30,19 +30,15 @@ class WeightAverage:
     @torch.no_grad()
     def update(self, model: nn.Module, step: int) -> None:
         """Fold in the model's parameters after optimizer step `step` (counting from 1)."""
-        d = self.current_decay(step)
-        for k, v in model.state_dict().items():
-            if k in self.parameter_names:
-                self.shadow[k].lerp_(v.detach(), 1.0 - d)
-            else:
-                self.shadow[k].copy_(v)
+        # one fused lerp over all parameters instead of a Python loop over state_dict()
+        torch._foreach_lerp_(self._averaged, [p.detach() for p in model.parameters()], 1.0 - self.current_decay(step))
+        self.copy_buffers(model)
 
     @torch.no_grad()
     def copy_buffers(self, model: nn.Module) -> None:
         """Take the model's current buffers (after a task changed them between steps)."""
-        for k, v in model.state_dict().items():
-            if k not in self.parameter_names:
-                self.shadow[k].copy_(v)
+        for name, buffer in model.named_buffers():
+            self.shadow[name].copy_(buffer)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().cpu().clone() for k, v in self.shadow.items()}

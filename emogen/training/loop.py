@@ -36,15 +36,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
 
 def _quiet_ray_train_reports() -> None:
-    """Ray Train V2 logs every report (its metrics dict and checkpoint path) at INFO from
-    each worker: a long line per epoch that buries the loop's own progress lines. Its
-    logger is named by its module's file path, so look the module up (internal: skip
-    quietly when a Ray version moves it)."""
+    """Ray Train V2 logs every report (its metrics dict and checkpoint path) and every
+    persisted checkpoint at INFO from each worker: two long lines per epoch that bury the
+    loop's own progress lines. The report logger is named by its module's file path, so
+    look the modules up (internal: skip quietly when a Ray version moves them)."""
     try:
-        from ray.train.v2._internal.execution import context
+        from ray.train.v2._internal.execution import context, storage
     except ImportError:
         return
     logging.getLogger(context.__file__).setLevel(logging.WARNING)
+    logging.getLogger(storage.__name__).setLevel(logging.WARNING)
 
 
 def run_training(config: dict[str, Any], session: RayTrainSession) -> None:
@@ -154,6 +155,7 @@ def run_training(config: dict[str, Any], session: RayTrainSession) -> None:
         count = train_sums.pop("count")
         metrics = {f"train_{k}": v / max(count, 1) for k, v in train_sums.items()}
 
+        validation_started = time.time()
         model.eval()
         val_sums: dict[str, float] = {}
         val_count = 0
@@ -180,7 +182,7 @@ def run_training(config: dict[str, Any], session: RayTrainSession) -> None:
         stopped_early = 0 < train_cfg.early_stopping_patience <= bad_epochs
         metrics.update(
             epoch=epoch + 1, steps=steps, lr=optimizer.param_groups[0]["lr"], seconds=time.time() - started,
-            best_val=best, stopped_early=stopped_early,
+            seconds_validation=time.time() - validation_started, best_val=best, stopped_early=stopped_early,
         )
         history.append({k: float(v) for k, v in metrics.items()})
 
