@@ -162,7 +162,7 @@ def _preprocess_for_experiment(args: argparse.Namespace, inputs: list[Path] | No
     if not (data / "features").is_dir():
         began = time.time()
         cmd_preprocess(argparse.Namespace(input=inputs, csv=csv, dataset=dataset, output=data, address=args.address,
-                                          num_cpus=args.num_cpus, batch_size=16, concurrency=None))
+                                          num_cpus=args.num_cpus, batch_size=None, concurrency=None))
         seconds["preprocess"] = round(time.time() - began, 1)
     return data
 
@@ -253,8 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", type=Path, default=None, help="label CSV with columns path, emotion, speaker")
     p.add_argument("--dataset", default="auto", choices=["auto", "emodb", "ravdess"], help="file-name scheme of --input folders")
     p.add_argument("--output", type=Path, required=True)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--concurrency", type=int, default=None, help="featurizer actors (default: one per CPU)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="most clips per part (one Ray task, one Parquet file; default 64, smaller parts for small corpora)")
+    p.add_argument("--concurrency", type=int, default=None, help="parts featurized at once (default: one per CPU)")
     add_ray_options(p)
     p.set_defaults(func=cmd_preprocess)
 
