@@ -5,7 +5,7 @@ shape (4, 16, 22) per clip, through emogen.diffusion.sample with the diffusers s
 from emogen.diffusion.make_sampler, each with classifier-free guidance off (scale 1.0:
 one U-Net pass per step) and on (scale 2.0: two passes per step). Then the rest of the
 generation path for the same 8 clips: decoding latents to mels with the demo VAE decoder,
-and mels to waveforms with Griffin-Lim (emogen.audio.MelInverter, 32 iterations).
+and mels to waveforms with Griffin-Lim (emogen.audio.MelInverter, AudioConfig.griffin_lim_iters iterations).
 Optionally (--paper-steps N > 0) a few DDIM steps of the mel-space paper U-Net for one clip
 (1 x 128 x 173), extrapolated to 50 and 1000 steps per clip.
 
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--guidance", type=float, default=2.0)
     parser.add_argument("--ddpm-steps", type=int, default=1000)
-    parser.add_argument("--griffin-lim-iters", type=int, default=32)
+    parser.add_argument("--griffin-lim-iters", type=int, default=None, help="default: AudioConfig.griffin_lim_iters")
     parser.add_argument("--paper-steps", type=int, default=3, help="DDIM steps of the mel-space paper U-Net, batch 1 (0: skip)")
     parser.add_argument("--checkpoint", help="latent-diffusion checkpoint (with its VAE) for the clarity measurement")
     parser.add_argument("--ser-checkpoint", help="SER checkpoint for the clarity measurement")
@@ -162,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         t = time.perf_counter()
         mels = vae.decode(z, labels, frames=FRAMES)
         vae_s = time.perf_counter() - t
+    args.griffin_lim_iters = args.griffin_lim_iters or AudioConfig().griffin_lim_iters
     inverter = MelInverter(AudioConfig(), n_iter=args.griffin_lim_iters)
     inverter(mels[:1, 0])  # warm-up (builds the pseudo-inverse)
     t = time.perf_counter()

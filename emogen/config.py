@@ -41,7 +41,7 @@ class AudioConfig:
     # Longer sources are rejected rather than decoded; within the limit only the centre
     # window is read from disk, so memory stays bounded whatever the file size.
     max_source_s: float = 900.0
-    griffin_lim_iters: int = 32
+    griffin_lim_iters: int = 24
 
     @property
     def num_samples(self) -> int:

@@ -99,20 +99,29 @@ def test_formats_and_seed_determinism(client):
 
 
 def test_batched_requests_keep_their_seeds(client):
-    """Concurrent requests share one stacked sampling run and still give the bytes each
-    seed gives alone (DDPM: per-step noise too)."""
-    body = {"emotion": "anger", "num_samples": 1, "steps": 2, "sampler": "ddpm", "format": "npy"}
-    alone = {seed: _post(client, {**body, "seed": seed}).content for seed in (1, 2, 3)}
-    before = len(client.get("/v1/info").json()["recent_batch_sizes"])
-    bodies = [{**body, "seed": s} for s in (3, 1, 2)] + [{**body, "seed": 1, "num_samples": 2}]
-    with ThreadPoolExecutor(len(bodies)) as pool:
-        responses = list(pool.map(lambda b: _post(client, b), bodies))
-    assert all(r.status_code == 200 for r in responses)
-    for b, r in zip(bodies[:3], responses[:3]):
-        assert r.content == alone[b["seed"]], f"seed {b['seed']} changed when batched"
-    assert len(set(alone.values())) == 3
-    sizes = client.get("/v1/info").json()["recent_batch_sizes"][before:]
-    assert max(sizes) > 1, f"requests were never batched: {sizes}"
+    """Concurrent requests share one stacked sampling run and one Griffin-Lim call and
+    still give the bytes each seed gives alone (DDPM: per-step noise too)."""
+    blocker = {"emotion": "sadness", "num_samples": 4, "steps": 40, "seed": 5, "format": "npy"}
+    for fmt in ("npy", "wav"):
+        body = {"emotion": "anger", "num_samples": 1, "steps": 2, "sampler": "ddpm", "format": fmt}
+        alone = {seed: _post(client, {**body, "seed": seed}).content for seed in (1, 2, 3)}
+        before = client.get("/v1/info").json()["batch_count"]
+        bodies = [{**body, "seed": s} for s in (3, 1, 2)] + [{**body, "seed": 1, "num_samples": 2, "format": "npy"}]
+        with ThreadPoolExecutor(len(bodies) + 1) as pool:
+            # a batch forms when the model is free: these all queue behind the blocker
+            busy = pool.submit(_post, client, blocker)
+            time.sleep(1.0)  # past the blocker's own batch window
+            queued = [pool.submit(_post, client, b) for b in bodies]
+            assert not busy.done(), "the blocking request ended before the others queued: make it longer"
+            assert busy.result().status_code == 200
+            responses = [f.result() for f in queued]
+        assert all(r.status_code == 200 for r in responses)
+        for b, r in zip(bodies[:3], responses[:3]):
+            assert r.content == alone[b["seed"]], f"{fmt} seed {b['seed']} changed when batched"
+        assert len(set(alone.values())) == 3
+        info = client.get("/v1/info").json()
+        sizes = info["recent_batch_sizes"][-(info["batch_count"] - before):]
+        assert max(sizes) >= 5, f"the queued requests were not batched together: {sizes}"
 
 
 @pytest.mark.parametrize(
@@ -296,3 +305,85 @@ def test_web_page_shows_attention_when_asked(base_url):
         caption = page.inner_text("#attention_figure figcaption")
         assert "self-attention while generating one clip" in caption and "Brighter" in caption
         assert page.inner_text("#status").startswith("Done: 1 clip(s) of fear")
+
+
+# ------------------------------------------------------------------ the replica's batcher
+
+
+def _batcher(max_batch_size=8, wait=0.2, seconds=0.05):
+    from emogen.serving.batching import IdleBatcher
+
+    calls = []
+
+    def run(items):
+        calls.append(list(items))
+        if "boom" in items:
+            raise RuntimeError("model failed")
+        time.sleep(seconds)
+        return [f"done {i}" for i in items]
+
+    return IdleBatcher(run, max_batch_size, wait), calls
+
+
+def test_batcher_fills_batches_while_the_model_works():
+    """Requests arriving while a batch runs all join the next one, up to the maximum;
+    the rest wait for the one after (not batches cut by a timer while the model is busy)."""
+    import asyncio
+
+    async def scenario():
+        batcher, calls = _batcher(max_batch_size=4)
+        first = asyncio.ensure_future(batcher.submit(0))
+        await asyncio.sleep(0.01)  # the model is busy with [0]
+        rest = [asyncio.ensure_future(batcher.submit(i)) for i in range(1, 7)]
+        results = await asyncio.gather(first, *rest)
+        return results, calls, list(batcher.sizes)
+
+    results, calls, sizes = asyncio.run(scenario())
+    assert results == [f"done {i}" for i in range(7)]
+    assert calls == [[0], [1, 2, 3, 4], [5, 6]] and sizes == [1, 4, 2]
+
+
+def test_batcher_waits_only_for_returning_clients():
+    """A lone client is never held back by the wait; clients answered by the last batch
+    are waited for (up to the timeout), so a closed loop of 3 keeps batches of 3."""
+    import asyncio
+
+    async def client(batcher, rounds, log):
+        for _ in range(rounds):
+            await asyncio.sleep(0.02)  # the response's trip back and the next request's trip in
+            start = time.perf_counter()
+            await batcher.submit("x")
+            log.append(time.perf_counter() - start)
+
+    async def scenario(clients):
+        batcher, calls = _batcher(max_batch_size=8, wait=1.0, seconds=0.03)
+        log = []
+        await asyncio.gather(*(client(batcher, 4, log) for _ in range(clients)))
+        return list(batcher.sizes), log
+
+    sizes, log = asyncio.run(scenario(1))
+    assert sizes == [1, 1, 1, 1] and max(log) < 0.5  # never waited the 1-s timeout
+    sizes, _ = asyncio.run(scenario(3))
+    assert sizes[-3:] == [3, 3, 3], sizes
+
+
+def test_batcher_errors_and_cancelled_requests():
+    """A failing batch fails its own requests only; a request cancelled while queued (its
+    client left) is not run; the worker carries on."""
+    import asyncio
+
+    async def scenario():
+        batcher, calls = _batcher(max_batch_size=8)
+        first = asyncio.ensure_future(batcher.submit("a"))
+        await asyncio.sleep(0.01)
+        failing = asyncio.ensure_future(batcher.submit("boom"))
+        gone = asyncio.ensure_future(batcher.submit("gone"))
+        await asyncio.sleep(0)
+        gone.cancel()
+        assert await first == "done a"
+        with pytest.raises(RuntimeError, match="model failed"):
+            await failing
+        return await batcher.submit("b"), calls
+
+    result, calls = asyncio.run(scenario())
+    assert result == "done b" and calls == [["a"], ["boom"], ["b"]]

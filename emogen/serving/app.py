@@ -6,8 +6,9 @@
 
 Endpoints: POST /v1/synthesize, POST /v1/attention (PNG of the U-Net's self-attention),
 GET /v1/emotions, GET /v1/info, GET /healthz, GET / (web page), GET /docs (OpenAPI).
-Concurrent synthesis requests are batched on the replica with `@serve.batch` and
-synthesized together (emogen.serving.synthesis).
+Concurrent synthesis requests are batched on the replica (emogen.serving.batching: a
+batch forms when the model is free) and synthesized together, mels and WAVs
+(emogen.serving.synthesis).
 """
 
 # No `from __future__ import annotations`: Ray Serve converts the builder's arguments to
@@ -31,6 +32,7 @@ from ray import serve
 from ray.serve import Application
 
 from emogen.config import EMOTIONS
+from emogen.serving.batching import IdleBatcher
 from emogen.serving.encoders import clip_names, json_payload, npy_bytes, wav_bytes, zip_bytes
 from emogen.serving.schema import (
     DEFAULT_MAX_BODY_BYTES,
@@ -135,9 +137,14 @@ def page_html(info: dict) -> str:
             .replace("__ATTENTION__", attention).replace("__MODEL__", str(info.get("model", "not loaded"))))
 
 
+# Requests a replica admits at once: one batch running, the next one queued, and room for
+# validation-only and /healthz traffic; past it Serve queues requests in the proxy.
+MAX_ONGOING_REQUESTS = 64
+
+
 @serve.deployment(
     name="EmoGen",
-    max_ongoing_requests=64,
+    max_ongoing_requests=MAX_ONGOING_REQUESTS,
     health_check_period_s=10,
 )
 @serve.ingress(api)
@@ -154,14 +161,14 @@ class EmoGenService:
         self.generator = None
         self.renderer = None
         self.error: str | None = None
-        self.batches: list[int] = []  # sizes of recent batches, for /v1/info
+        self.batches: list[int] = []  # clips in each recent batch, for /v1/info
+        self.batch_count = 0  # batches run since start (tells a reader which recent ones are new)
         # /v1/attention hooks the U-Net it runs on, so it gets a private copy (made on first
         # use: most replicas never need the memory) that batched synthesis never touches;
         # the lock keeps two attention requests from hooking that copy at once.
         self.attention_generator = None
         self.attention_lock = threading.Lock()
-        self.handle_batch.set_max_batch_size(int(max_batch_size))
-        self.handle_batch.set_batch_wait_timeout_s(float(batch_wait_timeout_s))
+        self.batcher = IdleBatcher(self._run, int(max_batch_size), float(batch_wait_timeout_s))
         try:
             if not checkpoint:
                 raise ValueError("no checkpoint configured (args: checkpoint=PATH)")
@@ -204,12 +211,14 @@ class EmoGenService:
         info = dict(self.generator.info) if self.generator else {"model": None, "checkpoint": self.checkpoint}
         info.update(
             config={
-                "max_batch_size": self.handle_batch._get_max_batch_size() if hasattr(self.handle_batch, "_get_max_batch_size") else None,
+                "max_batch_size": self.batcher.max_batch_size,
+                "batch_wait_timeout_s": self.batcher.batch_wait_timeout_s,
                 "step_budget": self.step_budget, "stack_rows": self.stack_rows,
                 "max_body_bytes": DEFAULT_MAX_BODY_BYTES, "api_key_required": bool(self.api_key),
                 "sample_rate": self.generator.audio.sample_rate if self.generator else None,
             },
             recent_batch_sizes=self.batches[-20:],
+            batch_count=self.batch_count,
             error=self.error,
         )
         return info
@@ -240,7 +249,7 @@ class EmoGenService:
         if refused:
             return refused
         started = time.perf_counter()
-        mels, waves = await self.handle_batch(job)
+        mels, waves = await self.batcher.submit(job)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(None, self._encode, body, job, mels, waves, time.perf_counter() - started)
 
@@ -286,17 +295,13 @@ class EmoGenService:
                             headers={"Content-Disposition": f'attachment; filename="{job.emotion}_seed{job.seed}.npy"'})
         return JSONResponse(json_payload(job, mels, waves, sr, self.generator.info, body.image, seconds))
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.05)
-    async def handle_batch(self, jobs: list[Job]) -> list[tuple]:
-        # One stacked sampling run for the whole batch, off the event loop so /healthz and
-        # validation keep answering while it runs.
-        self.batches = (self.batches + [sum(j.num_samples for j in jobs)])[-100:]
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(None, self._run, jobs)
-
     def _run(self, jobs: list[Job]) -> list[tuple]:
+        """One batch (in the batcher's thread): one stacked sampling run for all its mels,
+        then one Griffin-Lim call for every clip that is returned as audio."""
         import numpy as np
 
+        self.batches = (self.batches + [sum(j.num_samples for j in jobs)])[-100:]
+        self.batch_count += 1
         mel_list = synthesize_mels(self.generator, jobs, stack_rows=self.stack_rows)
         need = [m for m, j in zip(mel_list, jobs) if j.audio]  # Griffin-Lim only where audio is returned
         waves = self.renderer(np.concatenate(need)) if need else None
@@ -325,6 +330,7 @@ class ServeArgs(BaseModel):
     griffin_lim_iters: int | None = None
     stack_rows: int = DEFAULT_STACK_ROWS  # rows per model call (fixed: batch-independent numbers)
     num_replicas: int | None = None
+    max_ongoing_requests: int | None = None  # default: MAX_ONGOING_REQUESTS
     num_cpus: float | None = None
     num_gpus: float | Literal["auto"] = "auto"  # auto: 1 when this host has CUDA
 
@@ -340,6 +346,8 @@ def app(args: ServeArgs) -> Application:
     options: dict[str, Any] = {}
     if args.num_replicas is not None:
         options["num_replicas"] = args.num_replicas
+    if args.max_ongoing_requests is not None:
+        options["max_ongoing_requests"] = args.max_ongoing_requests
     actor: dict[str, Any] = {}
     if args.num_cpus is not None:
         actor["num_cpus"] = args.num_cpus

@@ -1,13 +1,16 @@
-"""Batched, seed-deterministic synthesis on a replica, and Griffin-Lim rendering.
+"""Batched, seed-deterministic synthesis on a replica, and batched Griffin-Lim rendering.
 
-Requests batched by `@serve.batch` are grouped by (sampler, steps, guidance_scale, eta) and
-each group is one `EmotionGenerator.generate_rows` call, so one U-Net call per step serves
-the whole group. The same request gives the same bytes alone or batched:
+Requests batched on the replica (emogen.serving.batching) are grouped by (sampler, steps,
+guidance_scale, eta) and each group is one `EmotionGenerator.generate_rows` call, so one
+U-Net call per step serves the whole group. The same request gives the same bytes alone
+or batched:
 - its random numbers come only from its own `torch.Generator(seed)`, given for each of its
   rows (initial noise and, for DDPM / DDIM with eta > 0, the per-step noise);
 - its floating point does not depend on its batch mates, because every model call runs on
   fixed chunks of `stack_rows` rows (CPU kernels choose their algorithm by batch shape);
-- Griffin-Lim runs clip by clip (it is FFT-bound: stacking it gains nothing on a CPU).
+- the WAVs of a whole batch come from one `MelInverter` call, which runs every clip
+  through the same tensor shapes (its `clips_per_pass`), so a clip's samples do not
+  depend on its batch mates either.
 tests/test_serve.py checks both formats that carry numbers (WAV, NPY).
 """
 
@@ -51,7 +54,7 @@ def synthesize_mels(generator: EmotionGenerator, jobs: Sequence[Job], stack_rows
 
 
 class AudioRenderer:
-    """Mels -> waves with Griffin-Lim, one clip per call (same numbers alone or batched)."""
+    """Mels -> waves with Griffin-Lim, a whole batch per call (same numbers alone or batched)."""
 
     def __init__(self, audio_cfg: AudioConfig, n_iter: int | None = None):
         from emogen.audio import MelInverter
@@ -60,7 +63,5 @@ class AudioRenderer:
         self.sample_rate = audio_cfg.sample_rate
 
     def __call__(self, mels: np.ndarray) -> np.ndarray:
-        import torch
-
-        x = torch.as_tensor(np.asarray(mels, dtype=np.float32))
-        return np.stack([self.inverter(x[i:i + 1])[0] for i in range(x.shape[0])])
+        """[clips, n_mels, frames] -> float32 waves [clips, samples]."""
+        return self.inverter(np.asarray(mels, dtype=np.float32))
