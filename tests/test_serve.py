@@ -63,11 +63,17 @@ def test_info_endpoints(client, diffusion_checkpoint):
     assert client.get("/healthz").json() == {"status": "ok", "model": "diffusion"}
     assert client.get("/v1/emotions").json()["emotions"] == ["anger", "sadness", "happiness", "neutral", "fear", "disgust"]
     info = client.get("/v1/info").json()
-    assert info["model"] == "diffusion" and info["checkpoint"] == diffusion_checkpoint
+    # the checkpoint by its run and checkpoint folder names: no server path in any response
+    assert info["model"] == "diffusion" and info["checkpoint"] == "/".join(Path(diffusion_checkpoint).parts[-2:])
+    assert str(Path(diffusion_checkpoint).parent) not in client.get("/v1/info").text
     assert info["config"]["step_budget"] == 4000 and info["config"]["max_batch_size"] == 8
     schema = client.get("/openapi.json").json()
     assert "/v1/synthesize" in schema["paths"] and "/v1/attention" in schema["paths"]
-    assert client.get("/docs").status_code == 200
+    docs = client.get("/docs")  # Swagger UI from the app's own files, not a CDN
+    assert docs.status_code == 200 and "cdn" not in docs.text.lower() and "/static-offline-docs/" in docs.text
+    assert client.get("/static-offline-docs/swagger-ui-bundle.js").status_code == 200
+    redoc = client.get("/redoc")
+    assert redoc.status_code == 200 and "/static-offline-docs/redoc.standalone.js" in redoc.text
     page = client.get("/")
     assert page.status_code == 200 and 'id="generate"' in page.text and "fear" in page.text
     assert 'id="show_attention"' in page.text  # a diffusion model: attention maps are offered
@@ -169,9 +175,36 @@ def test_bad_bodies(client):
 
 def test_broken_checkpoint_serves_503(client):
     r = client.get("/broken/healthz")
-    assert r.status_code == 503 and "no-such-checkpoint" in r.json()["reason"]
+    assert r.status_code == 503 and "no-such-checkpoint" in r.json()["reason"] and str(ROOT) not in r.text
     assert _post(client, {"emotion": "fear"}, prefix="/broken").status_code == 503
     assert client.get("/broken/v1/emotions").status_code == 200  # still answering, no crash loop
+
+
+def test_non_finite_numbers_and_wrong_media_type_are_named(client):
+    nan = client.post("/v1/synthesize", content=b'{"emotion": "fear", "guidance_scale": NaN}',
+                      headers={"content-type": "application/json"})
+    assert nan.status_code == 422 and "guidance_scale" in nan.json()["message"] and "finite" in nan.json()["message"]
+    inf = client.post("/v1/synthesize", content=b'{"emotion": "fear", "eta": Infinity}', headers={"content-type": "application/json"})
+    assert inf.status_code == 422 and "finite" in inf.json()["message"]
+    plain = client.post("/v1/synthesize", content=b'{"emotion": "fear"}', headers={"content-type": "text/plain"})
+    assert plain.status_code == 415 and "application/json" in plain.json()["message"] and "text/plain" in plain.json()["message"]
+    assert client.post("/v1/attention", content=b"{}", headers={}).status_code == 415  # no media type at all
+    charset = client.post("/v1/synthesize", content=b'{"emotion": "fear", "steps": 1, "format": "npy"}',
+                          headers={"content-type": "application/json; charset=utf-8"})
+    assert charset.status_code == 200
+
+
+def test_api_key_is_checked_before_the_body(client):
+    """No key, no parsing: a missing or wrong key gets 401 whatever the body (bad JSON,
+    wrong fields, over the size limit, wrong media type)."""
+    for headers in ({}, {"X-API-Key": "wrong"}, {"X-API-Key": "sesam"}, {"X-API-Key": "sesame!"}):
+        for content, media in ((b"{not json", "application/json"), (b'{"volume": 11}', "application/json"),
+                               (b" " * 70_000, "application/json"), (b"x", "text/plain")):
+            r = client.post("/locked/v1/synthesize", content=content, headers={**headers, "content-type": media})
+            assert r.status_code == 401 and "X-API-Key" in r.json()["message"], (headers, media, r.text)
+    ok = client.post("/locked/v1/synthesize", content=b"{not json",
+                     headers={"X-API-Key": "sesame", "content-type": "application/json"})
+    assert ok.status_code == 422  # with the key, the body is read and judged
 
 
 def test_api_key_and_budget(client):
@@ -194,10 +227,11 @@ def test_attention_png_is_not_disturbed_by_concurrent_synthesis(client):
     alone = _attention(client, body)
     assert alone.status_code == 200, alone.text
     assert alone.headers["content-type"] == "image/png" and alone.content[:8] == PNG
-    synthesis = {"emotion": "anger", "num_samples": 4, "steps": 40, "seed": 1, "format": "npy"}
+    # long enough to outlast both attention requests (channels-last made sampling 1.5x faster)
+    synthesis = {"emotion": "anger", "num_samples": 8, "steps": 200, "seed": 1, "format": "npy"}
     with ThreadPoolExecutor(3) as pool:
         busy = pool.submit(_post, client, synthesis)
-        time.sleep(1.5)  # past the 0.5-s batch window: the synthesis is sampling when attention starts
+        time.sleep(1.5)  # a lone request's batch forms at once: the synthesis is sampling when attention starts
         during = [pool.submit(_attention, client, body) for _ in range(2)]
         assert [f.result().content for f in during] == [alone.content] * 2
         assert not busy.done(), "the synthesis ended before attention ran: make it longer"
@@ -257,8 +291,9 @@ def test_refuses_public_bind_without_key():
 
 
 @contextmanager
-def _browser_page(base_url):
-    """A headless Chromium tab on the web page (skips when no browser is installed)."""
+def _browser_page(base_url, path="/", offline=False):
+    """A headless Chromium tab on the web page (skips when no browser is installed);
+    offline: every request not to the service fails, as on an air-gapped cluster."""
     if not CHROMIUM.exists():
         pytest.skip(f"no browser: {CHROMIUM} is not installed (apt-get install chromium)")
     try:
@@ -271,7 +306,9 @@ def _browser_page(base_url):
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=args, headless=True)
         try:
             page = browser.new_page()
-            page.goto(base_url + "/")
+            if offline:
+                page.route("**/*", lambda route: route.continue_() if route.request.url.startswith(base_url) else route.abort())
+            page.goto(base_url + path)
             yield page
         finally:
             browser.close()
@@ -292,6 +329,13 @@ def test_web_page_generates_playable_audio(base_url):
         assert page.eval_on_selector("#mel", "img => img.naturalWidth") > 0
         assert "Done: 2 clip(s) of sadness" in page.inner_text("#status")
         assert not page.is_checked("#show_attention") and page.is_hidden("#attention")  # off by default
+
+
+def test_docs_render_the_operations_offline(base_url):
+    with _browser_page(base_url, "/docs", offline=True) as page:
+        page.wait_for_selector(".opblock", timeout=60_000)
+        text = page.inner_text("body")
+        assert "/v1/synthesize" in text and "/v1/attention" in text and "EmoGen synthesis" in text
 
 
 def test_web_page_shows_attention_when_asked(base_url):

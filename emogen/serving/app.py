@@ -16,6 +16,8 @@ batch forms when the model is free) and synthesized together, mels and WAVs
 
 import asyncio
 import copy
+import hmac
+import json
 import logging
 import os
 import threading
@@ -24,9 +26,10 @@ from functools import cache
 from importlib.resources import files
 from typing import Any, Callable, Literal
 
-from fastapi import FastAPI, Request
+from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, ConfigDict, model_validator
 from ray import serve
 from ray.serve import Application
@@ -49,7 +52,9 @@ from emogen.serving.synthesis import AudioRenderer, synthesize_mels
 
 logger = logging.getLogger("ray.serve")
 
-api = FastAPI(
+# /docs and /redoc with Swagger UI's and ReDoc's files served by the app itself (FastAPI's
+# default loads them from a public CDN: a blank page on an air-gapped cluster).
+api = FastAPIOffline(
     title="EmoGen synthesis",
     version="1",
     description="Emotional speech from a trained diffusion or VAE checkpoint. Same seed and parameters, same bytes.",
@@ -95,13 +100,58 @@ class BodyLimit:
         return await self.app(scope, replay, send)
 
     async def _reject(self, send):
-        msg = f"body: request body larger than {self.limit} bytes".encode()
-        payload = b'{"detail":[{"loc":["body"],"msg":"too large","type":"too_large"}],"message":"' + msg + b'"}'
-        await send({"type": "http.response.start", "status": 413, "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]})
-        await send({"type": "http.response.body", "body": payload})
+        await refuse(send, 413, "body", f"request body larger than {self.limit} bytes")
+
+
+def checkpoint_name(path: str | None) -> str | None:
+    """What responses call a checkpoint: its run folder and checkpoint folder names, never
+    the absolute path (which tells a client about the server's disk)."""
+    if not path:
+        return path
+    parts = [p for p in str(path).replace("\\", "/").split("/") if p]
+    return "/".join(parts[-2:])
+
+
+async def refuse(send, status: int, field: str, message: str) -> None:
+    """An ASGI refusal shaped as the 422s are: the field ("body", "header.X-API-Key") in
+    `detail` and a readable `message`."""
+    loc = field.split(".")
+    payload = json.dumps({"detail": [{"loc": loc, "msg": message}], "message": f"{loc[-1]}: {message}"}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]})
+    await send({"type": "http.response.body", "body": payload})
+
+
+class RequestGate:
+    """Pure-ASGI middleware, outermost: the checks that need no body, before a byte of it is
+    read. The API key (401 for a missing or wrong key on /v1/*, whatever the body;
+    compared in constant time), then the media type of POST bodies (415 unless
+    application/json). The key is the replica's (`api.state.api_key`, set at start)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        path = scope.get("path", "")
+        root = scope.get("root_path", "")  # the route prefix under Serve ("/locked/v1/..." -> "/v1/...")
+        if root and path.startswith(root):
+            path = path[len(root):]
+        if scope["type"] != "http" or not path.startswith("/v1/"):
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        key = getattr(scope["app"].state, "api_key", None) if "app" in scope else None
+        if key and not hmac.compare_digest(headers.get(b"x-api-key", b""), key.encode()):
+            return await refuse(send, 401, "header.X-API-Key", "missing or wrong API key")
+        if scope.get("method") == "POST":
+            media_type = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+            if media_type != b"application/json":
+                shown = media_type.decode(errors="replace") or "none"
+                return await refuse(send, 415, "header.Content-Type", f"send the body as application/json (got {shown})")
+        return await self.app(scope, receive, send)
 
 
 api.add_middleware(BodyLimit)
+api.add_middleware(RequestGate)  # added last = outermost: runs before BodyLimit reads the body
 
 
 @api.exception_handler(RequestValidationError)
@@ -157,6 +207,7 @@ class EmoGenService:
         self.checkpoint = checkpoint
         self.step_budget = int(step_budget)
         self.api_key = api_key or None
+        api.state.api_key = self.api_key  # for RequestGate (one replica per process)
         self.stack_rows = int(stack_rows)
         self.generator = None
         self.renderer = None
@@ -181,22 +232,15 @@ class EmoGenService:
             self.renderer = AudioRenderer(self.generator.audio, n_iter=griffin_lim_iters)
             logger.info("emogen: loaded %s checkpoint %s on %s", self.generator.kind, checkpoint, device)
         except Exception as exc:  # keep the replica alive and answer 503 with the reason
-            self.error = f"model failed to load from {checkpoint!r}: {type(exc).__name__}: {exc}"
+            self.error = (f"model failed to load from {checkpoint_name(checkpoint)!r}: {type(exc).__name__}: "
+                          + str(exc).replace(str(checkpoint), str(checkpoint_name(checkpoint))))
             logger.error("emogen: %s; serving 503 on /healthz and /v1/synthesize", self.error)
 
     # -------------------------------------------------------------------- helpers
 
-    def _auth(self, request: Request) -> JSONResponse | None:
-        if self.api_key and request.headers.get("x-api-key") != self.api_key:
-            return JSONResponse(status_code=401, content={"message": "X-API-Key: missing or wrong API key", "detail": [{"loc": ["header", "X-API-Key"], "msg": "missing or wrong API key"}]})
-        return None
-
-    def _admit(self, request: Request, resolve_body: Callable[[], Job]) -> tuple[Job | None, JSONResponse | None]:
-        """The checks every sampling endpoint makes, in this order: the key (401), the
-        model (503), the fields (422); returns (job, None) or (None, the refusal)."""
-        denied = self._auth(request)
-        if denied:
-            return None, denied
+    def _admit(self, resolve_body: Callable[[], Job]) -> tuple[Job | None, JSONResponse | None]:
+        """The checks every sampling endpoint makes after RequestGate's key and media type:
+        the model (503), then the fields (422); returns (job, None) or (None, the refusal)."""
         if self.error:
             return None, self._unavailable()
         try:
@@ -208,7 +252,7 @@ class EmoGenService:
         return JSONResponse(status_code=503, content={"status": "unavailable", "reason": self.error})
 
     def _info(self) -> dict[str, Any]:
-        info = dict(self.generator.info) if self.generator else {"model": None, "checkpoint": self.checkpoint}
+        info = self._public_info() if self.generator else {"model": None, "checkpoint": checkpoint_name(self.checkpoint)}
         info.update(
             config={
                 "max_batch_size": self.batcher.max_batch_size,
@@ -223,6 +267,9 @@ class EmoGenService:
         )
         return info
 
+    def _public_info(self) -> dict[str, Any]:
+        return {**self.generator.info, "checkpoint": checkpoint_name(self.generator.info.get("checkpoint"))}
+
     # ------------------------------------------------------------------ endpoints
 
     @api.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -236,16 +283,16 @@ class EmoGenService:
         return {"status": "ok", "model": self.generator.kind}
 
     @api.get("/v1/emotions")
-    async def emotions(self, request: Request):
-        return self._auth(request) or {"emotions": list(EMOTIONS)}
+    async def emotions(self):
+        return {"emotions": list(EMOTIONS)}
 
     @api.get("/v1/info")
-    async def info(self, request: Request):
-        return self._auth(request) or self._info()
+    async def info(self):
+        return self._info()
 
     @api.post("/v1/synthesize", responses={200: {"content": {"audio/wav": {}, "application/zip": {}, "application/octet-stream": {}}}, 422: {"description": "a field is invalid (named in message)"}, 503: {"description": "model not loaded"}})
-    async def synthesize(self, body: SynthesisRequest, request: Request):
-        job, refused = self._admit(request, lambda: resolve(body, self.generator, self.step_budget))
+    async def synthesize(self, body: SynthesisRequest):
+        job, refused = self._admit(lambda: resolve(body, self.generator, self.step_budget))
         if refused:
             return refused
         started = time.perf_counter()
@@ -254,7 +301,7 @@ class EmoGenService:
         return await loop.run_in_executor(None, self._encode, body, job, mels, waves, time.perf_counter() - started)
 
     @api.post("/v1/attention", response_class=Response, responses={200: {"content": {"image/png": {}}}, 401: {"description": "missing or wrong API key"}, 422: {"description": "a field is invalid, or the checkpoint is a VAE (named in message)"}, 503: {"description": "model not loaded"}})
-    async def attention(self, body: AttentionRequest, request: Request):
+    async def attention(self, body: AttentionRequest):
         """PNG of the diffusion U-Net's self-attention while it generates clip 0 of the
         synthesis request with these fields (`emogen.attention`; how to read it is there).
 
@@ -264,7 +311,7 @@ class EmoGenService:
         eta > 0 the clips of a several-clip request draw their per-step noise in turn from
         one generator, so that request's clip 0 is a different sample from this one.
         """
-        job, refused = self._admit(request, lambda: resolve_attention(body, self.generator, self.step_budget))
+        job, refused = self._admit(lambda: resolve_attention(body, self.generator, self.step_budget))
         if refused:
             return refused
         loop = asyncio.get_running_loop()  # minutes of sampling: off the event loop, as synthesis
@@ -293,7 +340,7 @@ class EmoGenService:
         if body.format == "npy":
             return Response(npy_bytes(mels), media_type="application/octet-stream",
                             headers={"Content-Disposition": f'attachment; filename="{job.emotion}_seed{job.seed}.npy"'})
-        return JSONResponse(json_payload(job, mels, waves, sr, self.generator.info, body.image, seconds))
+        return JSONResponse(json_payload(job, mels, waves, sr, self._public_info(), body.image, seconds))
 
     def _run(self, jobs: list[Job]) -> list[tuple]:
         """One batch (in the batcher's thread): one stacked sampling run for all its mels,

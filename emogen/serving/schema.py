@@ -18,9 +18,10 @@ DEFAULT_STACK_ROWS = 4  # rows per model call on a replica
 
 class SamplingRequest(BaseModel):
     """What one generated clip depends on: the fields /v1/synthesize and /v1/attention share.
-    Unknown fields are rejected (422 naming them)."""
+    Unknown fields are rejected (422 naming them), and so are NaN and infinities (JSON
+    parsers accept them; "Input should be a finite number")."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     emotion: Literal["anger", "sadness", "happiness", "neutral", "fear", "disgust"]
     sampler: Literal["ddim", "ddpm", "dpm"] | None = Field(None, description="diffusion only; default: the checkpoint's")
