@@ -35,7 +35,8 @@ def base_url(diffusion_checkpoint, ray_session):
         return app(ServeArgs.model_validate(args))
 
     port = free_ports()[0]
-    common = {"num_cpus": "0", "griffin_lim_iters": "4", "max_batch_size": "8", "batch_wait_timeout_s": "0.5"}
+    common = {"num_cpus": "0", "griffin_lim_iters": "4", "max_batch_size": "8", "batch_wait_timeout_s": "0.5",
+              "body_timeout_s": "2"}
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         serve.run(build_app({**common, "checkpoint": diffusion_checkpoint}), name="emogen", route_prefix="/")
@@ -171,6 +172,33 @@ def test_bad_bodies(client):
     streamed = client.post("/v1/synthesize", content=chunks(), headers={"content-type": "application/json"})
     assert streamed.status_code == 413
     assert client.get("/healthz").status_code == 200  # the replica is fine afterwards
+
+
+def test_stalled_uploads_time_out_and_the_service_keeps_answering(client, base_url):
+    """100 clients send headers and 20 bytes of a 60,000-byte body, then nothing (64 such
+    clients stopped the service: each held a request slot of the replica, waiting for its
+    body forever). Now /healthz and a synthesis are answered while they stall, and each
+    stalled client gets a 408 once the replica's body timeout (2 s here) has passed."""
+    import socket
+
+    host, port = base_url.rsplit("/", 1)[1].split(":")
+    head = (b"POST /v1/synthesize HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 60000\r\n\r\n" + b" " * 20)
+    stalled = []
+    try:
+        for _ in range(100):
+            sock = socket.create_connection((host, int(port)), timeout=60)
+            sock.sendall(head)
+            stalled.append(sock)
+        assert client.get("/healthz").json()["status"] == "ok"
+        assert _post(client, {"emotion": "fear", "steps": 1, "format": "npy"}).status_code == 200
+        for sock in stalled:
+            status_line = sock.recv(4096).split(b"\r\n", 1)[0]
+            assert b" 408 " in status_line, status_line
+    finally:
+        for sock in stalled:
+            sock.close()
+    assert client.get("/v1/info").json()["config"]["body_timeout_s"] == 2.0
 
 
 def test_broken_checkpoint_serves_503(client):

@@ -38,6 +38,7 @@ from emogen.config import EMOTIONS
 from emogen.serving.batching import IdleBatcher
 from emogen.serving.encoders import clip_names, json_payload, npy_bytes, wav_bytes, zip_bytes
 from emogen.serving.schema import (
+    DEFAULT_BODY_TIMEOUT_S,
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_STACK_ROWS,
     DEFAULT_STEP_BUDGET,
@@ -63,7 +64,10 @@ api = FastAPIOffline(
 
 class BodyLimit:
     """Pure-ASGI middleware: request bodies over `limit` bytes -> 413 (checked on
-    Content-Length and while streaming, so chunked uploads are bounded too)."""
+    Content-Length and while streaming, so chunked uploads are bounded too), and bodies not
+    complete within the replica's `body_timeout_s` -> 408. A client that sends headers and
+    then stalls holds a request slot of the replica only that long (64 such clients used
+    to stop the service: every slot waited forever for a body)."""
 
     def __init__(self, app, limit: int = DEFAULT_MAX_BODY_BYTES):
         self.app, self.limit = app, limit
@@ -79,9 +83,14 @@ class BodyLimit:
             too_big = True
         if too_big:
             return await self._reject(send)
+        timeout = getattr(scope["app"].state, "body_timeout_s", None) if "app" in scope else None
+        deadline = asyncio.get_running_loop().time() + (timeout or DEFAULT_BODY_TIMEOUT_S)
         body, more = b"", True
         while more:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - asyncio.get_running_loop().time()))
+            except TimeoutError:
+                return await refuse(send, 408, "body", f"not received within {timeout or DEFAULT_BODY_TIMEOUT_S:g} s")
             if message["type"] != "http.request":
                 break
             body += message.get("body", b"")
@@ -187,9 +196,11 @@ def page_html(info: dict) -> str:
             .replace("__ATTENTION__", attention).replace("__MODEL__", str(info.get("model", "not loaded"))))
 
 
-# Requests a replica admits at once: one batch running, the next one queued, and room for
-# validation-only and /healthz traffic; past it Serve queues requests in the proxy.
-MAX_ONGOING_REQUESTS = 64
+# Requests a replica admits at once. Sampling is serialized by the batcher whatever this
+# is; an admitted request that waits (for its body, bounded by the body timeout, or in the
+# batcher's queue) costs a coroutine, so the limit is high: at 64, stalled uploads filled
+# every slot and /healthz queued behind them in the proxy.
+MAX_ONGOING_REQUESTS = 1024
 
 
 @serve.deployment(
@@ -203,11 +214,14 @@ class EmoGenService:
 
     def __init__(self, checkpoint: str | None = None, max_batch_size: int = 8, batch_wait_timeout_s: float = 0.05,
                  step_budget: int = DEFAULT_STEP_BUDGET, api_key: str | None = None,
-                 griffin_lim_iters: int | None = None, stack_rows: int = DEFAULT_STACK_ROWS):
+                 griffin_lim_iters: int | None = None, stack_rows: int = DEFAULT_STACK_ROWS,
+                 body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S):
         self.checkpoint = checkpoint
         self.step_budget = int(step_budget)
         self.api_key = api_key or None
-        api.state.api_key = self.api_key  # for RequestGate (one replica per process)
+        # for the middlewares (one replica per process): RequestGate's key, BodyLimit's deadline
+        api.state.api_key = self.api_key
+        api.state.body_timeout_s = float(body_timeout_s)
         self.stack_rows = int(stack_rows)
         self.generator = None
         self.renderer = None
@@ -258,7 +272,8 @@ class EmoGenService:
                 "max_batch_size": self.batcher.max_batch_size,
                 "batch_wait_timeout_s": self.batcher.batch_wait_timeout_s,
                 "step_budget": self.step_budget, "stack_rows": self.stack_rows,
-                "max_body_bytes": DEFAULT_MAX_BODY_BYTES, "api_key_required": bool(self.api_key),
+                "max_body_bytes": DEFAULT_MAX_BODY_BYTES, "body_timeout_s": api.state.body_timeout_s,
+                "api_key_required": bool(self.api_key),
                 "sample_rate": self.generator.audio.sample_rate if self.generator else None,
             },
             recent_batch_sizes=self.batches[-20:],
@@ -378,6 +393,7 @@ class ServeArgs(BaseModel):
     stack_rows: int = DEFAULT_STACK_ROWS  # rows per model call (fixed: batch-independent numbers)
     num_replicas: int | None = None
     max_ongoing_requests: int | None = None  # default: MAX_ONGOING_REQUESTS
+    body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S  # a request's whole body within this, else 408
     num_cpus: float | None = None
     num_gpus: float | Literal["auto"] = "auto"  # auto: 1 when this host has CUDA
 
@@ -418,4 +434,5 @@ def app(args: ServeArgs) -> Application:
         api_key=args.api_key or os.environ.get("EMOGEN_API_KEY"),
         griffin_lim_iters=args.griffin_lim_iters,
         stack_rows=args.stack_rows,
+        body_timeout_s=args.body_timeout_s,
     )

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
 
 DEFAULT_STEP_BUDGET = 4000  # steps x num_samples per request
 DEFAULT_MAX_BODY_BYTES = 64 * 1024
+DEFAULT_BODY_TIMEOUT_S = 10.0  # the whole body must arrive within this (408 after)
 DEFAULT_STACK_ROWS = 4  # rows per model call on a replica
 
 
