@@ -313,7 +313,7 @@ def test_refuses_public_bind_without_key():
     parser = argparse.ArgumentParser()
     add_subcommand(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["serve", "--checkpoint", "x", "--host", "0.0.0.0"])
-    assert args.port == 8000 and args.max_batch_size == 8 and args.replicas == 1
+    assert args.port == 8000 and args.max_batch_size == 8 and args.replicas == 1 and args.body_timeout == 10.0
     with pytest.raises(SystemExit, match="without an API key"):
         args.func(args)
 
