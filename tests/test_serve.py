@@ -201,6 +201,23 @@ def test_stalled_uploads_time_out_and_the_service_keeps_answering(client, base_u
     assert client.get("/v1/info").json()["config"]["body_timeout_s"] == 2.0
 
 
+def test_a_disconnected_client_frees_the_replica_within_a_step(client, base_url):
+    """A long request whose client gives up is cancelled by Serve; its batch (nobody else
+    in it) stops at the next denoising step instead of sampling on for nobody."""
+    import httpx
+
+    before = client.get("/v1/info").json()["abandoned_batches"]["batches"]
+    long = {"emotion": "anger", "num_samples": 4, "steps": 1000, "seed": 3, "format": "npy"}
+    with pytest.raises(httpx.TimeoutException):  # the client leaves after 2 s
+        httpx.post(f"{base_url}/v1/synthesize", json=long, timeout=2.0)
+    deadline = time.time() + 120
+    while (abandoned := client.get("/v1/info").json()["abandoned_batches"])["batches"] == before and time.time() < deadline:
+        time.sleep(0.2)
+    assert abandoned["batches"] == before + 1, abandoned
+    assert abandoned["last_of"] == 1000 and abandoned["last_step"] < 1000  # stopped early, not run to the end
+    assert _post(client, {"emotion": "fear", "steps": 1, "format": "npy"}).status_code == 200
+
+
 def test_broken_checkpoint_serves_503(client):
     r = client.get("/broken/healthz")
     assert r.status_code == 503 and "no-such-checkpoint" in r.json()["reason"] and str(ROOT) not in r.text
@@ -459,3 +476,41 @@ def test_batcher_errors_and_cancelled_requests():
 
     result, calls = asyncio.run(scenario())
     assert result == "done b" and calls == [["a"], ["boom"], ["b"]]
+
+
+def test_batcher_tells_the_model_when_every_caller_of_its_batch_left():
+    """abandoned() is what the replica polls between denoising steps: False while someone
+    waits for the batch, True once every caller of the running batch is cancelled, False
+    again when no batch runs."""
+    import asyncio
+    import threading
+
+    from emogen.serving.batching import IdleBatcher
+
+    seen: list[bool] = []
+    running = threading.Event()
+
+    def run(items):
+        running.set()
+        for _ in range(100):
+            seen.append(batcher.abandoned())
+            if seen[-1]:
+                break
+            time.sleep(0.01)
+        return [f"done {i}" for i in items]
+
+    batcher = IdleBatcher(run, 8, 0.0)
+
+    async def scenario():
+        waiting = asyncio.ensure_future(batcher.submit("a"))
+        while not running.is_set():
+            await asyncio.sleep(0.005)
+        await asyncio.sleep(0.05)
+        waiting.cancel()
+        while batcher.abandoned() or not seen[-1]:
+            await asyncio.sleep(0.01)
+        return await batcher.submit("b")
+
+    assert asyncio.run(scenario()) == "done b"
+    assert not seen[0] and seen.count(True) == 1  # the first batch saw its caller leave, once
+    assert not batcher.abandoned()

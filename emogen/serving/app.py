@@ -131,6 +131,10 @@ async def refuse(send, status: int, field: str, message: str) -> None:
     await send({"type": "http.response.body", "body": payload})
 
 
+class BatchAbandoned(Exception):
+    """Raised between denoising steps when every client of the running batch has gone."""
+
+
 class RequestGate:
     """Pure-ASGI middleware, outermost: the checks that need no body, before a byte of it is
     read. The API key (401 for a missing or wrong key on /v1/*, whatever the body;
@@ -228,6 +232,8 @@ class EmoGenService:
         self.error: str | None = None
         self.batches: list[int] = []  # clips in each recent batch, for /v1/info
         self.batch_count = 0  # batches run since start (tells a reader which recent ones are new)
+        # batches stopped because every client had disconnected, and the last one's steps
+        self.abandoned: dict[str, Any] = {"batches": 0, "last_step": None, "last_of": None}
         # /v1/attention hooks the U-Net it runs on, so it gets a private copy (made on first
         # use: most replicas never need the memory) that batched synthesis never touches;
         # the lock keeps two attention requests from hooking that copy at once.
@@ -278,6 +284,7 @@ class EmoGenService:
             },
             recent_batch_sizes=self.batches[-20:],
             batch_count=self.batch_count,
+            abandoned_batches=dict(self.abandoned),
             error=self.error,
         )
         return info
@@ -364,7 +371,15 @@ class EmoGenService:
 
         self.batches = (self.batches + [sum(j.num_samples for j in jobs)])[-100:]
         self.batch_count += 1
-        mel_list = synthesize_mels(self.generator, jobs, stack_rows=self.stack_rows)
+
+        def stop_if_abandoned(step: int, total: int) -> None:
+            # a disconnected client cancels its request; when no client of the batch is
+            # left, the replica is freed within one denoising step
+            if self.batcher.abandoned():
+                self.abandoned.update(batches=self.abandoned["batches"] + 1, last_step=step, last_of=total)
+                raise BatchAbandoned(f"every client left at step {step} of {total}")
+
+        mel_list = synthesize_mels(self.generator, jobs, stack_rows=self.stack_rows, progress=stop_if_abandoned)
         need = [m for m, j in zip(mel_list, jobs) if j.audio]  # Griffin-Lim only where audio is returned
         waves = self.renderer(np.concatenate(need)) if need else None
         out, offset = [], 0

@@ -46,6 +46,14 @@ class IdleBatcher(Generic[Item, Result]):
         self._arrived = asyncio.Event()
         self._expected_back = 0  # requests answered by the last batch whose clients have not sent again
         self._worker: asyncio.Task | None = None
+        self._running: list[asyncio.Future] = []  # the futures of the batch `run` is working on
+
+    def abandoned(self) -> bool:
+        """True while `run` works on a batch whose callers have all gone (their requests
+        cancelled: clients that disconnected). `run` may poll it (from its thread) and
+        stop early: nobody is waiting for the result."""
+        running = self._running
+        return bool(running) and all(future.done() for future in running)
 
     async def submit(self, item: Item) -> Result:
         """Queue one item and wait for its result (raises what ``run`` raised)."""
@@ -86,6 +94,7 @@ class IdleBatcher(Generic[Item, Result]):
             if not batch:
                 continue
             self.sizes.append(len(batch))
+            self._running = [future for _, future in batch]
             try:
                 # off the event loop: validation, /healthz and new arrivals keep being served
                 results = await loop.run_in_executor(None, self.run, [item for item, _ in batch])
@@ -97,4 +106,5 @@ class IdleBatcher(Generic[Item, Result]):
                 for (_, future), result in zip(batch, results):
                     if not future.done():
                         future.set_result(result)
+            self._running = []
             self._expected_back = len(batch)

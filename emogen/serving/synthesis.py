@@ -16,7 +16,7 @@ tests/test_serve.py checks both formats that carry numbers (WAV, NPY).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
@@ -27,8 +27,10 @@ if TYPE_CHECKING:
     from emogen.generate import EmotionGenerator
 
 
-def synthesize_mels(generator: EmotionGenerator, jobs: Sequence[Job], stack_rows: int = DEFAULT_STACK_ROWS) -> list[np.ndarray]:
-    """Scaled log-mels [num_samples, n_mels, frames] for each job, in order."""
+def synthesize_mels(generator: EmotionGenerator, jobs: Sequence[Job], stack_rows: int = DEFAULT_STACK_ROWS,
+                    progress: Callable[[int, int], None] | None = None) -> list[np.ndarray]:
+    """Scaled log-mels [num_samples, n_mels, frames] for each job, in order; progress(step,
+    total) after every denoising step (it may raise to stop the batch)."""
     import torch
 
     from emogen.config import EMOTION_TO_INDEX
@@ -45,7 +47,7 @@ def synthesize_mels(generator: EmotionGenerator, jobs: Sequence[Job], stack_rows
             row_generators += [torch.Generator(device="cpu").manual_seed(job.seed)] * job.num_samples
         first = group[0]
         mels = generator.generate_rows(labels, row_generators, first.sampler, first.steps, first.guidance_scale,
-                                       first.eta, chunk_rows=stack_rows)
+                                       first.eta, chunk_rows=stack_rows, progress=progress)
         offset = 0
         for i, job in zip(members, group):
             results[i] = mels[offset:offset + job.num_samples]
