@@ -218,6 +218,17 @@ def test_a_disconnected_client_frees_the_replica_within_a_step(client, base_url)
     assert _post(client, {"emotion": "fear", "steps": 1, "format": "npy"}).status_code == 200
 
 
+def test_a_request_past_its_deadline_gets_504_and_its_work_stops(client):
+    before = client.get("/v1/info").json()["abandoned_batches"]["batches"]
+    late = _post(client, {"emotion": "anger", "num_samples": 4, "steps": 1000, "seed": 4, "format": "npy", "timeout_s": 1})
+    assert late.status_code == 504 and "timeout_s" in late.json()["message"], late.text
+    deadline = time.time() + 120
+    while (abandoned := client.get("/v1/info").json()["abandoned_batches"])["batches"] == before and time.time() < deadline:
+        time.sleep(0.2)
+    assert abandoned["batches"] == before + 1 and abandoned["last_step"] < 1000
+    assert client.get("/v1/info").json()["config"]["request_timeout_s"] == 300.0
+
+
 def test_broken_checkpoint_serves_503(client):
     r = client.get("/broken/healthz")
     assert r.status_code == 503 and "no-such-checkpoint" in r.json()["reason"] and str(ROOT) not in r.text
@@ -330,7 +341,7 @@ def test_refuses_public_bind_without_key():
     parser = argparse.ArgumentParser()
     add_subcommand(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["serve", "--checkpoint", "x", "--host", "0.0.0.0"])
-    assert args.port == 8000 and args.max_batch_size == 8 and args.replicas == 1 and args.body_timeout == 10.0
+    assert args.port == 8000 and args.max_batch_size == 8 and args.replicas == 1 and args.body_timeout == 10.0 and args.request_timeout == 300.0
     with pytest.raises(SystemExit, match="without an API key"):
         args.func(args)
 

@@ -40,6 +40,7 @@ from emogen.serving.encoders import clip_names, json_payload, npy_bytes, wav_byt
 from emogen.serving.schema import (
     DEFAULT_BODY_TIMEOUT_S,
     DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_REQUEST_TIMEOUT_S,
     DEFAULT_STACK_ROWS,
     DEFAULT_STEP_BUDGET,
     AttentionRequest,
@@ -219,9 +220,10 @@ class EmoGenService:
     def __init__(self, checkpoint: str | None = None, max_batch_size: int = 8, batch_wait_timeout_s: float = 0.05,
                  step_budget: int = DEFAULT_STEP_BUDGET, api_key: str | None = None,
                  griffin_lim_iters: int | None = None, stack_rows: int = DEFAULT_STACK_ROWS,
-                 body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S):
+                 body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S, request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S):
         self.checkpoint = checkpoint
         self.step_budget = int(step_budget)
+        self.request_timeout_s = float(request_timeout_s)
         self.api_key = api_key or None
         # for the middlewares (one replica per process): RequestGate's key, BodyLimit's deadline
         api.state.api_key = self.api_key
@@ -279,6 +281,7 @@ class EmoGenService:
                 "batch_wait_timeout_s": self.batcher.batch_wait_timeout_s,
                 "step_budget": self.step_budget, "stack_rows": self.stack_rows,
                 "max_body_bytes": DEFAULT_MAX_BODY_BYTES, "body_timeout_s": api.state.body_timeout_s,
+                "request_timeout_s": self.request_timeout_s,
                 "api_key_required": bool(self.api_key),
                 "sample_rate": self.generator.audio.sample_rate if self.generator else None,
             },
@@ -318,7 +321,13 @@ class EmoGenService:
         if refused:
             return refused
         started = time.perf_counter()
-        mels, waves = await self.batcher.submit(job)
+        timeout = body.timeout_s or self.request_timeout_s
+        try:  # past the deadline the request is cancelled, and with it its batch if it was alone
+            mels, waves = await asyncio.wait_for(self.batcher.submit(job), timeout)
+        except TimeoutError:
+            message = f"not done within {timeout:g} s; the work was cancelled"
+            return JSONResponse(status_code=504, content={"detail": [{"loc": ["body", "timeout_s"], "msg": message}],
+                                                          "message": f"timeout_s: {message}"})
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(None, self._encode, body, job, mels, waves, time.perf_counter() - started)
 
@@ -409,6 +418,7 @@ class ServeArgs(BaseModel):
     num_replicas: int | None = None
     max_ongoing_requests: int | None = None  # default: MAX_ONGOING_REQUESTS
     body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S  # a request's whole body within this, else 408
+    request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S  # a synthesis's default deadline (504 after)
     num_cpus: float | None = None
     num_gpus: float | Literal["auto"] = "auto"  # auto: 1 when this host has CUDA
 
@@ -450,4 +460,5 @@ def app(args: ServeArgs) -> Application:
         griffin_lim_iters=args.griffin_lim_iters,
         stack_rows=args.stack_rows,
         body_timeout_s=args.body_timeout_s,
+        request_timeout_s=args.request_timeout_s,
     )

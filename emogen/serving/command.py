@@ -10,7 +10,7 @@ import argparse
 import ipaddress
 
 from emogen.logs import get_logger
-from emogen.serving.schema import DEFAULT_BODY_TIMEOUT_S, DEFAULT_STEP_BUDGET
+from emogen.serving.schema import DEFAULT_BODY_TIMEOUT_S, DEFAULT_REQUEST_TIMEOUT_S, DEFAULT_STEP_BUDGET
 
 log = get_logger("serve")
 
@@ -46,6 +46,8 @@ def add_subcommand(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--api-key", default=None, help="require X-API-Key (default: $EMOGEN_API_KEY)")
     p.add_argument("--body-timeout", type=float, default=DEFAULT_BODY_TIMEOUT_S,
                    help="seconds a request's whole body may take to arrive (408 after)")
+    p.add_argument("--request-timeout", type=float, default=DEFAULT_REQUEST_TIMEOUT_S,
+                   help="seconds a synthesis may take unless it asks for less (timeout_s); 504 and cancelled after")
     p.add_argument("--address", default=None, help="Ray address (default: start a local Ray)")
     p.set_defaults(func=cmd_serve)
     return p
@@ -69,6 +71,7 @@ def cmd_serve(args: argparse.Namespace) -> dict:
     application = app(ServeArgs(
         checkpoint=args.checkpoint, max_batch_size=args.max_batch_size, batch_wait_timeout_s=args.batch_wait_timeout,
         num_replicas=args.replicas, step_budget=args.step_budget, api_key=api_key, body_timeout_s=args.body_timeout,
+        request_timeout_s=args.request_timeout,
     ))
 
     def _stop(signum, frame):  # SIGTERM (ray job stop, containers) stops cleanly like Ctrl-C

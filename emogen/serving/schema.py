@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 DEFAULT_STEP_BUDGET = 4000  # steps x num_samples per request
 DEFAULT_MAX_BODY_BYTES = 64 * 1024
 DEFAULT_BODY_TIMEOUT_S = 10.0  # the whole body must arrive within this (408 after)
+DEFAULT_REQUEST_TIMEOUT_S = 300.0  # a synthesis not done by then gets 504 and is cancelled
 DEFAULT_STACK_ROWS = 4  # rows per model call on a replica
 
 
@@ -41,6 +42,8 @@ class SynthesisRequest(SamplingRequest):
     model: Literal["diffusion", "vae"] | None = Field(None, description="must match the loaded checkpoint's kind when given")
     format: Literal["wav", "zip", "npy", "json"] = Field("json", description="wav: one clip; zip: WAVs; npy: mels; json: metadata + base64 WAVs + mel PNG")
     image: bool = Field(True, description="json only: include a PNG of the mel-spectrograms")
+    timeout_s: float | None = Field(None, gt=0, le=3600,
+                                    description="give up after this many seconds: 504, and the work is cancelled; default: the service's")
 
     @model_validator(mode="after")
     def _wav_is_one_clip(self) -> "SynthesisRequest":
