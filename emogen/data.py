@@ -126,8 +126,9 @@ def keep_freed_memory_for_reuse() -> None:
         pass
 
 
-def featurize_part(rows: pd.DataFrame, cfg: AudioConfig, path: str, schema: pa.Schema) -> dict[str, int]:
-    """featurize_rows on one part of the manifest, written to one Parquet file; returns counts.
+def featurize_part(rows: pd.DataFrame, cfg: AudioConfig, path: str, schema: pa.Schema) -> int:
+    """featurize_rows on one part of the manifest, written to one Parquet file; returns the
+    rows written (the summary counts accepted and rejected from the files themselves).
 
     Runs as a Ray task. Rewriting the same path is harmless, so Ray may retry it after a
     worker crash.
@@ -135,7 +136,7 @@ def featurize_part(rows: pd.DataFrame, cfg: AudioConfig, path: str, schema: pa.S
     keep_freed_memory_for_reuse()
     table = featurize_rows(rows, log_mel_for(cfg))
     pq.write_table(pa.Table.from_pandas(table, schema=schema, preserve_index=False), path)
-    return {"rows": len(table), "accepted": int((table["status"] == STATUS_OK).sum())}
+    return len(table)
 
 
 def manifest_parts(count: int, concurrency: int, max_rows: int | None = None) -> list[np.ndarray]:
@@ -189,7 +190,7 @@ def preprocess(
     schema = features_schema(manifest)
     featurize = ray.remote(num_cpus=1)(featurize_part)
     pending: list[Any] = []
-    counts: list[dict[str, int]] = []
+    counts: list[int] = []
     for number, positions in enumerate(manifest_parts(len(manifest), concurrency, batch_size)):
         if len(pending) >= in_flight:  # the next part goes out when one finishes
             done, pending = ray.wait(pending, num_returns=1)
@@ -197,7 +198,7 @@ def preprocess(
         path = str(features_dir / f"part-{number:05d}.parquet")
         pending.append(featurize.remote(manifest.iloc[positions], cfg, path, schema))
     counts += ray.get(pending)
-    written = sum(c["rows"] for c in counts)
+    written = sum(counts)
     if written != len(manifest):  # accepted + rejected = input, or fail loudly
         raise RuntimeError(f"preprocess wrote {written} rows for {len(manifest)} manifest rows")
     summary = summarize(output, input_count=len(manifest), seconds=time.time() - start)

@@ -84,14 +84,15 @@ class BodyLimit:
             too_big = True
         if too_big:
             return await self._reject(send)
-        timeout = getattr(scope["app"].state, "body_timeout_s", None) if "app" in scope else None
-        deadline = asyncio.get_running_loop().time() + (timeout or DEFAULT_BODY_TIMEOUT_S)
+        timeout = (getattr(scope["app"].state, "body_timeout_s", None) if "app" in scope else None) or DEFAULT_BODY_TIMEOUT_S
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         body, more = b"", True
         while more:
             try:
-                message = await asyncio.wait_for(receive(), max(0.0, deadline - asyncio.get_running_loop().time()))
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
             except TimeoutError:
-                return await refuse(send, 408, "body", f"not received within {timeout or DEFAULT_BODY_TIMEOUT_S:g} s")
+                return await refuse(send, 408, "body", f"not received within {timeout:g} s")
             if message["type"] != "http.request":
                 break
             body += message.get("body", b"")
@@ -325,9 +326,8 @@ class EmoGenService:
         try:  # past the deadline the request is cancelled, and with it its batch if it was alone
             mels, waves = await asyncio.wait_for(self.batcher.submit(job), timeout)
         except TimeoutError:
-            message = f"not done within {timeout:g} s; the work was cancelled"
-            return JSONResponse(status_code=504, content={"detail": [{"loc": ["body", "timeout_s"], "msg": message}],
-                                                          "message": f"timeout_s: {message}"})
+            late = RequestError("timeout_s", f"not done within {timeout:g} s; the work was cancelled", status=504)
+            return JSONResponse(status_code=late.status, content=late.detail())
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(None, self._encode, body, job, mels, waves, time.perf_counter() - started)
 
