@@ -207,17 +207,27 @@ def test_interrupted_sweep_resumes(tiny_features, tmp_path, ray_session):
         f"ray.init(address={ray_session.get_runtime_context().gcs_address!r}, log_to_driver=False)\n"
         f"run_sweep(SweepConfig('ser', {str(tiny_features)!r}, **json.loads(sys.argv[1])))\n"
     )
-    driver = subprocess.Popen([sys.executable, "-c", script, json.dumps(kwargs)], cwd=ROOT,
+    # Tune snapshots the sweep's state at most every ~10 s by default; a kill before the
+    # snapshot that lists the second trial would test a different (earlier) interruption.
+    env = {**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "0.5"}
+    driver = subprocess.Popen([sys.executable, "-c", script, json.dumps(kwargs)], cwd=ROOT, env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     sweep_dir = tmp_path / "tune" / "interrupted"
+
+    def second_trial_saved() -> bool:
+        """Trial 0 done, trial 1 has an epoch on disk and is named in the saved sweep state."""
+        if not list(sweep_dir.glob("*_00001_*/checkpoint_*")):
+            return False
+        return any("_00001" in p.read_text(errors="replace") for p in sweep_dir.glob("experiment_state*.json"))
+
     try:
         deadline = time.time() + 240
         while time.time() < deadline and driver.poll() is None:
-            if list(sweep_dir.glob("*_00001_*/checkpoint_*")):  # trial 0 done, trial 1 has an epoch
+            if second_trial_saved():
                 break
             time.sleep(0.1)
         assert driver.poll() is None, "the sweep finished before it could be interrupted"
-        assert list(sweep_dir.glob("*_00001_*/checkpoint_*")), "the second trial never checkpointed"
+        assert second_trial_saved(), "the second trial never checkpointed"
     finally:
         if driver.poll() is None:
             os.killpg(driver.pid, 9)
