@@ -3,6 +3,8 @@
     python benchmarks/serve_load.py                       # trains a tiny latent-diffusion generator first
     python benchmarks/serve_load.py --checkpoint PATH     # any diffusion or VAE checkpoint
     python benchmarks/serve_load.py --before REV          # and the same load on commit REV's code
+    python benchmarks/serve_load.py --url http://127.0.0.1:8000 [--api-key K]   # a running server
+    python benchmarks/serve_load.py --hostile             # and hostile_load.py's scenarios (also with --url)
 
 In order, in one run:
   0. Griffin-Lim quality: spectral convergence ||S - |STFT(y)|||_F / ||S||_F between the
@@ -15,9 +17,18 @@ In order, in one run:
   2. the app on 127.0.0.1:<free port> in a local 2-CPU Ray (one replica, 1 CPU):
      batched (max_batch_size 8, stack_rows 8): concurrency 1, 8 and 32;
      unbatched (max_batch_size 1, stack_rows 1: one request per model call): concurrency 8;
-     for format 'npy' (the model's mels) and 'wav' (plus Griffin-Lim).
+     for format 'npy' (the model's mels) and 'wav' (plus Griffin-Lim);
+     with --hostile, after the batched levels: benchmarks/hostile_load.py's scenarios
+     (stalled uploads, a long request beside short ones, an abandoned request, a mixed
+     valid/invalid load) against that deployment.
+With --url, against a running server instead: no training, no Griffin-Lim table, nothing
+started; only the batched levels (concurrency 1, 8 and 32, max_batch_size as its /v1/info
+reports it), then the hostile scenarios with --hostile. --api-key K is sent as X-API-Key
+(and is the key of the server this script starts; default $EMOGEN_API_KEY).
 Prints p50/p95 latency, requests/s, clips/s, errors (must be 0) and the batch sizes the
-replica formed, as tables and JSON, and the batched / unbatched ratios at concurrency 8.
+replica formed, as tables and JSON, and the batched / unbatched ratios at concurrency 8;
+with --hostile also hostile_load.py's results and targets. Exit status 1 on errors in the
+load levels or a failed hostile-load target.
 """
 
 from __future__ import annotations
@@ -101,23 +112,23 @@ def run_before(rev: str, checkpoint: str, args: argparse.Namespace) -> list[dict
     return rows
 
 
-def batch_sizes(info_url: str, before: int) -> dict:
+def batch_sizes(info_url: str, before: int, headers: dict | None = None) -> dict:
     """Clips per batch the replica formed since `before` batches (its last 20 at most)."""
     import httpx
 
-    info = httpx.get(info_url, timeout=30).json()
+    info = httpx.get(info_url, headers=headers, timeout=30).json()
     new = min(20, info["batch_count"] - before)
     sizes = info["recent_batch_sizes"][-new:] if new > 0 else []
     return {"batches_seen": sizes, "batch_mean": round(sum(sizes) / len(sizes), 2) if sizes else None}
 
 
-def batch_count(info_url: str) -> int:
+def batch_count(info_url: str, headers: dict | None = None) -> int:
     import httpx
 
-    return int(httpx.get(info_url, timeout=30).json()["batch_count"])
+    return int(httpx.get(info_url, headers=headers, timeout=30).json()["batch_count"])
 
 
-async def load(url: str, body: dict, concurrency: int, requests: int, deadline: float) -> dict:
+async def load(url: str, body: dict, concurrency: int, requests: int, deadline: float, headers: dict | None = None) -> dict:
     import httpx
 
     latencies, errors, clips = [], 0, 0
@@ -140,7 +151,7 @@ async def load(url: str, body: dict, concurrency: int, requests: int, deadline: 
                 errors += 1
 
     start = time.perf_counter()
-    async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=concurrency)) as client:
+    async with httpx.AsyncClient(timeout=600, headers=headers, limits=httpx.Limits(max_connections=concurrency)) as client:
         await asyncio.gather(*(worker(client) for _ in range(concurrency)))
     wall = time.perf_counter() - start
     lat = sorted(latencies)
@@ -152,8 +163,37 @@ async def load(url: str, body: dict, concurrency: int, requests: int, deadline: 
             "p95_s": round(pct(95), 3), "req_per_s": round(len(lat) / wall, 2), "clips_per_s": round(clips / wall, 2)}
 
 
+def run_levels(base: str, mode: str, max_batch: int | None, levels: tuple[int, ...], args: argparse.Namespace,
+               headers: dict) -> list[dict]:
+    """Per format: a warm-up, then `n` requests at each concurrency level against `base`."""
+    url, info_url = f"{base}/v1/synthesize", f"{base}/v1/info"
+    rows = []
+    for fmt in args.formats.split(","):
+        body = {"emotion": "fear", "num_samples": 1, "steps": args.steps, "format": fmt}
+        asyncio.run(load(url, body, 1, 2, time.perf_counter() + 60, headers))  # warm-up
+        for c in levels:
+            n = max(16, args.requests_per_worker * c)
+            before = batch_count(info_url, headers)
+            r = asyncio.run(load(url, body, c, n, time.perf_counter() + args.max_seconds, headers))
+            r.update(mode=mode, max_batch_size=max_batch, format=fmt, concurrency=c, **batch_sizes(info_url, before, headers))
+            rows.append(r)
+            print(json.dumps(r), flush=True)
+    return rows
+
+
+def run_hostile(base: str, args: argparse.Namespace) -> dict:
+    """benchmarks/hostile_load.py's scenarios against `base` (printed when everything is done)."""
+    import hostile_load
+
+    return asyncio.run(hostile_load.run_all(base, args.api_key, **hostile_load.scenario_kwargs(args)))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--url", default=None, help="load-test this running server (base URL): batched levels only, nothing started")
+    p.add_argument("--api-key", default=os.environ.get("EMOGEN_API_KEY"),
+                   help="sent as X-API-Key; without --url also the started server's key (default: $EMOGEN_API_KEY)")
+    p.add_argument("--hostile", action="store_true", help="also run benchmarks/hostile_load.py's scenarios")
     p.add_argument("--checkpoint", default=None)
     p.add_argument("--work", type=Path, default=ROOT / "runs" / "bench-serve")
     p.add_argument("--steps", type=int, default=10)
@@ -172,11 +212,49 @@ def main() -> None:
     p.add_argument("--quality-clips", type=int, default=4, help="clips per emotion in the quality table")
     p.add_argument("--quality-tolerance", type=float, default=0.10,
                    help="chosen count: convergence within this fraction of the most iterations'")
-    args = p.parse_args()
+    sys.path.insert(0, str(Path(__file__).resolve().parent))  # hostile_load, beside this script
+    from hostile_load import add_arguments
 
-    args.work.mkdir(parents=True, exist_ok=True)
+    add_arguments(p)  # the hostile-load scenario options (--sockets, --shorts, ...), used with --hostile
+    args = p.parse_args()
+    if args.url and args.before:
+        p.error("--before measures this script's own server at REV: not with --url")
+    headers = {"X-API-Key": args.api_key} if args.api_key else {}
+
     load_start = Path("/proc/loadavg").read_text().split()[:3]
     print(f"load average at start: {' '.join(load_start)}", flush=True)
+    quality, results, hostile = [], [], None
+    if args.url:
+        base = args.url.rstrip("/")
+        import httpx
+
+        config = httpx.get(f"{base}/v1/info", headers=headers, timeout=30).json().get("config", {})
+        results = run_levels(base, "running server", config.get("max_batch_size"), (1, 8, 32), args, headers)
+        if args.hostile:
+            hostile = run_hostile(base, args)
+    else:
+        quality, results, hostile = start_and_measure(args, headers)
+    load_end = Path("/proc/loadavg").read_text().split()[:3]
+    report(args, quality, results, load_start, load_end)
+    failed = []
+    if hostile is not None:
+        import hostile_load
+
+        hostile["load_average"] = {"start": " ".join(load_start), "end": " ".join(load_end)}
+        print("\nhostile load:")
+        if not hostile_load.report(hostile):
+            failed = [r["check"] for r in hostile["summary"] if not r["ok"]]
+        print(f"load average: {' '.join(load_start)} at start, {' '.join(load_end)} at end")
+    if any(r["errors"] for r in results):
+        raise SystemExit("errors during the load test")
+    if failed:
+        raise SystemExit(f"hostile-load targets failed: {'; '.join(failed)}")
+
+
+def start_and_measure(args: argparse.Namespace, headers: dict) -> tuple[list[dict], list[dict], dict | None]:
+    """The Griffin-Lim table, --before, then the app in a local Ray: batched and unbatched
+    levels (and with --hostile the hostile scenarios against the batched deployment)."""
+    args.work.mkdir(parents=True, exist_ok=True)
     import ray
 
     checkpoint = args.checkpoint
@@ -199,35 +277,33 @@ def main() -> None:
 
     from emogen.serving.app import ServeArgs, app
 
+    hostile = None
     ray.init(num_cpus=2, log_to_driver=False, configure_logging=False)
     try:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        url = f"http://127.0.0.1:{port}/v1/synthesize"
-        info_url = f"http://127.0.0.1:{port}/v1/info"
+        base = f"http://127.0.0.1:{port}"
         plans = [("batched", 8, args.stack_rows, args.batch_wait, (1, 8, 32)), ("unbatched", 1, 1, 0.0, (8,))]
         for name, max_batch, stack_rows, wait, levels in plans:
             serve.run(app(ServeArgs(checkpoint=checkpoint, max_batch_size=max_batch, stack_rows=stack_rows,
                                     batch_wait_timeout_s=wait, griffin_lim_iters=args.griffin_lim_iters,
-                                    max_ongoing_requests=args.max_ongoing, num_cpus=1)), name="emogen", route_prefix="/")
-            for fmt in args.formats.split(","):
-                body = {"emotion": "fear", "num_samples": 1, "steps": args.steps, "format": fmt}
-                asyncio.run(load(url, body, 1, 2, time.perf_counter() + 60))  # warm-up
-                for c in levels:
-                    n = max(16, args.requests_per_worker * c)
-                    before = batch_count(info_url)
-                    r = asyncio.run(load(url, body, c, n, time.perf_counter() + args.max_seconds))
-                    r.update(mode=name, max_batch_size=max_batch, format=fmt, concurrency=c, **batch_sizes(info_url, before))
-                    results.append(r)
-                    print(json.dumps(r), flush=True)
+                                    max_ongoing_requests=args.max_ongoing, api_key=args.api_key, num_cpus=1)),
+                      name="emogen", route_prefix="/")
+            results += run_levels(base, name, max_batch, levels, args, headers)
+            if args.hostile and name == "batched":
+                hostile = run_hostile(base, args)
             serve.delete("emogen")
     finally:
         serve.shutdown()
         ray.shutdown()
-    load_end = Path("/proc/loadavg").read_text().split()[:3]
+    return quality, results, hostile
 
+
+def report(args: argparse.Namespace, quality: list[dict], results: list[dict], load_start: list[str],
+           load_end: list[str]) -> None:
+    """The Griffin-Lim table, the load table and the batched / unbatched ratios."""
     if quality:
         best = quality[-1]
         chosen = next(q for q in quality if q["sc_mean"] <= best["sc_mean"] * (1 + args.quality_tolerance))
@@ -256,8 +332,6 @@ def main() -> None:
     if one:
         print("p50 of one WAV request at concurrency 1: " + ", ".join(f"{mode} {p50} s" for mode, p50 in one.items()))
     print(f"load average: {' '.join(load_start)} at start, {' '.join(load_end)} at end")
-    if any(r["errors"] for r in results):
-        raise SystemExit("errors during the load test")
 
 
 if __name__ == "__main__":

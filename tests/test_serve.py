@@ -108,7 +108,9 @@ def test_formats_and_seed_determinism(client):
 def test_batched_requests_keep_their_seeds(client):
     """Concurrent requests share one stacked sampling run and one Griffin-Lim call and
     still give the bytes each seed gives alone (DDPM: per-step noise too)."""
-    blocker = {"emotion": "sadness", "num_samples": 4, "steps": 40, "seed": 5, "format": "npy"}
+    # steps x samples at the long-request cost (100), not above: a longer request would let
+    # the queued ones run between its steps instead of behind it
+    blocker = {"emotion": "sadness", "num_samples": 2, "steps": 50, "seed": 5, "format": "npy"}
     for fmt in ("npy", "wav"):
         body = {"emotion": "anger", "num_samples": 1, "steps": 2, "sampler": "ddpm", "format": fmt}
         alone = {seed: _post(client, {**body, "seed": seed}).content for seed in (1, 2, 3)}
@@ -175,10 +177,11 @@ def test_bad_bodies(client):
 
 
 def test_stalled_uploads_time_out_and_the_service_keeps_answering(client, base_url):
-    """100 clients send headers and 20 bytes of a 60,000-byte body, then nothing (64 such
-    clients stopped the service: each held a request slot of the replica, waiting for its
-    body forever). Now /healthz and a synthesis are answered while they stall, and each
-    stalled client gets a 408 once the replica's body timeout (2 s here) has passed."""
+    """256 sockets from one client send headers and 20 bytes of a 60,000-byte body, then
+    nothing (64 such uploads stopped the service: each held a request slot of the replica,
+    waiting for its body forever). The client's first 32 (the per-client cap) wait for the
+    body timeout (2 s here) and get 408, the rest get 429 at once; meanwhile another client
+    gets /healthz and a synthesis answered."""
     import socket
 
     host, port = base_url.rsplit("/", 1)[1].split(":")
@@ -186,19 +189,49 @@ def test_stalled_uploads_time_out_and_the_service_keeps_answering(client, base_u
             b"Content-Length: 60000\r\n\r\n" + b" " * 20)
     stalled = []
     try:
-        for _ in range(100):
-            sock = socket.create_connection((host, int(port)), timeout=60)
+        for _ in range(256):  # from 127.0.0.2: loopback too, another client to the service
+            sock = socket.create_connection((host, int(port)), timeout=60, source_address=("127.0.0.2", 0))
             sock.sendall(head)
             stalled.append(sock)
-        assert client.get("/healthz").json()["status"] == "ok"
+        assert client.get("/healthz", timeout=10).json()["status"] == "ok"
         assert _post(client, {"emotion": "fear", "steps": 1, "format": "npy"}).status_code == 200
+        statuses = []
         for sock in stalled:
-            status_line = sock.recv(4096).split(b"\r\n", 1)[0]
-            assert b" 408 " in status_line, status_line
+            reply = sock.recv(4096)
+            statuses.append(int(reply.split(b" ", 2)[1]))
+            if statuses[-1] == 429:
+                assert b"retry-after: 1" in reply.lower() and b"more than 32 requests at once from 127.0.0.2" in reply
+        assert statuses.count(408) == 32 and statuses.count(429) == 256 - 32, sorted(set(statuses))
     finally:
         for sock in stalled:
             sock.close()
-    assert client.get("/v1/info").json()["config"]["body_timeout_s"] == 2.0
+    config = client.get("/v1/info").json()["config"]
+    assert config["body_timeout_s"] == 2.0 and config["max_requests_per_client"] == 32
+
+
+def test_short_requests_run_between_the_steps_of_a_long_one(client, base_url):
+    """A long request (above long_request_cost, 100 steps x samples) does not hold short
+    ones behind it (one waited 120 s behind 1000 steps): they run between its steps, and it
+    still completes, its numbers unchanged by the interruptions."""
+    import httpx
+
+    long = {"emotion": "anger", "num_samples": 1, "steps": 200, "seed": 5, "format": "npy"}
+    info = client.get("/v1/info").json()
+    before, batches = info["preemptions"], info["batch_count"]
+    with ThreadPoolExecutor(1) as pool:
+        running = pool.submit(httpx.post, f"{base_url}/v1/synthesize", json=long, timeout=300)
+        while client.get("/v1/info").json()["batch_count"] == batches and not running.done():
+            time.sleep(0.05)
+        time.sleep(0.5)  # the long batch is sampling
+        shorts = [_post(client, {"emotion": "fear", "steps": 2, "seed": s, "format": "npy"}) for s in range(3)]
+        assert not running.done(), "the short requests waited for the long one"
+        assert [r.status_code for r in shorts] == [200] * 3
+        interrupted = running.result()
+    assert interrupted.status_code == 200
+    assert client.get("/v1/info").json()["preemptions"] >= before + 3
+    assert client.get("/v1/info").json()["config"]["long_request_cost"] == 100
+    alone = _post(client, long)  # nothing runs beside it now
+    assert alone.content == interrupted.content
 
 
 def test_a_disconnected_client_frees_the_replica_within_a_step(client, base_url):
@@ -525,3 +558,110 @@ def test_batcher_tells_the_model_when_every_caller_of_its_batch_left():
     assert asyncio.run(scenario()) == "done b"
     assert not seen[0] and seen.count(True) == 1  # the first batch saw its caller leave, once
     assert not batcher.abandoned()
+
+
+def test_batcher_runs_short_batches_between_the_steps_of_a_long_one():
+    """A long batch (cost above long_cost) parks between its steps while short ones wait:
+    the short requests finish while the long one still runs, one thread computes at a
+    time, and the long one advances at least one step between two short batches."""
+    import asyncio
+    import threading
+
+    from emogen.serving.batching import IdleBatcher
+
+    log: list[tuple[str, int]] = []
+    computing = threading.Lock()  # held while a step computes: two at once would fail to take it
+
+    def run(items):
+        steps = max(items)
+        for step in range(1, steps + 1):
+            assert computing.acquire(blocking=False), "two batches computed at once"
+            try:
+                time.sleep(0.005)
+                log.append(("long" if steps > 5 else "short", step))
+            finally:
+                computing.release()
+            batcher.between_steps()
+        return [f"{i} steps" for i in items]
+
+    batcher = IdleBatcher(run, 8, 0.0, cost=lambda steps: steps, long_cost=5)
+
+    async def scenario():
+        long = asyncio.ensure_future(batcher.submit(200))
+        while not log:
+            await asyncio.sleep(0.001)
+        shorts = []
+        for _ in range(3):  # three short requests one after another, as a client would send them
+            shorts.append(await batcher.submit(2))
+            assert not long.done()
+        return shorts, await long
+
+    shorts, long = asyncio.run(scenario())
+    assert shorts == ["2 steps"] * 3 and long == "200 steps"
+    assert batcher.preemptions == 3
+    kinds = [kind for kind, _ in log]
+    assert kinds.count("long") == 200 and kinds.count("short") == 6
+    runs = [kinds[i] for i in range(len(kinds)) if i == 0 or kinds[i] != kinds[i - 1]]
+    assert runs == ["long", "short", "long", "short", "long", "short", "long"]  # whole short batches in between
+    assert list(batcher.sizes) == [1, 1, 1, 1]
+
+
+def test_batcher_keeps_long_and_short_requests_in_separate_batches():
+    import asyncio
+
+    from emogen.serving.batching import IdleBatcher
+
+    batches = []
+
+    def run(items):
+        batches.append(sorted(items))
+        time.sleep(0.02)
+        return items
+
+    batcher = IdleBatcher(run, 8, 0.0, cost=lambda steps: steps, long_cost=5)
+
+    async def scenario():
+        first = asyncio.ensure_future(batcher.submit(1))
+        await asyncio.sleep(0.005)  # the first batch runs; the rest queue behind it
+        rest = [asyncio.ensure_future(batcher.submit(s)) for s in (50, 2, 60, 3)]
+        return await asyncio.gather(first, *rest)
+
+    assert asyncio.run(scenario()) == [1, 50, 2, 60, 3]
+    assert sorted(batches) == [[1], [2, 3], [50, 60]]
+
+
+def test_replicas_refuse_a_public_bind_without_key(monkeypatch, base_url):
+    """`serve run serve/config.yaml` and `serve deploy` bind where their http_options say:
+    the replica applies `emogen serve`'s rule and refuses to start on a public address
+    without an API key."""
+    from emogen.serving import command
+    from emogen.serving.app import EmoGenService
+
+    assert command.proxy_host() == "127.0.0.1"  # what this module's Serve binds, from its controller
+    service = EmoGenService.func_or_class.__mro__[1]  # the class under Serve's ASGI wrapper
+    assert service.__name__ == "EmoGenService"
+    monkeypatch.setattr(command, "proxy_host", lambda: "0.0.0.0")
+    with pytest.raises(RuntimeError, match="refusing to serve on '0.0.0.0' without an API key"):
+        service(checkpoint=None)
+    assert "no checkpoint configured" in service(checkpoint=None, api_key="k").error
+
+
+def test_the_config_file_is_what_the_app_takes():
+    """serve/config.yaml's args are ServeArgs (unknown keys would fail at deploy time), its
+    limits are the app's own defaults, and it does not undo the replica's request slots."""
+    import yaml
+
+    from emogen.serving.app import MAX_ONGOING_REQUESTS, ServeArgs
+    from emogen.serving.schema import DEFAULT_KEEP_ALIVE_TIMEOUT_S
+
+    config = yaml.safe_load((ROOT / "serve" / "config.yaml").read_text())
+    (application,) = config["applications"]
+    args = ServeArgs.model_validate(application["args"])
+    defaults = ServeArgs()
+    for field in ("body_timeout_s", "request_timeout_s", "long_request_cost", "max_requests_per_client", "step_budget",
+                  "stack_rows", "max_batch_size", "batch_wait_timeout_s"):
+        assert getattr(args, field) == getattr(defaults, field), field
+    (deployment,) = application["deployments"]
+    assert deployment["max_ongoing_requests"] == MAX_ONGOING_REQUESTS
+    assert config["http_options"]["host"] == "127.0.0.1"
+    assert config["http_options"]["keep_alive_timeout_s"] == DEFAULT_KEEP_ALIVE_TIMEOUT_S

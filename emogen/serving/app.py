@@ -37,9 +37,12 @@ from ray.serve import Application
 from emogen.config import EMOTIONS
 from emogen.serving.batching import IdleBatcher
 from emogen.serving.encoders import clip_names, json_payload, npy_bytes, wav_bytes, zip_bytes
+from emogen.serving.command import serving_refusal
 from emogen.serving.schema import (
     DEFAULT_BODY_TIMEOUT_S,
+    DEFAULT_LONG_REQUEST_COST,
     DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_REQUESTS_PER_CLIENT,
     DEFAULT_REQUEST_TIMEOUT_S,
     DEFAULT_STACK_ROWS,
     DEFAULT_STEP_BUDGET,
@@ -123,13 +126,14 @@ def checkpoint_name(path: str | None) -> str | None:
     return "/".join(parts[-2:])
 
 
-async def refuse(send, status: int, field: str, message: str) -> None:
+async def refuse(send, status: int, field: str, message: str, headers: list[tuple[bytes, bytes]] = ()) -> None:
     """An ASGI refusal shaped as the 422s are: the field ("body", "header.X-API-Key") in
     `detail` and a readable `message`."""
     loc = field.split(".")
     payload = json.dumps({"detail": [{"loc": loc, "msg": message}], "message": f"{loc[-1]}: {message}"}).encode()
     await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]})
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
+                            *headers]})
     await send({"type": "http.response.body", "body": payload})
 
 
@@ -141,10 +145,14 @@ class RequestGate:
     """Pure-ASGI middleware, outermost: the checks that need no body, before a byte of it is
     read. The API key (401 for a missing or wrong key on /v1/*, whatever the body;
     compared in constant time), then the media type of POST bodies (415 unless
-    application/json). The key is the replica's (`api.state.api_key`, set at start)."""
+    application/json), then the client's share of the replica: at most
+    `max_requests_per_client` of its /v1/* requests at once (429 above), so one client's
+    stalled uploads or flood cannot take every slot. The limits are the replica's
+    (`api.state`, set at start); a client is its address as the proxy saw it."""
 
     def __init__(self, app):
         self.app = app
+        self.in_flight: dict[str, int] = {}
 
     async def __call__(self, scope, receive, send):
         path = scope.get("path", "")
@@ -162,7 +170,18 @@ class RequestGate:
             if media_type != b"application/json":
                 shown = media_type.decode(errors="replace") or "none"
                 return await refuse(send, 415, "header.Content-Type", f"send the body as application/json (got {shown})")
-        return await self.app(scope, receive, send)
+        cap = getattr(scope["app"].state, "max_requests_per_client", None) if "app" in scope else None
+        client = (scope.get("client") or ("unknown", 0))[0]
+        if cap and self.in_flight.get(client, 0) >= cap:
+            return await refuse(send, 429, "client", f"more than {cap} requests at once from {client}; retry later",
+                                headers=[(b"retry-after", b"1")])
+        self.in_flight[client] = self.in_flight.get(client, 0) + 1
+        try:
+            return await self.app(scope, receive, send)
+        finally:
+            self.in_flight[client] -= 1
+            if not self.in_flight[client]:
+                del self.in_flight[client]
 
 
 api.add_middleware(BodyLimit)
@@ -221,7 +240,14 @@ class EmoGenService:
     def __init__(self, checkpoint: str | None = None, max_batch_size: int = 8, batch_wait_timeout_s: float = 0.05,
                  step_budget: int = DEFAULT_STEP_BUDGET, api_key: str | None = None,
                  griffin_lim_iters: int | None = None, stack_rows: int = DEFAULT_STACK_ROWS,
-                 body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S, request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S):
+                 body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S, request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S,
+                 long_request_cost: int = DEFAULT_LONG_REQUEST_COST,
+                 max_requests_per_client: int = DEFAULT_MAX_REQUESTS_PER_CLIENT):
+        # `serve run serve/config.yaml` and `serve deploy` bind as their http_options say:
+        # the replica refuses to start where `emogen serve` would refuse to bind
+        refusal = serving_refusal(api_key)
+        if refusal:
+            raise RuntimeError(refusal)
         self.checkpoint = checkpoint
         self.step_budget = int(step_budget)
         self.request_timeout_s = float(request_timeout_s)
@@ -229,6 +255,7 @@ class EmoGenService:
         # for the middlewares (one replica per process): RequestGate's key, BodyLimit's deadline
         api.state.api_key = self.api_key
         api.state.body_timeout_s = float(body_timeout_s)
+        api.state.max_requests_per_client = int(max_requests_per_client)
         self.stack_rows = int(stack_rows)
         self.generator = None
         self.renderer = None
@@ -242,7 +269,8 @@ class EmoGenService:
         # the lock keeps two attention requests from hooking that copy at once.
         self.attention_generator = None
         self.attention_lock = threading.Lock()
-        self.batcher = IdleBatcher(self._run, int(max_batch_size), float(batch_wait_timeout_s))
+        self.batcher = IdleBatcher(self._run, int(max_batch_size), float(batch_wait_timeout_s),
+                                   cost=lambda job: job.cost, long_cost=int(long_request_cost))
         try:
             if not checkpoint:
                 raise ValueError("no checkpoint configured (args: checkpoint=PATH)")
@@ -283,11 +311,14 @@ class EmoGenService:
                 "step_budget": self.step_budget, "stack_rows": self.stack_rows,
                 "max_body_bytes": DEFAULT_MAX_BODY_BYTES, "body_timeout_s": api.state.body_timeout_s,
                 "request_timeout_s": self.request_timeout_s,
+                "long_request_cost": self.batcher.long_cost,
+                "max_requests_per_client": api.state.max_requests_per_client,
                 "api_key_required": bool(self.api_key),
                 "sample_rate": self.generator.audio.sample_rate if self.generator else None,
             },
             recent_batch_sizes=self.batches[-20:],
             batch_count=self.batch_count,
+            preemptions=self.batcher.preemptions,
             abandoned_batches=dict(self.abandoned),
             error=self.error,
         )
@@ -381,14 +412,15 @@ class EmoGenService:
         self.batches = (self.batches + [sum(j.num_samples for j in jobs)])[-100:]
         self.batch_count += 1
 
-        def stop_if_abandoned(step: int, total: int) -> None:
+        def between_steps(step: int, total: int) -> None:
             # a disconnected client cancels its request; when no client of the batch is
-            # left, the replica is freed within one denoising step
-            if self.batcher.abandoned():
-                self.abandoned.update(batches=self.abandoned["batches"] + 1, last_step=step, last_of=total)
-                raise BatchAbandoned(f"every client left at step {step} of {total}")
+            # left, the replica is freed within one denoising step. A long batch lets
+            # waiting short ones run here (and may have lost its clients meanwhile).
+            self._stop_if_abandoned(step, total)
+            self.batcher.between_steps()
+            self._stop_if_abandoned(step, total)
 
-        mel_list = synthesize_mels(self.generator, jobs, stack_rows=self.stack_rows, progress=stop_if_abandoned)
+        mel_list = synthesize_mels(self.generator, jobs, stack_rows=self.stack_rows, progress=between_steps)
         need = [m for m, j in zip(mel_list, jobs) if j.audio]  # Griffin-Lim only where audio is returned
         waves = self.renderer(np.concatenate(need)) if need else None
         out, offset = [], 0
@@ -399,6 +431,11 @@ class EmoGenService:
             else:
                 out.append((mels, None))
         return out
+
+    def _stop_if_abandoned(self, step: int, total: int) -> None:
+        if self.batcher.abandoned():
+            self.abandoned.update(batches=self.abandoned["batches"] + 1, last_step=step, last_of=total)
+            raise BatchAbandoned(f"every client left at step {step} of {total}")
 
 
 class ServeArgs(BaseModel):
@@ -419,6 +456,8 @@ class ServeArgs(BaseModel):
     max_ongoing_requests: int | None = None  # default: MAX_ONGOING_REQUESTS
     body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S  # a request's whole body within this, else 408
     request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S  # a synthesis's default deadline (504 after)
+    long_request_cost: int = DEFAULT_LONG_REQUEST_COST  # steps x samples above which short requests run in between
+    max_requests_per_client: int = DEFAULT_MAX_REQUESTS_PER_CLIENT  # a client's /v1/* requests at once (0: no cap)
     num_cpus: float | None = None
     num_gpus: float | Literal["auto"] = "auto"  # auto: 1 when this host has CUDA
 
@@ -461,4 +500,6 @@ def app(args: ServeArgs) -> Application:
         stack_rows=args.stack_rows,
         body_timeout_s=args.body_timeout_s,
         request_timeout_s=args.request_timeout_s,
+        long_request_cost=args.long_request_cost,
+        max_requests_per_client=args.max_requests_per_client,
     )

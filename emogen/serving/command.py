@@ -10,7 +10,14 @@ import argparse
 import ipaddress
 
 from emogen.logs import get_logger
-from emogen.serving.schema import DEFAULT_BODY_TIMEOUT_S, DEFAULT_REQUEST_TIMEOUT_S, DEFAULT_STEP_BUDGET
+from emogen.serving.schema import (
+    DEFAULT_BODY_TIMEOUT_S,
+    DEFAULT_KEEP_ALIVE_TIMEOUT_S,
+    DEFAULT_LONG_REQUEST_COST,
+    DEFAULT_MAX_REQUESTS_PER_CLIENT,
+    DEFAULT_REQUEST_TIMEOUT_S,
+    DEFAULT_STEP_BUDGET,
+)
 
 log = get_logger("serve")
 
@@ -24,12 +31,42 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def bind_refusal(host: str | None, api_key: str | None) -> str | None:
+    """Why the service must not listen on `host` (None: it may). Without an API key it only
+    binds to loopback. `emogen serve` refuses to start on it, a replica refuses to
+    construct (the rule for `serve run serve/config.yaml` and `serve deploy`)."""
+    if host is None or api_key or is_loopback(host):
+        return None
+    return (f"refusing to serve on {host!r} without an API key: set --api-key (or EMOGEN_API_KEY, or args.api_key "
+            "in serve/config.yaml) or bind to 127.0.0.1")
+
+
+def proxy_host() -> str | None:
+    """The address Serve's HTTP proxies bind (its controller's http_options.host), or None
+    outside a Serve cluster."""
+    import ray
+    from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+
+    if not ray.is_initialized():
+        return None
+    try:
+        controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+    except ValueError:
+        return None
+    return ray.get(controller.get_http_config.remote()).host
+
+
+def serving_refusal(api_key: str | None) -> str | None:
+    """`bind_refusal` for where this Serve cluster's proxies listen: what a replica checks
+    when it starts, whoever deployed it."""
+    return bind_refusal(proxy_host(), api_key)
+
+
 def check_bind(host: str, api_key: str | None) -> None:
-    """Without an API key the service only binds to loopback."""
-    if not api_key and not is_loopback(host):
-        raise SystemExit(
-            f"refusing to bind the synthesis service to {host!r} without an API key: "
-            "set --api-key (or EMOGEN_API_KEY) or bind to 127.0.0.1")
+    """Exit with `bind_refusal`'s reason, if any."""
+    refusal = bind_refusal(host, api_key)
+    if refusal:
+        raise SystemExit(refusal)
 
 
 def add_subcommand(subparsers) -> argparse.ArgumentParser:
@@ -48,6 +85,12 @@ def add_subcommand(subparsers) -> argparse.ArgumentParser:
                    help="seconds a request's whole body may take to arrive (408 after)")
     p.add_argument("--request-timeout", type=float, default=DEFAULT_REQUEST_TIMEOUT_S,
                    help="seconds a synthesis may take unless it asks for less (timeout_s); 504 and cancelled after")
+    p.add_argument("--long-request-cost", type=int, default=DEFAULT_LONG_REQUEST_COST,
+                   help="requests above this many steps x samples let shorter ones run between their steps")
+    p.add_argument("--max-requests-per-client", type=int, default=DEFAULT_MAX_REQUESTS_PER_CLIENT,
+                   help="a client's requests at once per replica (429 above; 0: no cap)")
+    p.add_argument("--keep-alive-timeout", type=int, default=DEFAULT_KEEP_ALIVE_TIMEOUT_S,
+                   help="seconds an idle connection stays open")
     p.add_argument("--address", default=None, help="Ray address (default: start a local Ray)")
     p.set_defaults(func=cmd_serve)
     return p
@@ -67,11 +110,12 @@ def cmd_serve(args: argparse.Namespace) -> dict:
     check_bind(args.host, api_key)
     if not ray.is_initialized():
         ray.init(address=args.address, log_to_driver=True)
-    serve.start(http_options={"host": args.host, "port": args.port})
+    serve.start(http_options={"host": args.host, "port": args.port, "keep_alive_timeout_s": args.keep_alive_timeout})
     application = app(ServeArgs(
         checkpoint=args.checkpoint, max_batch_size=args.max_batch_size, batch_wait_timeout_s=args.batch_wait_timeout,
         num_replicas=args.replicas, step_budget=args.step_budget, api_key=api_key, body_timeout_s=args.body_timeout,
-        request_timeout_s=args.request_timeout,
+        request_timeout_s=args.request_timeout, long_request_cost=args.long_request_cost,
+        max_requests_per_client=args.max_requests_per_client,
     ))
 
     def _stop(signum, frame):  # SIGTERM (ray job stop, containers) stops cleanly like Ctrl-C

@@ -16,6 +16,10 @@ DEFAULT_MAX_BODY_BYTES = 64 * 1024
 DEFAULT_BODY_TIMEOUT_S = 10.0  # the whole body must arrive within this (408 after)
 DEFAULT_REQUEST_TIMEOUT_S = 300.0  # a synthesis not done by then gets 504 and is cancelled
 DEFAULT_STACK_ROWS = 4  # rows per model call on a replica
+# requests costing more (steps x num_samples) run preemptibly: short batches run between their steps
+DEFAULT_LONG_REQUEST_COST = 100
+DEFAULT_MAX_REQUESTS_PER_CLIENT = 32  # a client's requests on /v1/* in a replica at once (429 above)
+DEFAULT_KEEP_ALIVE_TIMEOUT_S = 5  # an idle keep-alive connection is closed by the proxy after this
 
 
 class SamplingRequest(BaseModel):
@@ -86,6 +90,11 @@ class Job:
     eta: float
     seed: int
     audio: bool = True  # False for format 'npy': no Griffin-Lim needed
+
+    @property
+    def cost(self) -> int:
+        """Denoising steps times rows: what the replica's scheduler calls long or short."""
+        return self.steps * self.num_samples
 
     @property
     def group(self) -> tuple:
