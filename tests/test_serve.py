@@ -665,3 +665,22 @@ def test_the_config_file_is_what_the_app_takes():
     assert deployment["max_ongoing_requests"] == MAX_ONGOING_REQUESTS
     assert config["http_options"]["host"] == "127.0.0.1"
     assert config["http_options"]["keep_alive_timeout_s"] == DEFAULT_KEEP_ALIVE_TIMEOUT_S
+
+
+def test_mixed_hostile_load_keeps_the_service_answering(client, base_url):
+    """300 requests at concurrency 32, half valid (npy, WAV), half invalid in seven ways
+    (benchmarks/hostile_load.py's mix): every one gets its expected status (no 5xx),
+    /healthz keeps answering meanwhile, and the replica serves normally afterwards."""
+    import asyncio
+    import sys
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from hostile_load import mixed_load, probe_service
+
+    result = asyncio.run(mixed_load(base_url, requests=300, concurrency=32, max_seconds=300))
+    assert result["sent"] == 300 and result["server_error_count"] == 0, result["server_errors"]
+    assert not result["other_than_expected"], result["statuses_by_kind"]
+    assert result["statuses_by_kind"]["valid_wav"] == {"200": 75} and result["statuses_by_kind"]["text_plain"] == {"415": 21}
+    assert set(result["healthz_statuses"]) == {"200"} and result["healthz_samples"] >= 2
+    after = asyncio.run(probe_service(base_url, None, steps=2))
+    assert after["healthz_status"] == "200" and after["valid_status"] == "200"
