@@ -375,6 +375,7 @@ def test_refuses_public_bind_without_key():
     add_subcommand(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["serve", "--checkpoint", "x", "--host", "0.0.0.0"])
     assert args.port == 8000 and args.max_batch_size == 8 and args.replicas == 1 and args.body_timeout == 10.0 and args.request_timeout == 300.0
+    assert args.keep_alive_timeout == 5 and args.max_requests_per_client == 32 and args.long_request_cost == 100
     with pytest.raises(SystemExit, match="without an API key"):
         args.func(args)
 
