@@ -12,6 +12,7 @@ from emogen.config import AudioConfig
 from emogen.errors import UserError
 from emogen.logs import configure_logging, get_logger
 from emogen.options import add_config_options, add_ray_options, config_values
+from emogen.registry import MODEL_URIS, TRACKING_URI_HELP
 
 if TYPE_CHECKING:
     from emogen.experiment import ExperimentConfig
@@ -81,7 +82,7 @@ def cmd_generate(args: argparse.Namespace) -> dict:
     from emogen.generate import EmotionGenerator, write_wavs
 
     started = time.time()
-    generator = EmotionGenerator.from_checkpoint(args.checkpoint)
+    generator = EmotionGenerator.from_checkpoint(args.checkpoint, tracking_uri=args.tracking_uri)
     emotions = list(EMOTIONS) if args.emotion == "all" else [args.emotion]
     files = []
     for emotion in emotions:
@@ -100,7 +101,7 @@ def cmd_attention(args: argparse.Namespace) -> dict:
     from emogen.generate import EmotionGenerator
 
     started = time.time()
-    generator = EmotionGenerator.from_checkpoint(args.checkpoint)
+    generator = EmotionGenerator.from_checkpoint(args.checkpoint, tracking_uri=args.tracking_uri)
     maps = capture_attention(generator, args.emotion, steps_to_capture=args.steps_to_capture, seed=args.seed,
                              sampler=args.sampler, steps=args.steps, guidance_scale=args.guidance_scale)
     out = args.out or Path("runs/attention") / f"{args.emotion}_{args.seed}.png"
@@ -117,6 +118,18 @@ def cmd_attention(args: argparse.Namespace) -> dict:
         "blocks": {name: list(grid) for name, grid in maps.grids.items()},
         "seconds": round(time.time() - started, 1),
     }
+
+
+def cmd_models_promote(args: argparse.Namespace) -> dict:
+    from emogen.registry import promote
+
+    return promote(args.name, args.version, args.alias, args.tracking_uri)
+
+
+def cmd_models_list(args: argparse.Namespace) -> dict:
+    from emogen.registry import list_versions
+
+    return {"model": args.name, "versions": list_versions(args.name, args.tracking_uri)}
 
 
 def cmd_experiment(args: argparse.Namespace) -> dict:
@@ -271,7 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve_command.add_subcommand(sub)
 
     p = sub.add_parser("generate", help="synthesize clips of an emotion from a diffusion or VAE checkpoint")
-    p.add_argument("--checkpoint", required=True, help="a `emogen train diffusion|vae` checkpoint directory")
+    p.add_argument("--checkpoint", required=True, help=f"a `emogen train diffusion|vae` checkpoint directory, or {MODEL_URIS}")
+    p.add_argument("--tracking-uri", default=None, help=TRACKING_URI_HELP)
     p.add_argument("--emotion", default="all", help="one of the 6 emotions, or all")
     p.add_argument("--num-samples", type=int, default=4)
     p.add_argument("--sampler", default=None, choices=["ddpm", "ddim", "dpm"], help="diffusion sampler (default: the preset's)")
@@ -284,7 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("attention", help="PNG of the diffusion U-Net's self-attention while it generates one clip")
-    p.add_argument("--checkpoint", required=True, help="a `emogen train diffusion` checkpoint directory")
+    p.add_argument("--checkpoint", required=True, help=f"a `emogen train diffusion` checkpoint directory, or {MODEL_URIS}")
+    p.add_argument("--tracking-uri", default=None, help=TRACKING_URI_HELP)
     p.add_argument("--emotion", required=True, help="one of the 6 emotions")
     p.add_argument("--steps-to-capture", type=int, nargs="+", default=None,
                    help="0-based denoising step indices (default: first, middle, last)")
@@ -294,6 +309,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance-scale", type=float, default=None, help="classifier-free guidance (1 = none)")
     p.add_argument("--out", type=Path, default=None, help="PNG path (default: runs/attention/EMOTION_SEED.png)")
     p.set_defaults(func=cmd_attention)
+
+    p = sub.add_parser("models", help="the MLflow model registry: versions of a registered model, promote one with an alias")
+    models = p.add_subparsers(dest="models_command", required=True)
+    q = models.add_parser("promote", help="point an alias (e.g. champion) at a version: serve models:/NAME@ALIAS")
+    q.add_argument("name")
+    q.add_argument("version")
+    q.add_argument("--alias", default="champion")
+    q.add_argument("--tracking-uri", default=None, help=TRACKING_URI_HELP)
+    q.set_defaults(func=cmd_models_promote)
+    q = models.add_parser("list", help="the versions of a registered model, their aliases, runs and tags")
+    q.add_argument("name")
+    q.add_argument("--tracking-uri", default=None, help=TRACKING_URI_HELP)
+    q.set_defaults(func=cmd_models_list)
 
     p = sub.add_parser("experiment", help="the augmentation experiment: does generated data improve the SER? (report + MLflow)")
     add_experiment_arguments(p)

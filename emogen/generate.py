@@ -45,6 +45,7 @@ class EmotionGenerator:
         self.checkpoint = checkpoint
         self.audio = replace(AudioConfig(), state.get("audio") or {})
         self.epoch = int(state.get("epoch", 0))
+        self.registered: dict | None = None  # the MLflow model version it came from (from_checkpoint with a URI)
         self.vae: ConditionalVAE | None = None
         self.unet: UNet | None = None
         if self.kind == "vae":
@@ -62,14 +63,25 @@ class EmotionGenerator:
         self._inverter: MelInverter | None = None
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu") -> "EmotionGenerator":
+    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu",
+                        tracking_uri: str | None = None) -> "EmotionGenerator":
+        """A checkpoint directory (or run directory), or an MLflow model URI (models:/NAME@ALIAS,
+        models:/NAME/VERSION, runs:/RUN_ID/model) resolved at tracking_uri (emogen.registry)."""
         from emogen.checkpoint import load_state
+        from emogen.registry import is_model_uri, resolve_model_uri
 
-        return cls(load_state(path), device=device, checkpoint=str(path))
+        if not is_model_uri(path):
+            return cls(load_state(path), device=device, checkpoint=str(path))
+        resolved = resolve_model_uri(str(path), tracking_uri)
+        generator = cls(load_state(resolved.state_path), device=device, checkpoint=resolved.describe())
+        generator.registered = {"uri": resolved.uri, "name": resolved.name, "version": resolved.version, "run_id": resolved.run_id}
+        return generator
 
     @property
     def info(self) -> dict:
         info = {"model": self.kind, "checkpoint": self.checkpoint, "epoch": self.epoch, "emotions": list(EMOTIONS)}
+        if self.registered:
+            info["registered_model"] = self.registered
         if self.unet is not None:
             info.update(space=self.diffusion.space, num_train_timesteps=self.diffusion.num_train_timesteps,
                         default_sampler=self.diffusion.sampler, default_steps=self.diffusion.num_inference_steps,

@@ -63,7 +63,15 @@ def test_ser_two_gloo_workers_end_to_end(tiny_features, tmp_path, tracking_uri):
     assert run.data.params["train.batch_size"] == "16" and run.data.params["num_workers"] == "2"
     history = mlflow.tracking.MlflowClient().get_metric_history(run.info.run_id, "val_loss")
     assert [m.step for m in history] == [1, 2]
-    assert mlflow.artifacts.list_artifacts(run_id=run.info.run_id, artifact_path="model")
+    # the final checkpoint as an MLflow model of the run: a pyfunc giving the SER's probabilities
+    assert summary["model_uri"] == f"runs:/{run.info.run_id}/model" and summary["registered_model"] is None
+    from emogen.evaluate import SERClassifier
+
+    model = mlflow.pyfunc.load_model(summary["model_uri"])
+    mels = np.random.default_rng(0).normal(size=(3, 128, 173)).astype(np.float32)
+    expected, _ = SERClassifier(state).predict(mels)
+    assert np.allclose(model.predict(mels), expected, atol=1e-6)
+    assert model.metadata.get_input_schema().inputs[0].shape == (-1, 128, 173)
 
 
 def test_worker_failure_resumes_from_checkpoint(tiny_features, tmp_path, tracking_uri):

@@ -119,8 +119,9 @@ class BodyLimit:
 
 def checkpoint_name(path: str | None) -> str | None:
     """What responses call a checkpoint: its run folder and checkpoint folder names, never
-    the absolute path (which tells a client about the server's disk)."""
-    if not path:
+    the absolute path (which tells a client about the server's disk); an MLflow model URI
+    as it is (with the version it resolved to)."""
+    if not path or str(path).startswith(("models:/", "runs:/")):
         return path
     parts = [p for p in str(path).replace("\\", "/").split("/") if p]
     return "/".join(parts[-2:])
@@ -242,7 +243,7 @@ class EmoGenService:
                  griffin_lim_iters: int | None = None, stack_rows: int = DEFAULT_STACK_ROWS,
                  body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S, request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S,
                  long_request_cost: int = DEFAULT_LONG_REQUEST_COST,
-                 max_requests_per_client: int = DEFAULT_MAX_REQUESTS_PER_CLIENT):
+                 max_requests_per_client: int = DEFAULT_MAX_REQUESTS_PER_CLIENT, tracking_uri: str | None = None):
         # `serve run serve/config.yaml` and `serve deploy` bind as their http_options say:
         # the replica refuses to start where `emogen serve` would refuse to bind
         refusal = serving_refusal(api_key)
@@ -279,12 +280,13 @@ class EmoGenService:
             from emogen.generate import EmotionGenerator
 
             device = "cuda" if torch.cuda.is_available() else "cpu"
-            self.generator = EmotionGenerator.from_checkpoint(checkpoint, device=device)
+            self.generator = EmotionGenerator.from_checkpoint(checkpoint, device=device, tracking_uri=tracking_uri)
             self.renderer = AudioRenderer(self.generator.audio, n_iter=griffin_lim_iters)
             logger.info("emogen: loaded %s checkpoint %s on %s", self.generator.kind, checkpoint, device)
         except Exception as exc:  # keep the replica alive and answer 503 with the reason
             self.error = (f"model failed to load from {checkpoint_name(checkpoint)!r}: {type(exc).__name__}: "
-                          + str(exc).replace(str(checkpoint), str(checkpoint_name(checkpoint))))
+                          + str(exc).replace(str(checkpoint), str(checkpoint_name(checkpoint)))
+                          .replace(str(tracking_uri), "the tracking URI"))
             logger.error("emogen: %s; serving 503 on /healthz and /v1/synthesize", self.error)
 
     # -------------------------------------------------------------------- helpers
@@ -458,6 +460,7 @@ class ServeArgs(BaseModel):
     request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S  # a synthesis's default deadline (504 after)
     long_request_cost: int = DEFAULT_LONG_REQUEST_COST  # steps x samples above which short requests run in between
     max_requests_per_client: int = DEFAULT_MAX_REQUESTS_PER_CLIENT  # a client's /v1/* requests at once (0: no cap)
+    tracking_uri: str | None = None  # where a models:/ or runs:/ checkpoint resolves (default: emogen.tracking's)
     num_cpus: float | None = None
     num_gpus: float | Literal["auto"] = "auto"  # auto: 1 when this host has CUDA
 
@@ -488,8 +491,12 @@ def app(args: ServeArgs) -> Application:
     if actor:
         options["ray_actor_options"] = actor
     deployment = EmoGenService.options(**options) if options else EmoGenService
-    # replicas need not share this process's working directory
-    checkpoint = os.path.abspath(args.checkpoint) if args.checkpoint else None
+    from emogen.registry import is_model_uri
+    from emogen.tracking import resolve_tracking_uri
+
+    # replicas need not share this process's working directory: paths and the default
+    # (local) tracking store are made absolute here
+    checkpoint = args.checkpoint if not args.checkpoint or is_model_uri(args.checkpoint) else os.path.abspath(args.checkpoint)
     return deployment.bind(
         checkpoint=checkpoint,
         max_batch_size=args.max_batch_size,
@@ -502,4 +509,5 @@ def app(args: ServeArgs) -> Application:
         request_timeout_s=args.request_timeout_s,
         long_request_cost=args.long_request_cost,
         max_requests_per_client=args.max_requests_per_client,
+        tracking_uri=resolve_tracking_uri(args.tracking_uri),
     )

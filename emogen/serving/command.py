@@ -10,6 +10,7 @@ import argparse
 import ipaddress
 
 from emogen.logs import get_logger
+from emogen.registry import MODEL_URIS, TRACKING_URI_HELP
 from emogen.serving.schema import (
     DEFAULT_BODY_TIMEOUT_S,
     DEFAULT_KEEP_ALIVE_TIMEOUT_S,
@@ -73,7 +74,8 @@ def add_subcommand(subparsers) -> argparse.ArgumentParser:
     """Register `emogen serve` on an argparse subparsers object; the handler is set as
     `func` (call `args.func(args)`), blocks until Ctrl-C and returns a summary dict."""
     p = subparsers.add_parser("serve", help="serve a generator checkpoint over HTTP with Ray Serve")
-    p.add_argument("--checkpoint", required=True, help="diffusion or VAE checkpoint directory")
+    p.add_argument("--checkpoint", required=True, help=f"diffusion or VAE checkpoint directory, or {MODEL_URIS}")
+    p.add_argument("--tracking-uri", default=None, help=TRACKING_URI_HELP)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--max-batch-size", type=int, default=8)
@@ -115,7 +117,7 @@ def cmd_serve(args: argparse.Namespace) -> dict:
         checkpoint=args.checkpoint, max_batch_size=args.max_batch_size, batch_wait_timeout_s=args.batch_wait_timeout,
         num_replicas=args.replicas, step_budget=args.step_budget, api_key=api_key, body_timeout_s=args.body_timeout,
         request_timeout_s=args.request_timeout, long_request_cost=args.long_request_cost,
-        max_requests_per_client=args.max_requests_per_client,
+        max_requests_per_client=args.max_requests_per_client, tracking_uri=args.tracking_uri,
     ))
 
     def _stop(signum, frame):  # SIGTERM (ray job stop, containers) stops cleanly like Ctrl-C

@@ -11,10 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from emogen.checkpoint import STATE_FILE, load_state
+from emogen.checkpoint import load_state, resolve_checkpoint
 from emogen.config import AudioConfig
 from emogen.options import option
 from emogen.presets import model_configs
+from emogen.registry import is_model_uri, log_checkpoint_model
 from emogen.training.config import TrainConfig, train_config
 from emogen.training.loop import run_training, train_loop_per_worker
 from emogen.training.session import DirectorySession
@@ -101,6 +102,16 @@ def require_vae(model: str, diffusion: Any, vae_checkpoint: str | Path | None) -
         raise ValueError(NEEDS_VAE)
 
 
+def vae_path(vae_checkpoint: str | Path | None, tracking_uri: str | None = None) -> str | None:
+    """The VAE a latent-diffusion training reads, as an absolute local path; a models:/ or
+    runs:/ URI is downloaded here, at the driver, and then read like a path."""
+    if not vae_checkpoint:
+        return None
+    if is_model_uri(vae_checkpoint):
+        return str(resolve_checkpoint(vae_checkpoint, tracking_uri))
+    return str(Path(vae_checkpoint).resolve())
+
+
 def loop_config(
     model: str,
     preset: str,
@@ -108,6 +119,7 @@ def loop_config(
     epochs: int | None = None,
     vae_checkpoint: str | Path | None = None,
     train_overrides: dict[str, Any] | None = None,
+    tracking_uri: str | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The worker-loop config (see run_training) for a model of a preset (+ override
     sections), and the params to log for it. The caller fills in "mlflow" and "run_dir"."""
@@ -124,7 +136,8 @@ def loop_config(
         "configs": {k: dataclasses.asdict(cfgs[k]) for k in spec.sections},
         "train": dataclasses.asdict(train_cfg),
         "audio": dataclasses.asdict(AudioConfig()),
-        "extra": {"vae_checkpoint": str(Path(vae_checkpoint).resolve()) if vae_checkpoint else None},
+        # a models:/ or runs:/ VAE is downloaded here and read like a path (emogen.registry)
+        "extra": {"vae_checkpoint": vae_path(vae_checkpoint, tracking_uri), "vae_source": str(vae_checkpoint) if vae_checkpoint else None},
         "mlflow": None,
         "run_dir": None,
     }
@@ -164,6 +177,7 @@ class FitConfig:
     extra_train: list[str | Path] | None = option(
         None, "features dataset added to training only (e.g. generated clips); repeatable")
     max_failures: int = option(1, "worker-group restarts from the last checkpoint")
+    register_as: str | None = option(None, "register the trained model under this name in the MLflow model registry")
     # a fault-tolerance drill (TrainConfig.fail_at_epoch); -1: none
     fail_at_epoch: int = option(-1, argparse.SUPPRESS)
     parent_run_id: str | None = None  # the MLflow run is a child of this one (an experiment's)
@@ -183,7 +197,8 @@ def fit(model: str, features: str | Path, config: FitConfig = FitConfig()) -> di
 
     preset = config.preset
     train_over = {"fail_at_epoch": config.fail_at_epoch} if config.fail_at_epoch >= 0 else {}
-    loop, params = loop_config(model, preset, config.overrides, config.epochs, config.vae_checkpoint, train_over)
+    loop, params = loop_config(model, preset, config.overrides, config.epochs, config.vae_checkpoint, train_over,
+                               config.tracking_uri)
     train_cfg = TrainConfig(**loop["train"])
     run_name = config.run_name or f"{model}-{preset}"
     storage_path = config.storage_path
@@ -225,8 +240,9 @@ def fit(model: str, features: str | Path, config: FitConfig = FitConfig()) -> di
 
     with result.checkpoint.as_directory() as ckpt_dir:
         final = load_state(ckpt_dir)
+        # an MLflow model (runs:/RUN_ID/model), registered as a new version with register_as
+        logged = log_checkpoint_model(run_id, ckpt_dir, config.register_as)
         with mlflow.start_run(run_id=run_id):
-            mlflow.log_artifact(str(Path(ckpt_dir) / STATE_FILE), artifact_path="model")
             mlflow.set_tag("emogen.checkpoint", result.checkpoint.path)
     metrics = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
     return {
@@ -240,6 +256,7 @@ def fit(model: str, features: str | Path, config: FitConfig = FitConfig()) -> di
         "checkpoint": result.checkpoint.path,
         "mlflow_run_id": run_id,
         "tracking_uri": tracking_uri,
+        **logged,
         "split_counts": counts,
         "seconds": round(seconds, 1),
     }
