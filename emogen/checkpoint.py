@@ -43,14 +43,9 @@ def save_state(directory: str | Path, state: dict[str, Any]) -> Path:
     return atomic_write(Path(directory) / STATE_FILE, lambda tmp: torch.save(state, tmp))
 
 
-def resolve_checkpoint(path: str | Path, tracking_uri: str | None = None) -> Path:
-    """A state.pt, a checkpoint directory, a run directory (its newest checkpoint_*), or an
-    MLflow model URI (models:/NAME/VERSION, models:/NAME@ALIAS, runs:/RUN_ID/model: the
-    state file downloaded from the tracking URI, emogen.registry)."""
-    from emogen.registry import is_model_uri, resolve_model_uri
-
-    if is_model_uri(path):
-        return resolve_model_uri(str(path), tracking_uri).state_path
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A state.pt, a checkpoint directory, or a run directory (its newest checkpoint_*).
+    MLflow model URIs are resolved to one of these by emogen.registry."""
     path = Path(path)
     if path.is_dir() and not (path / STATE_FILE).exists():
         # Ray names checkpoints checkpoint_<timestamp>: the last in name order is the newest
@@ -60,11 +55,11 @@ def resolve_checkpoint(path: str | Path, tracking_uri: str | None = None) -> Pat
     return path / STATE_FILE if path.is_dir() else path
 
 
-def load_state(path: str | Path, map_location: str | torch.device = "cpu", tracking_uri: str | None = None) -> dict[str, Any]:
+def load_state(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """A checkpoint (see resolve_checkpoint) -> the state dict, loaded with weights_only=True."""
     from emogen.errors import MissingInputError
 
-    path = resolve_checkpoint(path, tracking_uri)
+    path = resolve_checkpoint(path)
     if not path.exists():
         raise MissingInputError(f"no checkpoint at {path}")
     return torch.load(path, map_location=map_location, weights_only=True)

@@ -13,6 +13,7 @@ from emogen.errors import UserError
 from emogen.logs import configure_logging, get_logger
 from emogen.options import add_config_options, add_ray_options, config_values
 from emogen.registry import MODEL_URIS, TRACKING_URI_HELP
+from emogen.runtime import stop_on_sigterm, stop_requested
 
 if TYPE_CHECKING:
     from emogen.experiment import ExperimentConfig
@@ -344,13 +345,29 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     func: Callable[[argparse.Namespace], dict] = args.func
+    stop_on_sigterm()
     try:
         summary = func(args)
     except UserError as exc:
         # raised in a Ray task it arrives wrapped, with the remote traceback in its text
         message = " ".join(str(getattr(exc, "cause", None) or exc).split())
+        _end_runs("FAILED", message)
         parser.exit(2, f"emogen: error: {message}\n")
+    except BaseException as exc:
+        if isinstance(exc, KeyboardInterrupt) or stop_requested():
+            _end_runs("KILLED", "stopped: SIGTERM (`ray job stop`)" if stop_requested() else "stopped: Ctrl-C")
+            raise SystemExit(130) from None
+        _end_runs("FAILED", f"{type(exc).__name__}: {exc}")
+        raise
     _print_summary(summary)
+
+
+def _end_runs(status: str, reason: str) -> None:
+    from emogen import tracking
+
+    ended = tracking.end_open_runs(status, reason)
+    if ended:
+        get_logger("cli").info("MLflow runs ended as %s: %s", status, ", ".join(ended))
 
 
 if __name__ == "__main__":

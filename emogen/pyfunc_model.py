@@ -1,4 +1,5 @@
-"""The MLflow pyfunc flavour of an EmoGen checkpoint (logged by emogen.registry).
+"""The MLflow pyfunc flavour of an EmoGen checkpoint, and how a training logs it
+(`log_checkpoint_model`; URIs, aliases and downloads are emogen.registry's).
 
     model = mlflow.pyfunc.load_model("models:/emogen-diffusion@champion")
     mels = model.predict(pd.DataFrame([{"emotion": "fear", "seed": 0, "steps": 10}]))
@@ -13,11 +14,15 @@ A SER takes mels [clips, n_mels, frames] and returns class probabilities [clips,
 
 from __future__ import annotations
 
+import warnings
+from pathlib import Path
 from typing import Any
 
 import mlflow.models
 import mlflow.pyfunc
 import numpy as np
+
+from emogen.registry import MODEL_ARTIFACT, PIP_REQUIREMENTS, quiet_downloads
 
 REQUEST_FIELDS = ("emotion", "num_samples", "seed", "steps", "sampler", "guidance_scale", "eta")
 
@@ -67,6 +72,61 @@ class EmoGenModel(mlflow.pyfunc.PythonModel):
 
         jobs = [resolve(SynthesisRequest(**row, format="npy"), self.generator) for row in request_rows(model_input)]
         return np.concatenate(synthesize_mels(self.generator, jobs))
+
+
+def model_signature(state: dict[str, Any]) -> Any:
+    """The pyfunc's input/output schema: a generator takes request rows and returns mels
+    [clips, n_mels, frames]; a SER takes mels and returns probabilities [clips, 6]."""
+    import numpy as np
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema, TensorSpec
+    from mlflow.types.schema import AnyType
+
+    from emogen.config import EMOTIONS, AudioConfig, replace
+
+    audio = replace(AudioConfig(), state.get("audio") or {})
+    mels = TensorSpec(np.dtype(np.float32), (-1, audio.n_mels, audio.num_frames))
+    if state["model_name"] == "ser":
+        return ModelSignature(inputs=Schema([mels]), outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, len(EMOTIONS)))]))
+    # The optional numbers are typed Any: a column some rows leave out holds NaN, which
+    # MLflow's check refuses for integers, and it refuses integers in a double column; the
+    # request model (the service's) validates every field and names the one that is wrong.
+    inputs = Schema([
+        ColSpec("string", "emotion"),
+        *(ColSpec(AnyType(), field, required=False) for field in ("num_samples", "seed", "steps")),
+        ColSpec("string", "sampler", required=False),
+        *(ColSpec(AnyType(), field, required=False) for field in ("guidance_scale", "eta")),
+    ])
+    return ModelSignature(inputs=inputs, outputs=Schema([mels]))
+
+
+def log_checkpoint_model(run_id: str, checkpoint: str | Path, register_as: str | None = None,
+                         tags: dict[str, str] | None = None) -> dict[str, Any]:
+    """Log a checkpoint to its MLflow run as a pyfunc model (runs:/RUN_ID/model) and, with
+    `register_as`, register it as a new version of that name (tagged with `tags`).
+    Returns {"model_uri", "registered_model", "version"}. MLflow must already point at
+    the run's tracking URI (emogen.tracking.configure)."""
+    import mlflow
+
+    from emogen.checkpoint import load_state, resolve_checkpoint
+
+    quiet_downloads()
+    state_path = resolve_checkpoint(checkpoint)
+    state = load_state(state_path)
+    with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
+        # about type hints and input examples: the signature says what the model takes
+        warnings.filterwarnings("ignore", category=UserWarning, module="mlflow")
+        info = mlflow.pyfunc.log_model(
+            name=MODEL_ARTIFACT, python_model=__file__, artifacts={"checkpoint": str(state_path)},
+            signature=model_signature(state), pip_requirements=list(PIP_REQUIREMENTS),
+            metadata={"emogen_model": state["model_name"], "epoch": int(state.get("epoch", 0))},
+        )
+    out: dict[str, Any] = {"model_uri": f"runs:/{run_id}/{MODEL_ARTIFACT}", "registered_model": None, "version": None}
+    if register_as:
+        version = mlflow.register_model(info.model_uri, register_as, tags={"emogen.model": state["model_name"], **(tags or {})})
+        mlflow.MlflowClient().set_model_version_tag(register_as, version.version, "emogen.run_id", run_id)
+        out.update(registered_model=register_as, version=str(version.version))
+    return out
 
 
 # logged as code (MLflow's "models from code"), not as a pickled object

@@ -5,7 +5,7 @@ under a name, promoted with an alias, and loaded back by URI wherever a checkpoi
     emogen models promote emogen-diffusion 3 --alias champion      # move the alias
     emogen serve --checkpoint models:/emogen-diffusion@champion    # or generate, --vae-checkpoint, ...
 
-A logged model is a pyfunc (`emogen.pyfunc_model.EmoGenModel`) whose one artifact is the
+A logged model is a pyfunc (`emogen.pyfunc_model`, which also logs it) whose one artifact is the
 checkpoint's `state.pt`, which is self-contained (a latent-diffusion checkpoint carries its
 VAE). `mlflow.pyfunc.load_model(uri).predict(...)` generates the same mels as the Ray Serve
 endpoint for the same request and seed; `resolve_model_uri` downloads the state file for
@@ -19,11 +19,9 @@ import hashlib
 import os
 import shutil
 import tempfile
-import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from emogen.errors import UserError
 
@@ -65,36 +63,30 @@ class ResolvedModel:
         return f"{self.uri} (version {self.version})" if self.version and not self.uri.endswith(f"/{self.version}") else self.uri
 
 
-def _registered(uri: str, client: Any) -> tuple[str | None, str | None, str | None]:
-    """(name, version, run id) of a models:/NAME/VERSION or models:/NAME@ALIAS URI; Nones otherwise."""
-    if not uri.startswith("models:/"):
-        return None, None, uri.split("/")[1] if uri.startswith("runs:/") and uri.count("/") >= 2 else None
+def _source(uri: str, client: Any) -> tuple[str, str | None, str | None, str | None]:
+    """(artifact URI to download, registered name, version, run id) of a model URI.
+
+    The artifact URI is asked of `client`, which carries the tracking URI: MLflow's own
+    models:/ and runs:/ resolution reads its global tracking and registry URIs instead."""
+    if uri.startswith("runs:/"):
+        run_id, _, path = uri[len("runs:/"):].partition("/")
+        run = client.get_run(run_id)
+        logged = client.search_logged_models([run.info.experiment_id],
+                                             filter_string=f"source_run_id = '{run_id}' AND name = '{path or MODEL_ARTIFACT}'")
+        if logged:  # an MLflow 3 model logged by the run
+            return logged[0].artifact_location, None, None, run_id
+        return f"{run.info.artifact_uri}/{path}", None, None, run_id  # a plain artifact of the run
     ref = uri[len("models:/"):].rstrip("/")
     if "@" in ref:
         name, alias = ref.split("@", 1)
-        mv = client.get_model_version_by_alias(name, alias)
+        version = client.get_model_version_by_alias(name, alias)
     elif "/" in ref:
-        name, version = ref.split("/", 1)
-        mv = client.get_model_version(name, version)
+        name, number = ref.split("/", 1)
+        version = client.get_model_version(name, number)
     else:
         raise ModelURIError(f"{uri}: name a version or an alias (models:/NAME/VERSION or models:/NAME@ALIAS)")
-    return mv.name, str(mv.version), mv.run_id
-
-
-@contextmanager
-def _mlflow_at(tracking: str) -> Iterator[None]:
-    """MLflow's global tracking and registry URIs set to `tracking` for the duration:
-    resolving models:/ and runs:/ URIs reads the globals whatever the arguments say."""
-    import mlflow
-
-    before = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
-    mlflow.set_tracking_uri(tracking)
-    mlflow.set_registry_uri(tracking)
-    try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(before[0])
-        mlflow.set_registry_uri(before[1])
+    return (client.get_model_version_download_uri(version.name, version.version), version.name, str(version.version),
+            version.run_id)
 
 
 def resolve_model_uri(uri: str, tracking_uri: str | None = None, cache_dir: str | Path | None = None) -> ResolvedModel:
@@ -109,18 +101,16 @@ def resolve_model_uri(uri: str, tracking_uri: str | None = None, cache_dir: str 
     quiet_downloads()
     tracking = resolve_tracking_uri(tracking_uri)
     client = mlflow.MlflowClient(tracking_uri=tracking, registry_uri=tracking)
+    cache = Path(cache_dir or Path(tempfile.gettempdir()) / "emogen-models")
     try:
-        name, version, run_id = _registered(uri, client)
-        # an alias moves: the cache is keyed by what it resolved to, not by the URI
-        key = f"{tracking}|{name}|{version}" if version else f"{tracking}|{uri}"
-        target = Path(cache_dir or Path(tempfile.gettempdir()) / "emogen-models") / hashlib.sha256(key.encode()).hexdigest()[:20]
-        if not any(target.rglob(STATE_FILE)) if target.exists() else True:
-            source = f"models:/{name}/{version}" if version else uri
-            staging = Path(tempfile.mkdtemp(dir=target.parent if target.parent.exists() else None))
+        source, name, version, run_id = _source(uri, client)
+        # an alias moves: the cache is keyed by what the URI resolved to
+        target = cache / hashlib.sha256(f"{tracking}|{source}".encode()).hexdigest()[:20]
+        if not (target.exists() and any(target.rglob(STATE_FILE))):
+            cache.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(dir=cache))
             try:
-                with _mlflow_at(tracking):
-                    mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(staging))
-                target.parent.mkdir(parents=True, exist_ok=True)
+                mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(staging), tracking_uri=tracking)
                 shutil.rmtree(target, ignore_errors=True)
                 os.replace(staging, target)  # whole or not at all: a replica never reads half a download
             finally:
@@ -131,65 +121,6 @@ def resolve_model_uri(uri: str, tracking_uri: str | None = None, cache_dir: str 
     if not states:
         raise ModelURIError(f"{uri} resolves at {tracking}, but to no EmoGen checkpoint (no {STATE_FILE} in it)")
     return ResolvedModel(uri, states[0], name, version, run_id)
-
-
-# -------------------------------------------------------------------- logging
-
-
-def model_signature(state: dict[str, Any]) -> Any:
-    """The pyfunc's input/output schema: a generator takes request rows and returns mels
-    [clips, n_mels, frames]; a SER takes mels and returns probabilities [clips, 6]."""
-    import numpy as np
-    from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, Schema, TensorSpec
-    from mlflow.types.schema import AnyType
-
-    from emogen.config import EMOTIONS, AudioConfig, replace
-
-    audio = replace(AudioConfig(), state.get("audio") or {})
-    mels = TensorSpec(np.dtype(np.float32), (-1, audio.n_mels, audio.num_frames))
-    if state["model_name"] == "ser":
-        return ModelSignature(inputs=Schema([mels]), outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, len(EMOTIONS)))]))
-    # The optional numbers are typed Any: a column some rows leave out holds NaN, which
-    # MLflow's check refuses for integers, and it refuses integers in a double column; the
-    # request model (the service's) validates every field and names the one that is wrong.
-    inputs = Schema([
-        ColSpec("string", "emotion"),
-        *(ColSpec(AnyType(), field, required=False) for field in ("num_samples", "seed", "steps")),
-        ColSpec("string", "sampler", required=False),
-        *(ColSpec(AnyType(), field, required=False) for field in ("guidance_scale", "eta")),
-    ])
-    return ModelSignature(inputs=inputs, outputs=Schema([mels]))
-
-
-def log_checkpoint_model(run_id: str, checkpoint: str | Path, register_as: str | None = None,
-                         tags: dict[str, str] | None = None) -> dict[str, Any]:
-    """Log a checkpoint to its MLflow run as a pyfunc model (runs:/RUN_ID/model) and, with
-    `register_as`, register it as a new version of that name (tagged with `tags`).
-    Returns {"model_uri", "registered_model", "version"}. MLflow must already point at
-    the run's tracking URI (emogen.tracking.configure)."""
-    import mlflow
-
-    from emogen import pyfunc_model
-    from emogen.checkpoint import load_state, resolve_checkpoint
-
-    quiet_downloads()
-    state_path = resolve_checkpoint(checkpoint)
-    state = load_state(state_path)
-    with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
-        # about type hints and input examples: the signature says what the model takes
-        warnings.filterwarnings("ignore", category=UserWarning, module="mlflow")
-        info = mlflow.pyfunc.log_model(
-            name=MODEL_ARTIFACT, python_model=pyfunc_model.__file__, artifacts={"checkpoint": str(state_path)},
-            signature=model_signature(state), pip_requirements=list(PIP_REQUIREMENTS),
-            metadata={"emogen_model": state["model_name"], "epoch": int(state.get("epoch", 0))},
-        )
-    out: dict[str, Any] = {"model_uri": f"runs:/{run_id}/{MODEL_ARTIFACT}", "registered_model": None, "version": None}
-    if register_as:
-        version = mlflow.register_model(info.model_uri, register_as, tags={"emogen.model": state["model_name"], **(tags or {})})
-        mlflow.MlflowClient().set_model_version_tag(register_as, version.version, "emogen.run_id", run_id)
-        out.update(registered_model=register_as, version=str(version.version))
-    return out
 
 
 def promote(name: str, version: str, alias: str, tracking_uri: str | None = None) -> dict[str, Any]:

@@ -29,7 +29,33 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, **kwargs: 
         # The dashboard stays on: Ray Train's controller watches its workers through the
         # state API it serves (bound to 127.0.0.1 by default).
         ray.init(num_cpus=num_cpus, **kwargs)
+    stop_on_sigterm()  # ray.init installed its own handler (a bare sys.exit)
     plain_output_off_a_terminal()
+
+
+_stop_requested = False
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM (what `ray job stop` and container runtimes send) stops a command as Ctrl-C
+    does, and is remembered (`stop_requested`): the CLI then ends its MLflow runs as
+    KILLED instead of leaving them RUNNING. Ray's code on the way out may turn the
+    interrupt into another exception; the flag still tells what happened."""
+    import signal
+    import threading
+
+    def interrupt(signum, frame):
+        global _stop_requested
+        _stop_requested = True
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, interrupt)
+
+
+def stop_requested() -> bool:
+    """True once this process got SIGTERM (after `stop_on_sigterm`)."""
+    return _stop_requested
 
 
 def plain_output_off_a_terminal() -> None:

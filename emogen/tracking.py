@@ -15,6 +15,9 @@ from typing import Any
 
 DEFAULT_DIR = Path("runs/mlflow")
 DEFAULT_EXPERIMENT = "emogen"
+# (tracking URI, run id) of every run this process created or resumed: what `end_open_runs`
+# ends when the process is stopped (workers that reopened them die without ending them)
+_RUNS_OF_THIS_PROCESS: list[tuple[str, str]] = []
 
 
 def default_tracking_uri(directory: str | Path = DEFAULT_DIR) -> str:
@@ -86,12 +89,40 @@ def get_or_create_run(
 
     configure(tracking_uri, experiment)
     found = find_run(run_name, tracking_uri, experiment)
-    if found is not None:
-        return found
-    all_tags = {"emogen.run_name": run_name, **(tags or {})}
-    if parent_run_id:
-        all_tags["mlflow.parentRunId"] = parent_run_id
-    with mlflow.start_run(run_name=run_name, tags=all_tags) as run:
-        if params:
-            mlflow.log_params(flatten(params))
-        return run.info.run_id
+    if found is None:
+        all_tags = {"emogen.run_name": run_name, **(tags or {})}
+        if parent_run_id:
+            all_tags["mlflow.parentRunId"] = parent_run_id
+        with mlflow.start_run(run_name=run_name, tags=all_tags) as run:
+            if params:
+                mlflow.log_params(flatten(params))
+            found = run.info.run_id
+    _RUNS_OF_THIS_PROCESS.append((resolve_tracking_uri(tracking_uri), found))
+    return found
+
+
+def end_open_runs(status: str, reason: str) -> list[str]:
+    """End as `status` (KILLED or FAILED) every run this process created or resumed that is
+    still RUNNING, and their RUNNING descendants (an experiment's trainings, a sweep's
+    trials: their workers die with this process and never end them), tagged with the
+    reason. Returns the ids ended. Called by the CLI when a job is stopped or fails."""
+    import mlflow
+
+    ended: list[str] = []
+    for uri, root in _RUNS_OF_THIS_PROCESS:
+        client = mlflow.MlflowClient(tracking_uri=uri)
+        todo = [root]
+        while todo:
+            run_id = todo.pop()
+            try:
+                run = client.get_run(run_id)
+                if run.info.status == "RUNNING" and run_id not in ended:
+                    client.set_tag(run_id, "emogen.ended_because", reason[:500])
+                    client.set_terminated(run_id, status)
+                    ended.append(run_id)
+                children = client.search_runs([run.info.experiment_id], f"tags.`mlflow.parentRunId` = '{run_id}'")
+            except Exception:  # a store that is gone too: nothing more to end here
+                continue
+            todo += [child.info.run_id for child in children]
+    _RUNS_OF_THIS_PROCESS.clear()
+    return ended

@@ -123,3 +123,81 @@ def test_train_register_promote_and_serve_by_alias(mlflow_server, tiny_features,
     out = _cli(capsys, "generate", "--checkpoint", "models:/emogen-vae/1", "--tracking-uri", mlflow_server,
                "--emotion", "sadness", "--num-samples", "1", "--out", str(tmp_path / "wavs"))
     assert len(out["files"]) == 1 and Path(out["files"][0]).exists()
+
+
+def test_a_stopped_training_ends_its_mlflow_run_as_killed(tiny_features, tmp_path, ray_session):
+    """`ray job stop` sends SIGTERM to the job's entrypoint (then SIGKILL 3 s later): the
+    training's MLflow run ends as KILLED, with the reason, instead of staying RUNNING."""
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "emogen.cli", "train", "ser", "--data", str(tiny_features), "--preset", "tiny",
+         "--epochs", "200", "--storage-path", str(tmp_path / "train"), "--tracking-uri", uri, "--run-name", "stopped"],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    mlflow.set_tracking_uri(uri)
+    try:
+        deadline = time.time() + 240
+        run_id = None
+        while time.time() < deadline and driver.poll() is None:  # until an epoch is logged
+            try:
+                runs = mlflow.search_runs(experiment_names=["emogen"], filter_string="tags.`emogen.run_name` = 'stopped'")
+            except Exception:  # the store is being created
+                runs = None
+            if runs is not None and len(runs) and "metrics.val_loss" in runs and runs["metrics.val_loss"].notna().all():
+                run_id = runs["run_id"].iloc[0]
+                break
+            time.sleep(0.5)
+        assert run_id is not None and driver.poll() is None, driver.stderr.read().decode()[-3000:] if driver.poll() is not None else "no epoch in 240 s"
+        assert mlflow.get_run(run_id).info.status == "RUNNING"
+        stopped = time.time()
+        os.killpg(driver.pid, signal.SIGTERM)
+        driver.wait(timeout=60)
+        took = time.time() - stopped
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+            driver.wait()
+    run = mlflow.get_run(run_id)
+    assert run.info.status == "KILLED", (run.info.status, run.data.tags.get("emogen.ended_because"))
+    assert "SIGTERM" in run.data.tags["emogen.ended_because"]
+    assert driver.returncode == 130 and took < 3, (driver.returncode, took)  # within `ray job stop`'s grace period
+
+
+def test_checkpoint_options_take_model_uris_in_the_local_store(tmp_path):
+    """No server: the default local SQLite store registers and resolves too; a latent
+    diffusion training's --vae-checkpoint takes a models:/ URI (downloaded at the driver,
+    read as a path), and a runs:/ URI resolves to the logged checkpoint."""
+    import dataclasses
+
+    import mlflow
+
+    from emogen import tracking
+    from emogen.checkpoint import build_model, load_state, save_state
+    from emogen.config import AudioConfig
+    from emogen.presets import model_configs
+    from emogen.pyfunc_model import log_checkpoint_model
+    from emogen.registry import ModelURIError, resolve_model_uri
+    from emogen.training.driver import loop_config
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    vae = dataclasses.asdict(model_configs("tiny")["vae"])
+    save_state(tmp_path / "vae", {"model_name": "vae", "configs": {"vae": vae}, "model": build_model("vae", {"vae": vae}).state_dict(),
+                                  "best_model": None, "ema_model": None, "audio": dataclasses.asdict(AudioConfig()), "extra": {},
+                                  "epoch": 3})
+    tracking.configure(uri)
+    with mlflow.start_run() as run:
+        pass
+    logged = log_checkpoint_model(run.info.run_id, tmp_path / "vae", register_as="tiny-vae", tags={"fold": "0"})
+    assert logged["version"] == "1" and mlflow.MlflowClient().get_model_version("tiny-vae", "1").tags["fold"] == "0"
+
+    loop, _ = loop_config("diffusion", "tiny", {"diffusion": {"space": "latent"}, "unet": {"in_channels": 4}}, epochs=1,
+                          vae_checkpoint="models:/tiny-vae/1", tracking_uri=uri)
+    assert loop["extra"]["vae_source"] == "models:/tiny-vae/1"
+    assert load_state(loop["extra"]["vae_checkpoint"])["epoch"] == 3
+    assert load_state(resolve_model_uri(f"runs:/{run.info.run_id}/model", uri).state_path)["model_name"] == "vae"
+    with pytest.raises(ModelURIError, match="models:/tiny-vae/2 does not resolve"):
+        resolve_model_uri("models:/tiny-vae/2", uri)
+    with pytest.raises(ModelURIError, match="name a version or an alias"):
+        resolve_model_uri("models:/tiny-vae", uri)

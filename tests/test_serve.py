@@ -635,13 +635,13 @@ def test_replicas_refuse_a_public_bind_without_key(monkeypatch, base_url):
     """`serve run serve/config.yaml` and `serve deploy` bind where their http_options say:
     the replica applies `emogen serve`'s rule and refuses to start on a public address
     without an API key."""
-    from emogen.serving import command
+    from emogen.serving import binding
     from emogen.serving.app import EmoGenService
 
-    assert command.proxy_host() == "127.0.0.1"  # what this module's Serve binds, from its controller
+    assert binding.proxy_host() == "127.0.0.1"  # what this module's Serve binds, from its controller
     service = EmoGenService.func_or_class.__mro__[1]  # the class under Serve's ASGI wrapper
     assert service.__name__ == "EmoGenService"
-    monkeypatch.setattr(command, "proxy_host", lambda: "0.0.0.0")
+    monkeypatch.setattr(binding, "proxy_host", lambda: "0.0.0.0")
     with pytest.raises(RuntimeError, match="refusing to serve on '0.0.0.0' without an API key"):
         service(checkpoint=None)
     assert "no checkpoint configured" in service(checkpoint=None, api_key="k").error

@@ -37,7 +37,7 @@ from ray.serve import Application
 from emogen.config import EMOTIONS
 from emogen.serving.batching import IdleBatcher
 from emogen.serving.encoders import clip_names, json_payload, npy_bytes, wav_bytes, zip_bytes
-from emogen.serving.command import serving_refusal
+from emogen.serving.binding import serving_refusal
 from emogen.serving.schema import (
     DEFAULT_BODY_TIMEOUT_S,
     DEFAULT_LONG_REQUEST_COST,

@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from emogen.checkpoint import load_state, resolve_checkpoint
+from emogen.checkpoint import load_state
 from emogen.config import AudioConfig
 from emogen.options import option
 from emogen.presets import model_configs
-from emogen.registry import is_model_uri, log_checkpoint_model
+from emogen.registry import is_model_uri, resolve_model_uri
 from emogen.training.config import TrainConfig, train_config
 from emogen.training.loop import run_training, train_loop_per_worker
 from emogen.training.session import DirectorySession
@@ -108,7 +108,7 @@ def vae_path(vae_checkpoint: str | Path | None, tracking_uri: str | None = None)
     if not vae_checkpoint:
         return None
     if is_model_uri(vae_checkpoint):
-        return str(resolve_checkpoint(vae_checkpoint, tracking_uri))
+        return str(resolve_model_uri(str(vae_checkpoint), tracking_uri).state_path)
     return str(Path(vae_checkpoint).resolve())
 
 
@@ -241,6 +241,8 @@ def fit(model: str, features: str | Path, config: FitConfig = FitConfig()) -> di
     with result.checkpoint.as_directory() as ckpt_dir:
         final = load_state(ckpt_dir)
         # an MLflow model (runs:/RUN_ID/model), registered as a new version with register_as
+        from emogen.pyfunc_model import log_checkpoint_model
+
         logged = log_checkpoint_model(run_id, ckpt_dir, config.register_as)
         with mlflow.start_run(run_id=run_id):
             mlflow.set_tag("emogen.checkpoint", result.checkpoint.path)
