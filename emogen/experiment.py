@@ -133,6 +133,8 @@ class ExperimentConfig:
     wavs_per_emotion: int = option(1, "Griffin-Lim clips per emotion and source in the report")
     # the judge SER's seed: it must not be the filter (a seed's baseline SER) in disguise
     judge_seed: int = option(1000, "seed of the SER that judges generated clips (trained on train+val)")
+    register_prefix: str = option("emogen", "register each fold's generators and baseline SERs in the MLflow model "
+                                  "registry as PREFIX-vae, PREFIX-diffusion, PREFIX-ser ('': do not register)")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
@@ -868,7 +870,56 @@ def run_experiment(
     results.seconds = {**ctx.seconds, "total": round(sum(ctx.seconds.values()), 1)}
     _write_json(ctx.out / "results.json", results.to_json())
     _log_parent(results, ctx.out, tracking_uri)
+    if ctx.config.register_prefix:
+        _register_models(ctx, results)
     return results
+
+
+def _register_models(ctx: ExperimentContext, results: ExperimentResults) -> list[dict[str, Any]]:
+    """Each fold's generators and each fold and seed's baseline SER as versions of
+    PREFIX-vae, PREFIX-diffusion and PREFIX-ser, tagged with the experiment, fold, seed
+    and their judged clarity / UA. A model already registered from the same run (a
+    resumed experiment) is not registered again."""
+    import mlflow
+
+    from emogen import tracking
+    from emogen.pyfunc_model import log_checkpoint_model
+
+    tracking.configure(ctx.tracking_uri)
+    client = mlflow.MlflowClient()
+    prefix = ctx.config.register_prefix
+
+    def registered(name: str, run_id: str) -> bool:
+        try:
+            return bool(client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'"))
+        except mlflow.exceptions.MlflowException:
+            return False
+
+    done = []
+    for (fold, generator), summary in sorted(ctx.generators.items()):
+        name, run_id = f"{prefix}-{generator}", summary["mlflow_run_id"]
+        if registered(name, run_id):
+            continue
+        info = results.generated.get(generator)
+        tags = {"emogen.experiment": ctx.name, "emogen.fold": str(fold)}
+        if info is not None and SER_JUDGE in info.judged:  # over the experiment's folds and seeds
+            tags["emogen.clarity_by_ser_judge"] = f"{info.judged[SER_JUDGE].all.mean:.4f}"
+        if not summary.get("model_uri"):  # trained before models were logged (a resumed old experiment)
+            continue
+        version = mlflow.register_model(summary["model_uri"], name, tags=tags)
+        client.set_model_version_tag(name, version.version, "emogen.run_id", run_id)
+        done.append({"model": name, "version": str(version.version), **tags})
+    for run in results.runs.get(REAL, []):
+        name = f"{prefix}-ser"
+        run_id = tracking.find_run(f"ser-{_condition_dir(REAL)}-f{run.fold}-s{run.seed}-{ctx.name}", ctx.tracking_uri)
+        if run_id is None or registered(name, run_id):
+            continue
+        tags = {"emogen.experiment": ctx.name, "emogen.fold": str(run.fold), "emogen.seed": str(run.seed),
+                "emogen.ua": f"{run.metrics.unweighted_accuracy:.4f}"}
+        logged = log_checkpoint_model(run_id, run.checkpoint, register_as=name, tags=tags)
+        done.append({"model": name, "version": logged["version"], **tags})
+    log.info("registered %d models: %s", len(done), ", ".join(f"{d['model']} v{d['version']}" for d in done))
+    return done
 
 
 # ------------------------------------------------------------------- results

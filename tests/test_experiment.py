@@ -274,6 +274,15 @@ def test_experiment_mlflow_parent_and_children(tiny_experiment):
         assert ("train_loss" if "judge" in name else "val_loss") in run.data.metrics, name
     assert by_name[f"vae-f0-{NAME}"].info.run_id == results["generators"]["vae"]["mlflow_run_id"]
 
+    # each fold's generators and baseline SER registered, tagged with where they came from
+    versions = {name: client.search_model_versions(f"name = '{name}'") for name in ("emogen-vae", "emogen-diffusion", "emogen-ser")}
+    for name, found in versions.items():
+        assert sorted(v.tags["emogen.fold"] for v in found) == [str(f) for f in range(FOLDS)], name
+        assert all(v.tags["emogen.experiment"] == NAME for v in found)
+    assert {v.run_id for v in versions["emogen-ser"]} == {by_name[f"ser-real-f{f}-s0-{NAME}"].info.run_id for f in range(FOLDS)}
+    assert all(0 <= float(v.tags["emogen.ua"]) <= 1 and v.tags["emogen.seed"] == "0" for v in versions["emogen-ser"])
+    assert all(0 <= float(v.tags["emogen.clarity_by_ser_judge"]) <= 1 for v in versions["emogen-diffusion"])
+
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
@@ -314,6 +323,8 @@ def test_rerun_resumes_without_training(tiny_experiment, tiny_features, tracking
     children = client.search_runs([first["mlflow"]["experiment_id"]],
                                   f"tags.mlflow.parentRunId = '{first['mlflow']['parent_run_id']}'")
     assert len(children) == 7 * FOLDS  # no duplicate child runs
+    for name in ("emogen-vae", "emogen-diffusion", "emogen-ser"):  # nor registered versions
+        assert len(client.search_model_versions(f"name = '{name}'")) == FOLDS, name
 
 
 # ------------------------------------------------------------------ config errors
