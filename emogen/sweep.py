@@ -506,6 +506,7 @@ class SweepConfig:
     tracking_uri: str | None = option(None, "MLflow tracking URI (default: local store in runs/mlflow)")
     vae_checkpoint: str | None = option(None, "latent diffusion: the trained VAE checkpoint")
     max_failures: int = option(0, "retries of a failed trial from its last checkpoint", type=int)
+    register_as: str | None = option(None, "register the best trial's model under this name in the MLflow model registry")
 
     def __post_init__(self) -> None:
         if self.model not in MODELS:
@@ -632,6 +633,8 @@ def run_sweep(config: SweepConfig) -> dict[str, Any]:
         best = {"trial": best_row["trial"], metric: best_row[f"best_{metric}"], "config": best_config}
 
     _close_runs(uri, experiment_id, parent_run_id, rows)
+    if best is not None:
+        best["model"] = _log_best_model(results, best, uri, experiment_id, parent_run_id, name, metric, config.register_as)
     with mlflow.start_run(run_id=parent_run_id):
         mlflow.log_artifact(str(sweep_dir / "results.csv"))
         if best is not None:
@@ -657,6 +660,30 @@ def run_sweep(config: SweepConfig) -> dict[str, Any]:
         "split_counts": counts,
         "seconds": round(seconds, 1),
     }
+
+
+def _log_best_model(results: Any, best: dict[str, Any], uri: str, experiment_id: str, parent_run_id: str, name: str,
+                    metric: str, register_as: str | None) -> dict[str, Any] | None:
+    """The best trial's final checkpoint as an MLflow model of its run (registered as a new
+    version of `register_as`, tagged with the sweep and its score), unless it was already."""
+    from mlflow.tracking import MlflowClient
+
+    from emogen.pyfunc_model import log_checkpoint_model
+
+    result = next((r for r in results if _trial_id(r) == best["trial"]), None)
+    if result is None or result.checkpoint is None or not Path(result.checkpoint.path).exists():
+        log.warning("the best trial %s has no checkpoint on this file system: its model is not logged", best["trial"])
+        return None
+    client = MlflowClient(uri)
+    runs = client.search_runs([experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}' and "
+                                                             f"tags.`emogen.trial_id` = '{best['trial']}'")
+    if not runs:
+        return None
+    run_id = runs[0].info.run_id
+    if register_as and client.search_model_versions(f"name = '{register_as}' and run_id = '{run_id}'"):
+        return {"model_uri": f"runs:/{run_id}/model", "registered_model": register_as}  # a re-run of a finished sweep
+    tags = {"emogen.sweep": name, f"emogen.best_{metric}": f"{best[metric]:.6g}"}
+    return log_checkpoint_model(run_id, result.checkpoint.path, register_as, tags=tags)
 
 
 def _close_runs(uri: str, experiment_id: str, parent_run_id: str, rows: list[dict[str, Any]]) -> None:

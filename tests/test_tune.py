@@ -146,7 +146,8 @@ def test_sweep_asha_failing_trial_mlflow_and_best_config(tiny_features, tmp_path
     space = {"train": {"lr": {"grid": [2e-3, 1e-3, 1.0, -1.0]}}, "ser": {"dropout": {"uniform": [0.1, 0.3]}}}
     started = time.time()
     config = SweepConfig("ser", tiny_features, preset="tiny", space=space, num_samples=1, epochs=3,
-                         max_concurrent=2, storage_path=tmp_path / "tune", name="sweep", tracking_uri=uri)
+                         max_concurrent=2, storage_path=tmp_path / "tune", name="sweep", tracking_uri=uri,
+                         register_as="emogen-ser-sweep")
     summary = run_sweep(config)
     print(f"sweep of 4 trials: {time.time() - started:.1f} s")
     assert summary["trials"] == 4 and summary["status"] == {"ERROR": 1, "TERMINATED": 3}
@@ -168,6 +169,11 @@ def test_sweep_asha_failing_trial_mlflow_and_best_config(tiny_features, tmp_path
     assert set(children["status"]) == {"FINISHED", "FAILED"}
     trained = children[children["status"] == "FINISHED"]
     assert trained["metrics.val_loss"].notna().all() and len(trained) == 3
+    # the best trial's model, registered from its own run and tagged with its score
+    (version,) = mlflow.MlflowClient().search_model_versions("name = 'emogen-ser-sweep'")
+    best_run = children[children["tags.emogen.trial_id"] == summary["best"]["trial"]]["run_id"].iloc[0]
+    assert version.run_id == best_run and version.tags["emogen.sweep"] == "sweep"
+    assert float(version.tags["emogen.best_val_loss"]) == pytest.approx(summary["best"]["val_loss"], rel=1e-5)
     client = mlflow.tracking.MlflowClient()
     steps = sorted(len(client.get_metric_history(rid, "val_loss")) for rid in trained["run_id"])
     assert steps[0] == 1 and steps[-1] == 3
@@ -187,6 +193,7 @@ def test_sweep_asha_failing_trial_mlflow_and_best_config(tiny_features, tmp_path
     again = run_sweep(config)
     assert again["trials"] == 4 and again["mlflow_parent_run_id"] == parent and again["seconds"] < 30
     assert len(mlflow.search_runs(experiment_names=["emogen"], filter_string=f"tags.`mlflow.parentRunId` = '{parent}'")) == 4
+    assert len(mlflow.MlflowClient().search_model_versions("name = 'emogen-ser-sweep'")) == 1  # not registered twice
 
 
 def test_interrupted_sweep_resumes(tiny_features, tmp_path, ray_session):
