@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
+from emogen import tracking
 from emogen.config import AudioConfig
 from emogen.errors import UserError
 from emogen.logs import configure_logging, get_logger
@@ -346,26 +347,25 @@ def main(argv: list[str] | None = None) -> None:
     args.argv = list(sys.argv[1:] if argv is None else argv)
     func: Callable[[argparse.Namespace], dict] = args.func
     stop_on_sigterm()
+    mark = tracking.runs_mark()
     try:
         summary = func(args)
     except UserError as exc:
         # raised in a Ray task it arrives wrapped, with the remote traceback in its text
         message = " ".join(str(getattr(exc, "cause", None) or exc).split())
-        _end_runs("FAILED", message)
+        _end_runs("FAILED", message, mark)
         parser.exit(2, f"emogen: error: {message}\n")
     except BaseException as exc:
         if isinstance(exc, KeyboardInterrupt) or stop_requested():
-            _end_runs("KILLED", "stopped: SIGTERM (`ray job stop`)" if stop_requested() else "stopped: Ctrl-C")
+            _end_runs("KILLED", "stopped: SIGTERM (`ray job stop`)" if stop_requested() else "stopped: Ctrl-C", mark)
             raise SystemExit(130) from None
-        _end_runs("FAILED", f"{type(exc).__name__}: {exc}")
+        _end_runs("FAILED", f"{type(exc).__name__}: {exc}", mark)
         raise
     _print_summary(summary)
 
 
-def _end_runs(status: str, reason: str) -> None:
-    from emogen import tracking
-
-    ended = tracking.end_open_runs(status, reason)
+def _end_runs(status: str, reason: str, since: int) -> None:
+    ended = tracking.end_open_runs(status, reason, since)
     if ended:
         get_logger("cli").info("MLflow runs ended as %s: %s", status, ", ".join(ended))
 

@@ -101,7 +101,13 @@ def get_or_create_run(
     return found
 
 
-def end_open_runs(status: str, reason: str) -> list[str]:
+def runs_mark() -> int:
+    """Where this process's list of runs stands: `end_open_runs(..., since=mark)` ends only
+    the runs a command created after it (a long-lived process runs several commands)."""
+    return len(_RUNS_OF_THIS_PROCESS)
+
+
+def end_open_runs(status: str, reason: str, since: int = 0) -> list[str]:
     """End as `status` (KILLED or FAILED) every run this process created or resumed that is
     still RUNNING, and their RUNNING descendants (an experiment's trainings, a sweep's
     trials: their workers die with this process and never end them), tagged with the
@@ -109,7 +115,7 @@ def end_open_runs(status: str, reason: str) -> list[str]:
     import mlflow
 
     ended: list[str] = []
-    for uri, root in _RUNS_OF_THIS_PROCESS:
+    for uri, root in _RUNS_OF_THIS_PROCESS[since:]:
         client = mlflow.MlflowClient(tracking_uri=uri)
         todo = [root]
         while todo:
@@ -124,5 +130,5 @@ def end_open_runs(status: str, reason: str) -> list[str]:
             except Exception:  # a store that is gone too: nothing more to end here
                 continue
             todo += [child.info.run_id for child in children]
-    _RUNS_OF_THIS_PROCESS.clear()
+    del _RUNS_OF_THIS_PROCESS[since:]
     return ended
