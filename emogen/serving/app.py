@@ -284,9 +284,10 @@ class EmoGenService:
             self.renderer = AudioRenderer(self.generator.audio, n_iter=griffin_lim_iters)
             logger.info("emogen: loaded %s checkpoint %s on %s", self.generator.kind, checkpoint, device)
         except Exception as exc:  # keep the replica alive and answer 503 with the reason
-            self.error = (f"model failed to load from {checkpoint_name(checkpoint)!r}: {type(exc).__name__}: "
-                          + str(exc).replace(str(checkpoint), str(checkpoint_name(checkpoint)))
-                          .replace(str(tracking_uri), "the tracking URI"))
+            reason = str(exc).replace(str(checkpoint), str(checkpoint_name(checkpoint)))
+            if tracking_uri:  # a server address or a database path: not the client's business
+                reason = reason.replace(tracking_uri, "the tracking URI")
+            self.error = f"model failed to load from {checkpoint_name(checkpoint)!r}: {type(exc).__name__}: {reason}"
             logger.error("emogen: %s; serving 503 on /healthz and /v1/synthesize", self.error)
 
     # -------------------------------------------------------------------- helpers
