@@ -77,7 +77,6 @@ class EmoGenModel(mlflow.pyfunc.PythonModel):
 def model_signature(state: dict[str, Any]) -> Any:
     """The pyfunc's input/output schema: a generator takes request rows and returns mels
     [clips, n_mels, frames]; a SER takes mels and returns probabilities [clips, 6]."""
-    import numpy as np
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema, TensorSpec
     from mlflow.types.schema import AnyType

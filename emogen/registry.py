@@ -31,7 +31,9 @@ MODEL_URIS = "models:/NAME@ALIAS, models:/NAME/VERSION or runs:/RUN_ID/model (ML
 TRACKING_URI_HELP = ("MLflow tracking URI where a models:/ or runs:/ checkpoint resolves "
                      "(default: $MLFLOW_TRACKING_URI, else the local store in runs/mlflow)")
 # what a logged model needs installed to load (the environment MLflow records; listed, not
-# inferred: inference loads the model in a subprocess and takes longer than the logging)
+# inferred: inference loads the model in a subprocess and takes longer than the logging).
+# emogen itself is installed from this project's source, not an index: load the model in
+# an environment that has it (`mlflow models predict ... --env-manager local`).
 PIP_REQUIREMENTS = ("torch==2.14.1", "torchaudio==2.11.0", "numpy", "pandas", "pydantic", "soundfile", "emogen")
 
 
