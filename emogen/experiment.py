@@ -376,6 +376,7 @@ def _start(features: str | Path, out_dir: str | Path, preset: str, config: Exper
               "split_counts": {f"fold{s.fold}": s.counts for s in splits}, "diffusion_space": diffusion_space,
               "overrides": overrides}
     parent = finished.run(StageKey.parent_run(), lambda: _parent_run(name, params, tracking_uri))
+    tracking.mark_running(parent, tracking_uri)  # until _log_parent ends it (a stopped job: KILLED)
     return ExperimentContext(
         features=features, out=out, preset=preset, config=config, name=name, overrides=overrides, command=command,
         tracking_uri=tracking_uri,

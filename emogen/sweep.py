@@ -470,7 +470,8 @@ def _parent_run(name: str, tracking_uri: str | None, params: dict[str, Any]) -> 
     from emogen import tracking
 
     experiment_id = tracking.configure(tracking_uri)
-    run_id = tracking.get_or_create_run(name, {"emogen.sweep": name, "emogen.kind": "sweep"}, params, tracking_uri)
+    run_id = tracking.get_or_create_run(name, {"emogen.sweep": name, "emogen.kind": "sweep"}, params, tracking_uri,
+                                        running=True)  # until the sweep's summary ends it
     return run_id, experiment_id
 
 

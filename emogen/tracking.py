@@ -81,10 +81,13 @@ def get_or_create_run(
     tracking_uri: str | None = None,
     parent_run_id: str | None = None,
     experiment: str = DEFAULT_EXPERIMENT,
+    running: bool = False,
 ) -> str:
     """The id of the MLflow run named `run_name` (tag `emogen.run_name`): found again when a
     resumed job asks for it, else created with its tags and flattened params, as a child of
-    parent_run_id when given. The run is left closed; workers reopen it by id."""
+    parent_run_id when given. The run is left closed (workers reopen it by id), or with
+    `running` marked RUNNING until its owner ends it (an experiment's or a sweep's parent
+    run, whose work happens in its children: a stopped job then shows it KILLED)."""
     import mlflow
 
     configure(tracking_uri, experiment)
@@ -97,8 +100,22 @@ def get_or_create_run(
             if params:
                 mlflow.log_params(flatten(params))
             found = run.info.run_id
-    _RUNS_OF_THIS_PROCESS.append((resolve_tracking_uri(tracking_uri), found))
+    if running:
+        mark_running(found, tracking_uri)
+    else:
+        _RUNS_OF_THIS_PROCESS.append((resolve_tracking_uri(tracking_uri), found))
     return found
+
+
+def mark_running(run_id: str, tracking_uri: str | None = None) -> None:
+    """Mark a run RUNNING until its owner ends it, as one of this process's runs (see
+    `end_open_runs`): an experiment's or a sweep's parent, also when a resumed job takes
+    it up again."""
+    import mlflow
+
+    uri = resolve_tracking_uri(tracking_uri)
+    mlflow.MlflowClient(tracking_uri=uri).update_run(run_id, status="RUNNING")
+    _RUNS_OF_THIS_PROCESS.append((uri, run_id))
 
 
 def runs_mark() -> int:
