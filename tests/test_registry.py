@@ -201,3 +201,30 @@ def test_checkpoint_options_take_model_uris_in_the_local_store(tmp_path):
         resolve_model_uri("models:/tiny-vae/2", uri)
     with pytest.raises(ModelURIError, match="name a version or an alias"):
         resolve_model_uri("models:/tiny-vae", uri)
+
+
+def test_a_stopped_command_ends_its_runs_and_their_running_children(tmp_path):
+    """What the CLI does on SIGTERM: the runs a command created (an experiment's or a
+    sweep's parent, RUNNING while its work goes on) and their RUNNING descendants end as
+    KILLED with the reason; finished children and runs from earlier commands stay as they are."""
+    import mlflow
+
+    from emogen import tracking
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    earlier = tracking.get_or_create_run("earlier-command", tracking_uri=uri, running=True)
+    mark = tracking.runs_mark()
+    parent = tracking.get_or_create_run("experiment-x", tracking_uri=uri, running=True)
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    experiment_id = client.get_run(parent).info.experiment_id
+    running = client.create_run(experiment_id, tags={"mlflow.parentRunId": parent}).info.run_id  # a trial in a Ray task
+    grandchild = client.create_run(experiment_id, tags={"mlflow.parentRunId": running}).info.run_id
+    finished = client.create_run(experiment_id, tags={"mlflow.parentRunId": parent}).info.run_id
+    client.set_terminated(finished, "FINISHED")
+
+    ended = tracking.end_open_runs("KILLED", "stopped: SIGTERM", since=mark)
+    assert set(ended) == {parent, running, grandchild}
+    status = {run_id: client.get_run(run_id).info.status for run_id in (parent, running, grandchild, finished, earlier)}
+    assert status == {parent: "KILLED", running: "KILLED", grandchild: "KILLED", finished: "FINISHED", earlier: "RUNNING"}
+    assert client.get_run(running).data.tags["emogen.ended_because"] == "stopped: SIGTERM"
+    assert tracking.runs_mark() == mark  # this command's runs are forgotten, the earlier one's kept
