@@ -881,39 +881,27 @@ def _register_models(ctx: ExperimentContext, results: ExperimentResults) -> list
     PREFIX-vae, PREFIX-diffusion and PREFIX-ser, tagged with the experiment, fold, seed
     and their judged clarity / UA. A model already registered from the same run (a
     resumed experiment) is not registered again."""
-    import mlflow
-
     from emogen import tracking
     from emogen.pyfunc_model import log_checkpoint_model
+    from emogen.registry import register, registered_version
 
     tracking.configure(ctx.tracking_uri)
-    client = mlflow.MlflowClient()
     prefix = ctx.config.register_prefix
-
-    def registered(name: str, run_id: str) -> bool:
-        try:
-            return bool(client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'"))
-        except mlflow.exceptions.MlflowException:
-            return False
-
     done = []
     for (fold, generator), summary in sorted(ctx.generators.items()):
         name, run_id = f"{prefix}-{generator}", summary["mlflow_run_id"]
-        if registered(name, run_id):
+        # no model_uri: trained before models were logged (a resumed old experiment)
+        if not summary.get("model_uri") or registered_version(name, run_id, ctx.tracking_uri):
             continue
         info = results.generated.get(generator)
         tags = {"emogen.experiment": ctx.name, "emogen.fold": str(fold)}
         if info is not None and SER_JUDGE in info.judged:  # over the experiment's folds and seeds
             tags["emogen.clarity_by_ser_judge"] = f"{info.judged[SER_JUDGE].all.mean:.4f}"
-        if not summary.get("model_uri"):  # trained before models were logged (a resumed old experiment)
-            continue
-        version = mlflow.register_model(summary["model_uri"], name, tags=tags)
-        client.set_model_version_tag(name, version.version, "emogen.run_id", run_id)
-        done.append({"model": name, "version": str(version.version), **tags})
+        done.append({"model": name, "version": register(summary["model_uri"], name, run_id, tags), **tags})
     for run in results.runs.get(REAL, []):
         name = f"{prefix}-ser"
         run_id = tracking.find_run(f"ser-{_condition_dir(REAL)}-f{run.fold}-s{run.seed}-{ctx.name}", ctx.tracking_uri)
-        if run_id is None or registered(name, run_id):
+        if run_id is None or registered_version(name, run_id, ctx.tracking_uri):
             continue
         tags = {"emogen.experiment": ctx.name, "emogen.fold": str(run.fold), "emogen.seed": str(run.seed),
                 "emogen.ua": f"{run.metrics.unweighted_accuracy:.4f}"}

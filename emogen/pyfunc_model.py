@@ -22,7 +22,7 @@ import mlflow.models
 import mlflow.pyfunc
 import numpy as np
 
-from emogen.registry import MODEL_ARTIFACT, PIP_REQUIREMENTS, quiet_downloads
+from emogen.registry import MODEL_ARTIFACT, PIP_REQUIREMENTS, quiet_downloads, register
 
 REQUEST_FIELDS = ("emotion", "num_samples", "seed", "steps", "sampler", "guidance_scale", "eta")
 
@@ -122,9 +122,8 @@ def log_checkpoint_model(run_id: str, checkpoint: str | Path, register_as: str |
         )
     out: dict[str, Any] = {"model_uri": f"runs:/{run_id}/{MODEL_ARTIFACT}", "registered_model": None, "version": None}
     if register_as:
-        version = mlflow.register_model(info.model_uri, register_as, tags={"emogen.model": state["model_name"], **(tags or {})})
-        mlflow.MlflowClient().set_model_version_tag(register_as, version.version, "emogen.run_id", run_id)
-        out.update(registered_model=register_as, version=str(version.version))
+        version = register(info.model_uri, register_as, run_id, {"emogen.model": state["model_name"], **(tags or {})})
+        out.update(registered_model=register_as, version=version)
     return out
 
 

@@ -91,6 +91,16 @@ def _source(uri: str, client: Any) -> tuple[str, str | None, str | None, str | N
             version.run_id)
 
 
+def _client(tracking_uri: str | None) -> tuple[str, Any]:
+    """(the tracking URI resolved, an MlflowClient on it for tracking and registry alike)."""
+    import mlflow
+
+    from emogen.tracking import resolve_tracking_uri
+
+    tracking = resolve_tracking_uri(tracking_uri)
+    return tracking, mlflow.MlflowClient(tracking_uri=tracking, registry_uri=tracking)
+
+
 def resolve_model_uri(uri: str, tracking_uri: str | None = None, cache_dir: str | Path | None = None) -> ResolvedModel:
     """Download the checkpoint a model URI names (once per resolved version: cached) and
     say which version it was. Raises ModelURIError naming the URI when it does not resolve."""
@@ -98,11 +108,9 @@ def resolve_model_uri(uri: str, tracking_uri: str | None = None, cache_dir: str 
     from mlflow.exceptions import MlflowException
 
     from emogen.checkpoint import STATE_FILE
-    from emogen.tracking import resolve_tracking_uri
 
     quiet_downloads()
-    tracking = resolve_tracking_uri(tracking_uri)
-    client = mlflow.MlflowClient(tracking_uri=tracking, registry_uri=tracking)
+    tracking, client = _client(tracking_uri)
     cache = Path(cache_dir or Path(tempfile.gettempdir()) / "emogen-models")
     try:
         source, name, version, run_id = _source(uri, client)
@@ -125,15 +133,33 @@ def resolve_model_uri(uri: str, tracking_uri: str | None = None, cache_dir: str 
     return ResolvedModel(uri, states[0], name, version, run_id)
 
 
-def promote(name: str, version: str, alias: str, tracking_uri: str | None = None) -> dict[str, Any]:
-    """Point `alias` at version `version` of registered model `name` (moving it if it pointed elsewhere)."""
+def register(model_uri: str, name: str, run_id: str, tags: dict[str, str] | None = None) -> str:
+    """A new version of registered model `name` from `model_uri` (a model run `run_id`
+    logged), tagged with `tags` and the run; returns the version. Registers at MLflow's
+    configured registry (emogen.tracking.configure)."""
     import mlflow
+
+    return str(mlflow.register_model(model_uri, name, tags={**(tags or {}), "emogen.run_id": run_id}).version)
+
+
+def registered_version(name: str, run_id: str, tracking_uri: str | None = None) -> str | None:
+    """The version of `name` registered from run `run_id`, if any: a resumed experiment or a
+    re-run sweep registers nothing twice."""
     from mlflow.exceptions import MlflowException
 
-    from emogen.tracking import resolve_tracking_uri
+    _, client = _client(tracking_uri)
+    try:
+        versions = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    except MlflowException:
+        return None
+    return str(versions[0].version) if versions else None
 
-    tracking = resolve_tracking_uri(tracking_uri)
-    client = mlflow.MlflowClient(tracking_uri=tracking, registry_uri=tracking)
+
+def promote(name: str, version: str, alias: str, tracking_uri: str | None = None) -> dict[str, Any]:
+    """Point `alias` at version `version` of registered model `name` (moving it if it pointed elsewhere)."""
+    from mlflow.exceptions import MlflowException
+
+    tracking, client = _client(tracking_uri)
     try:
         try:
             before = str(client.get_model_version_by_alias(name, alias).version)
@@ -147,13 +173,9 @@ def promote(name: str, version: str, alias: str, tracking_uri: str | None = None
 
 def list_versions(name: str, tracking_uri: str | None = None) -> list[dict[str, Any]]:
     """Every version of a registered model: number, aliases, run, tags."""
-    import mlflow
     from mlflow.exceptions import MlflowException
 
-    from emogen.tracking import resolve_tracking_uri
-
-    tracking = resolve_tracking_uri(tracking_uri)
-    client = mlflow.MlflowClient(tracking_uri=tracking, registry_uri=tracking)
+    tracking, client = _client(tracking_uri)
     try:
         aliases = client.get_registered_model(name).aliases  # alias -> version
         versions = client.search_model_versions(f"name = '{name}'")

@@ -670,6 +670,7 @@ def _log_best_model(results: Any, best: dict[str, Any], uri: str, experiment_id:
     from mlflow.tracking import MlflowClient
 
     from emogen.pyfunc_model import log_checkpoint_model
+    from emogen.registry import registered_version
 
     result = next((r for r in results if _trial_id(r) == best["trial"]), None)
     if result is None or result.checkpoint is None or not Path(result.checkpoint.path).exists():
@@ -681,7 +682,7 @@ def _log_best_model(results: Any, best: dict[str, Any], uri: str, experiment_id:
     if not runs:
         return None
     run_id = runs[0].info.run_id
-    if register_as and client.search_model_versions(f"name = '{register_as}' and run_id = '{run_id}'"):
+    if register_as and registered_version(register_as, run_id, uri):
         return {"model_uri": f"runs:/{run_id}/model", "registered_model": register_as}  # a re-run of a finished sweep
     tags = {"emogen.sweep": name, f"emogen.best_{metric}": f"{best[metric]:.6g}"}
     return log_checkpoint_model(run_id, result.checkpoint.path, register_as, tags=tags)

@@ -139,7 +139,7 @@ def end_open_runs(status: str, reason: str, since: int = 0) -> list[str]:
             run_id = todo.pop()
             try:
                 run = client.get_run(run_id)
-                if run.info.status == "RUNNING" and run_id not in ended:
+                if run.info.status == "RUNNING":
                     client.set_tag(run_id, "emogen.ended_because", reason[:500])
                     client.set_terminated(run_id, status)
                     ended.append(run_id)

@@ -35,6 +35,7 @@ from ray import serve
 from ray.serve import Application
 
 from emogen.config import EMOTIONS
+from emogen.registry import is_model_uri
 from emogen.serving.batching import IdleBatcher
 from emogen.serving.encoders import clip_names, json_payload, npy_bytes, wav_bytes, zip_bytes
 from emogen.serving.binding import serving_refusal
@@ -54,6 +55,7 @@ from emogen.serving.schema import (
     resolve_attention,
 )
 from emogen.serving.synthesis import AudioRenderer, synthesize_mels
+from emogen.tracking import resolve_tracking_uri
 
 logger = logging.getLogger("ray.serve")
 
@@ -121,7 +123,7 @@ def checkpoint_name(path: str | None) -> str | None:
     """What responses call a checkpoint: its run folder and checkpoint folder names, never
     the absolute path (which tells a client about the server's disk); an MLflow model URI
     as it is (with the version it resolved to)."""
-    if not path or str(path).startswith(("models:/", "runs:/")):
+    if not path or is_model_uri(str(path)):
         return path
     parts = [p for p in str(path).replace("\\", "/").split("/") if p]
     return "/".join(parts[-2:])
@@ -492,9 +494,6 @@ def app(args: ServeArgs) -> Application:
     if actor:
         options["ray_actor_options"] = actor
     deployment = EmoGenService.options(**options) if options else EmoGenService
-    from emogen.registry import is_model_uri
-    from emogen.tracking import resolve_tracking_uri
-
     # replicas need not share this process's working directory: paths and the default
     # (local) tracking store are made absolute here
     checkpoint = args.checkpoint if not args.checkpoint or is_model_uri(args.checkpoint) else os.path.abspath(args.checkpoint)

@@ -66,6 +66,7 @@ def cmd_serve(args: argparse.Namespace) -> dict:
     import ray
     from ray import serve
 
+    from emogen.runtime import stop_on_sigterm
     from emogen.serving.app import ServeArgs, app
 
     api_key = args.api_key or os.environ.get("EMOGEN_API_KEY")
@@ -80,10 +81,7 @@ def cmd_serve(args: argparse.Namespace) -> dict:
         max_requests_per_client=args.max_requests_per_client, tracking_uri=args.tracking_uri,
     ))
 
-    def _stop(signum, frame):  # SIGTERM (ray job stop, containers) stops cleanly like Ctrl-C
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, _stop)
+    stop_on_sigterm()  # ray.init replaced it: SIGTERM (ray job stop, containers) stops cleanly like Ctrl-C
     signal.signal(signal.SIGINT, signal.default_int_handler)
     started = time.time()
     log.info(f"http://{args.host}:{args.port}/ (API docs at /docs); Ctrl-C to stop")
