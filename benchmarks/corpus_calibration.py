@@ -28,9 +28,9 @@ from sklearn.model_selection import GroupKFold, cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from emogen.audio import LogMelExtractor, load_clip
+from emogen.audio.mel import LogMelExtractor, load_clip
 from emogen.config import EMOTIONS
-from emogen.corpus import generate_corpus
+from emogen.data.corpus import generate_corpus
 
 
 def clip_features(paths: list[str]) -> np.ndarray:

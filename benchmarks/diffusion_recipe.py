@@ -13,7 +13,7 @@ generated and scored against the fold's held-out real clips:
 
 - clarity by the judge, overall and per emotion, beside the judge's own UA on real clips;
 - FID on the judge's embeddings, beside held-out real vs training real;
-- the two-sample accuracy (0.5 = indistinguishable) and near-silent frames (emogen.metrics);
+- the two-sample accuracy (0.5 = indistinguishable) and near-silent frames (emogen.evaluation.metrics);
 - optimizer steps and training seconds so far.
 
     .venv/bin/python benchmarks/diffusion_recipe.py --data runs/demo/data --work /tmp/recipes \\
@@ -37,7 +37,7 @@ import numpy as np
 from common import finish
 from emogen.checkpoint import load_state
 from emogen.config import EMOTIONS
-from emogen.generate import EmotionGenerator
+from emogen.inference.generator import EmotionGenerator
 from judging import describe_score, fold_parser, judged_fold, parse_fold_args, requested_labels, train
 from ser_vs_probe import parse_overrides
 

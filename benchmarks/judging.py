@@ -2,7 +2,7 @@
 scores against the fold's held-out real clips: what benchmarks/vae_latent.py and
 benchmarks/diffusion_recipe.py share.
 
-The fold is the demo experiment's (emogen.datasets.speaker_folds); the judge is an SER of
+The fold is the demo experiment's (emogen.data.datasets.speaker_folds); the judge is an SER of
 the preset trained on the fold's train+val clips with its own seed, through the project's
 worker loop in this process (train_in_process on in-memory shards, as
 benchmarks/ser_vs_probe.py does).
@@ -23,10 +23,10 @@ import pandas as pd
 import torch
 
 from emogen.config import EMOTIONS
-from emogen.data import decode_mels, read_features
-from emogen.datasets import speaker_folds
-from emogen.evaluate import SERClassifier
-from emogen.metrics import classification_report, clarity_per_emotion, frechet_distance, silent_frame_fraction, two_sample_accuracy
+from emogen.data.features import decode_mels, read_features
+from emogen.data.datasets import speaker_folds
+from emogen.inference.classifier import SERClassifier
+from emogen.evaluation.metrics import classification_report, clarity_per_emotion, frechet_distance, silent_frame_fraction, two_sample_accuracy
 from emogen.training.driver import loop_config, train_in_process
 from ser_vs_probe import TableShard
 

@@ -15,7 +15,7 @@ one Parquet table of log-mels plus metadata. In one run:
     At the small size (the corpus, 444 clips for the demo) and the large one (manifest
     rows replicated, default 5x = 2,220 clips). ``--env-blas-loop`` adds the loop with BLAS
     threads as the environment sets them (they thrash on a busy 2-core machine).
-(b) ``emogen.data.preprocess`` (Ray tasks) with ``ray.init(num_cpus=2)``; ray.init itself
+(b) ``emogen.data.features.preprocess`` (Ray tasks) with ``ray.init(num_cpus=2)``; ray.init itself
     is timed and reported, not counted. "cold": the small size as the first preprocess in
     the fresh Ray instance, so it includes everything a first call pays (worker imports,
     featurize, Parquet write, summary/rejects files); then the large size in the same
@@ -72,7 +72,7 @@ def ensure_corpus(corpus: str | None, work: Path) -> Path:
     if (out / "corpus.json").exists():
         log(f"reusing corpus at {out}")
         return out
-    from emogen.corpus import generate_corpus
+    from emogen.data.corpus import generate_corpus
 
     log(f"generating the 'demo' corpus into {out} (2 workers) ...")
     t = time.perf_counter()
@@ -83,7 +83,7 @@ def ensure_corpus(corpus: str | None, work: Path) -> Path:
 
 def labelled_manifest(corpus: Path) -> pd.DataFrame:
     """The manifest rows with a usable label: both sides decode exactly these clips."""
-    from emogen.datasets import build_manifest
+    from emogen.data.datasets import build_manifest
 
     manifest = build_manifest([corpus])
     return manifest[manifest["reject_reason"] == ""].reset_index(drop=True)
@@ -158,7 +158,7 @@ def start_ray() -> float:
 
 def ray_run(manifest: pd.DataFrame, out: Path, cfg: AudioConfig, rows_per_part: int | None = None,
             concurrency: int | None = None) -> dict[str, Any]:
-    from emogen.data import preprocess
+    from emogen.data.features import preprocess
 
     t = time.perf_counter()
     summary = preprocess(manifest, out, cfg, batch_size=rows_per_part, concurrency=concurrency)
@@ -190,8 +190,8 @@ def featurize_costs(manifest: pd.DataFrame, cfg: AudioConfig) -> dict[str, float
     import torchaudio
     from threadpoolctl import threadpool_limits
 
-    from emogen.clips import LogMel, db_to_scaled, power_to_db, read_audio, standardize_clip
-    from emogen.data import featurize_rows, keep_freed_memory_for_reuse
+    from emogen.audio.clips import LogMel, db_to_scaled, power_to_db, read_audio, standardize_clip
+    from emogen.data.features import featurize_rows, keep_freed_memory_for_reuse
 
     keep_freed_memory_for_reuse()  # as every preprocessing worker does before its first clip
 
@@ -232,7 +232,7 @@ def agreement_db(librosa_file: Path, ray_out: Path, cfg: AudioConfig, n: int = 2
     """Median over n clips of the mean |dB difference| between the two artifacts: a check
     that both did the same work. Both are clamped to the range both keep: librosa's
     power_to_db floors at (clip max - 80 dB) (top_db), the pipeline at db_floor..db_ceil."""
-    from emogen.data import decode_mels, read_features
+    from emogen.data.features import decode_mels, read_features
 
     a = pd.read_parquet(librosa_file, columns=["clip_id", "n_mels", "n_frames", "mel"]).sort_values("clip_id").head(n)
     b = read_features(ray_out, columns=["clip_id", "n_mels", "n_frames", "mel"])

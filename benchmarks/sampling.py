@@ -1,11 +1,11 @@
 """Sampling cost: DDIM (50 steps) and DPM-Solver (20 steps) vs DDPM (1000 steps).
 
 A batch of 8 clips (emotions 0..5, 0, 1) with the demo-preset U-Net in latent space,
-shape (4, 16, 22) per clip, through emogen.diffusion.sample with the diffusers samplers
-from emogen.diffusion.make_sampler, each with classifier-free guidance off (scale 1.0:
+shape (4, 16, 22) per clip, through emogen.models.diffusion.sample with the diffusers samplers
+from emogen.models.diffusion.make_sampler, each with classifier-free guidance off (scale 1.0:
 one U-Net pass per step) and on (scale 2.0: two passes per step). Then the rest of the
 generation path for the same 8 clips: decoding latents to mels with the demo VAE decoder,
-and mels to waveforms with Griffin-Lim (emogen.audio.MelInverter, AudioConfig.griffin_lim_iters iterations).
+and mels to waveforms with Griffin-Lim (emogen.audio.mel.MelInverter, AudioConfig.griffin_lim_iters iterations).
 Optionally (--paper-steps N > 0) a few DDIM steps of the mel-space paper U-Net for one clip
 (1 x 128 x 173), extrapolated to 50 and 1000 steps per clip.
 
@@ -48,7 +48,7 @@ def load_ser(path: str):
 @torch.no_grad()
 def clarity(args, guidance: float) -> list[dict]:
     """Accuracy of the SER on generated mels against the requested emotion, per sampler."""
-    from emogen.generate import EmotionGenerator
+    from emogen.inference.generator import EmotionGenerator
 
     generator = EmotionGenerator.from_checkpoint(args.checkpoint)
     if generator.kind != "diffusion":
@@ -93,9 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json-out")
     args = parser.parse_args(argv)
 
-    from emogen.audio import MelInverter
+    from emogen.audio.mel import MelInverter
     from emogen.config import AudioConfig
-    from emogen.diffusion import make_sampler, sample
+    from emogen.models.diffusion import make_sampler, sample
     from emogen.models.unet import UNet
     from emogen.models.vae import ConditionalVAE
     from emogen.presets import model_configs

@@ -1,9 +1,9 @@
 """The SER against the linear probe on speaker-grouped K folds of one features folder.
 
-Per fold (emogen.datasets.speaker_folds: disjoint test speakers, every speaker tested
+Per fold (emogen.data.datasets.speaker_folds: disjoint test speakers, every speaker tested
 once, validation speakers from the rest) the preset's SER (plus --config overrides) is
 trained on the fold's train speakers, validated on its val speakers, and the probe
-(emogen.probe.LinearProbe) is fit on train+val; both are scored by UA on the fold's test
+(emogen.evaluation.probe.LinearProbe) is fit on train+val; both are scored by UA on the fold's test
 speakers. Prints per fold and the mean: SER UA, probe UA, difference (points), seconds.
 
 The SER trains through the project's worker loop (emogen.training.run_training, via
@@ -38,10 +38,10 @@ import torch
 from sklearn.metrics import balanced_accuracy_score
 
 from common import load_avg, write_result
-from emogen.data import decode_mels, read_features
-from emogen.datasets import speaker_folds
-from emogen.evaluate import SERClassifier
-from emogen.probe import LinearProbe
+from emogen.data.features import decode_mels, read_features
+from emogen.data.datasets import speaker_folds
+from emogen.inference.classifier import SERClassifier
+from emogen.evaluation.probe import LinearProbe
 from emogen.training.driver import loop_config, train_in_process
 
 

@@ -53,9 +53,9 @@ def tiny_checkpoint(work: Path) -> str:
     cached = work / "checkpoint.txt"
     if cached.exists() and Path(cached.read_text().strip()).exists():
         return cached.read_text().strip()
-    from emogen.corpus import generate_corpus
-    from emogen.data import preprocess
-    from emogen.datasets import build_manifest
+    from emogen.data.corpus import generate_corpus
+    from emogen.data.features import preprocess
+    from emogen.data.datasets import build_manifest
     from emogen.training import FitConfig, fit
 
     generate_corpus(work / "corpus", preset="tiny", seed=0)
@@ -73,9 +73,9 @@ def griffin_lim_quality(features: Path, iterations: list[int], clips_per_emotion
     count, on real mels (the first clips of each emotion), one thread as in a replica."""
     import torch
 
-    from emogen.audio import MelInverter, spectral_convergence
+    from emogen.audio.mel import MelInverter, spectral_convergence
     from emogen.config import AudioConfig
-    from emogen.data import decode_mels, read_features
+    from emogen.data.features import decode_mels, read_features
 
     torch.set_num_threads(1)
     table = read_features(features, ["clip_id", "emotion", "mel", "n_mels", "n_frames"])

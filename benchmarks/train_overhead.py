@@ -53,9 +53,9 @@ _WORKER_INFO_FILE = "worker_info.json"
 
 def prepare_data(work: Path) -> Path:
     """Generate + preprocess the demo corpus (needs ray.init first); returns the features dir."""
-    from emogen.corpus import generate_corpus
-    from emogen.data import preprocess
-    from emogen.datasets import build_manifest
+    from emogen.data.corpus import generate_corpus
+    from emogen.data.features import preprocess
+    from emogen.data.datasets import build_manifest
 
     corpus, features = work / "corpus_demo", work / "features_demo"
     t = time.time()
@@ -152,7 +152,7 @@ def probe_actor_threads() -> int:
 
 def run_plain(features: Path, model: str, epochs: int, threads: int) -> dict:
     """The worker loop without Ray: same Task, optimizer, schedule, clipping and batches."""
-    from emogen.data import decode_mels, read_features
+    from emogen.data.features import decode_mels, read_features
     from emogen.presets import model_configs
     from emogen.training import MODELS, split_assignment, train_config
 

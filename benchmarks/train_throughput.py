@@ -8,7 +8,7 @@ same loss code as emogen.training's Tasks:
 - VAE: demo ConditionalVAE, recon + spectral + beta*KL (VAETask.loss);
 - latent diffusion: the demo VAE encoder, frozen (eval, no grad), encodes the batch to
   4 x 16 x 22 latents, then the demo U-Net takes an MSE noise-prediction step
-  (emogen.diffusion.diffusion_loss). Also timed without the encoder (U-Net only).
+  (emogen.models.diffusion.diffusion_loss). Also timed without the encoder (U-Net only).
 - paper mel-space U-Net (3.5 M params, 4 levels, attention at 32 x 44 and 16 x 22) at
   batch 4 for one or two steps: the record of why the demo preset diffuses in latent space.
 
@@ -68,7 +68,7 @@ def train_step_fn(model: torch.nn.Module, loss_fn: Callable[[], torch.Tensor]) -
 def time_demo_models(cfgs: dict, mel: torch.Tensor, label: torch.Tensor, layout: torch.memory_format,
                      args: argparse.Namespace, record: Callable[..., None]) -> None:
     """SER, VAE and latent diffusion training steps with every network in one memory layout."""
-    from emogen.diffusion import diffusion_loss, make_train_scheduler
+    from emogen.models.diffusion import diffusion_loss, make_train_scheduler
     from emogen.models.unet import UNet
     from emogen.training import SERTask, VAETask, train_config
 
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json-out")
     args = parser.parse_args(argv)
 
-    from emogen.diffusion import diffusion_loss, make_train_scheduler
+    from emogen.models.diffusion import diffusion_loss, make_train_scheduler
     from emogen.models.unet import UNet
     from emogen.presets import model_configs
 

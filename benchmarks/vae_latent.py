@@ -1,7 +1,7 @@
 """Where the VAE draws its latents from: the prior N(0, I) or each emotion's fitted
 distribution of encoder means (emogen.models.vae), at the demo's KL weight and the seed's.
 
-On one speaker fold of a features folder (emogen.datasets.speaker_folds, as the experiment
+On one speaker fold of a features folder (emogen.data.datasets.speaker_folds, as the experiment
 splits): a judge SER trained on the fold's train+val clips with its own seed (the
 experiment's independent judge), then per KL weight (--betas) a VAE of the preset trained
 on the fold's train speakers; per VAE and latent source, --per-emotion clips of every
@@ -10,7 +10,7 @@ emotion, scored against the fold's held-out real clips:
 - clarity by the judge (share classified as the requested emotion), overall and per emotion;
 - the judge's own UA on the held-out real clips, the scale clarity is relative to;
 - FID on the judge's embeddings, beside held-out real vs training real;
-- the two-sample accuracy (0.5 = indistinguishable) and near-silent frames (emogen.metrics).
+- the two-sample accuracy (0.5 = indistinguishable) and near-silent frames (emogen.evaluation.metrics).
 
 Everything trains in this process through the project's worker loop (train_in_process on
 in-memory shards, as benchmarks/ser_vs_probe.py does).
@@ -32,7 +32,7 @@ import numpy as np
 
 from common import finish
 from emogen.config import EMOTIONS
-from emogen.generate import EmotionGenerator
+from emogen.inference.generator import EmotionGenerator
 from emogen.models.vae import LATENT_SOURCES
 from judging import describe_score, fold_parser, judged_fold, parse_fold_args, requested_labels, train
 from ser_vs_probe import parse_overrides

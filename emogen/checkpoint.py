@@ -45,7 +45,7 @@ def save_state(directory: str | Path, state: dict[str, Any]) -> Path:
 
 def resolve_checkpoint(path: str | Path) -> Path:
     """A state.pt, a checkpoint directory, or a run directory (its newest checkpoint_*).
-    MLflow model URIs are resolved to one of these by emogen.registry."""
+    MLflow model URIs are resolved to one of these by emogen.tracking.registry."""
     path = Path(path)
     if path.is_dir() and not (path / STATE_FILE).exists():
         # Ray names checkpoints checkpoint_<timestamp>: the last in name order is the newest

@@ -1,6 +1,6 @@
 """Errors in what the user gave (a path, a file, an option value).
 
-`emogen.cli.main` prints their message as one line, `emogen: error: ...`, and exits with
+`emogen.cli.main.main` prints their message as one line, `emogen: error: ...`, and exits with
 code 2 (argparse's code for bad usage), without a traceback: the message already says
 what to fix. Library code raises them where it detects the problem; everything else
 keeps its traceback, because it is a bug to investigate.

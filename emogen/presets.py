@@ -21,8 +21,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from .config import replace
-from .diffusion import DiffusionConfig
+from emogen.config import replace
+from emogen.models.diffusion import DiffusionConfig
 from .models.ser import SERConfig
 from .models.unet import UNetConfig
 from .models.vae import VAEConfig
@@ -79,7 +79,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         # the weights averaged for sampling at a constant LR (a plateau schedule stopped
         # gaining at ~1,000 steps). A half-width U-Net at the same seconds was worse.
         "train_diffusion": {"epochs": 150, "lr": 1e-3, "lr_schedule": "constant", "ema_decay": 0.999},
-        # emogen.experiment.ExperimentConfig: 3 seeds, as many generated clips as real ones
+        # emogen.experiment.run.ExperimentConfig: 3 seeds, as many generated clips as real ones
         # of which those the seed's real-trained SER gives >= 0.4 for their emotion are kept
         # (filtering raises the augmentation's UA gain), the generators on both cores of a laptop.
         "experiment": {"folds": 3, "seeds": (0, 1, 2), "ratio": 1.0, "min_confidence": 0.4, "cpus_per_worker": 2},

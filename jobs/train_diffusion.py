@@ -9,7 +9,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the working dir under `ray job submit`
 
-from emogen.cli import main  # noqa: E402
+from emogen.cli.main import main  # noqa: E402
 
 if __name__ == "__main__":
     main(["train", "diffusion", *sys.argv[1:]])

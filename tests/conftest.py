@@ -29,9 +29,9 @@ def ray_session():
 @pytest.fixture(scope="session")
 def tiny_features(tmp_path_factory, ray_session):
     """The tiny demo corpus, preprocessed once per session (84 files, 3 speakers per corpus)."""
-    from emogen.corpus import generate_corpus
-    from emogen.data import preprocess
-    from emogen.datasets import build_manifest
+    from emogen.data.corpus import generate_corpus
+    from emogen.data.features import preprocess
+    from emogen.data.datasets import build_manifest
 
     root = tmp_path_factory.mktemp("tiny")
     generate_corpus(root / "corpus", preset="tiny", seed=0)

@@ -1,4 +1,4 @@
-"""Attention maps of the diffusion U-Net (emogen.attention, `emogen attention`).
+"""Attention maps of the diffusion U-Net (emogen.inference.attention, `emogen attention`).
 
 An untrained tiny U-Net is enough: the properties checked (shapes, softmax rows, which
 steps and which pass are captured, an unchanged clip, a written PNG) do not depend on
@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import torch
 
-from emogen.attention import AttentionMaps, attention_png, attention_to_image, capture_attention, plot_attention
+from emogen.inference.attention import AttentionMaps, attention_png, attention_to_image, capture_attention, plot_attention
 from emogen.checkpoint import build_model, plain, save_state
-from emogen.generate import EmotionGenerator
+from emogen.inference.generator import EmotionGenerator
 from emogen.models import AttentionBlock
 from emogen.presets import model_configs
 
@@ -142,7 +142,7 @@ def test_attention_png_is_the_png_plot_attention_writes(maps, tmp_path):
 
 
 def test_cli_writes_the_png_and_prints_a_summary(tmp_path, capsys):
-    from emogen.cli import main
+    from emogen.cli.main import main
 
     save_state(tmp_path / "ckpt", diffusion_state())
     out = tmp_path / "attention.png"
@@ -156,7 +156,7 @@ def test_cli_writes_the_png_and_prints_a_summary(tmp_path, capsys):
 
 
 def test_cli_vae_checkpoint_is_a_one_line_user_error(tmp_path, capsys):
-    from emogen.cli import main
+    from emogen.cli.main import main
 
     save_state(tmp_path / "vae", vae_state())
     with pytest.raises(SystemExit) as exc:

@@ -10,19 +10,17 @@ import torch
 import torchaudio
 
 from conftest import tone
-from emogen.audio import (
-    LogMelExtractor,
-    MelInverter,
+from emogen.audio.clips import (
+    LogMel,
     RejectedClip,
     fit_length,
     load_clip,
+    mel_filterbank,
     peak_normalize,
-    power_to_db,
     read_audio,
-    spectral_convergence,
     standardize_clip,
 )
-from emogen.clips import LogMel, mel_filterbank
+from emogen.audio.mel import LogMelExtractor, MelInverter, power_to_db, spectral_convergence
 from emogen.config import AudioConfig
 
 CFG = AudioConfig()
@@ -195,7 +193,7 @@ def test_mel_pseudo_inverse_is_the_least_squares_solution():
     every call (the minimum-norm least-squares linear spectrogram)."""
     import torchaudio
 
-    from emogen.audio import scaled_to_db
+    from emogen.audio.mel import scaled_to_db
 
     mels = _speech_like_mels(1)
     power = torch.pow(10.0, scaled_to_db(mels, CFG) / 10.0)

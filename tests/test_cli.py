@@ -46,7 +46,7 @@ def test_user_errors_end_in_one_line_and_exit_code_2(tmp_path, args, message):
 
 def test_a_bug_keeps_its_traceback(monkeypatch):
     """Only UserError is shortened: anything else is a bug and keeps its traceback."""
-    from emogen import cli
+    from emogen.cli import main as cli
 
     def broken(args):
         raise KeyError("a bug")
@@ -84,7 +84,7 @@ def test_train_options_are_fit_config_fields_with_their_defaults():
     what only code passes (overrides, the MLflow parent run) is not an option."""
     import dataclasses
 
-    from emogen.cli import build_parser
+    from emogen.cli.main import build_parser
     from emogen.options import config_values
     from emogen.training import FitConfig
 

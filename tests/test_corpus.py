@@ -13,7 +13,7 @@ import pytest
 import soundfile as sf
 
 from emogen.config import EMOTIONS
-from emogen.corpus import (
+from emogen.data.corpus import (
     CORPUS_PRESETS,
     MAX_SECONDS,
     MIN_SECONDS,
@@ -22,7 +22,7 @@ from emogen.corpus import (
     make_speaker,
     synthesize_utterance,
 )
-from emogen.datasets import scan_folder, summarize_labels
+from emogen.data.datasets import scan_folder, summarize_labels
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -81,7 +81,7 @@ def test_tiny_is_parsed_by_the_real_loader(tiny):
 
 
 def test_presets_sizes():
-    from emogen.corpus import plan_corpus
+    from emogen.data.corpus import plan_corpus
 
     sizes = {name: len(plan_corpus(name)) for name in CORPUS_PRESETS}
     assert sizes["tiny"] < 100 < sizes["demo"] < 1000 < 2000 <= sizes["large"]

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from emogen.config import EMOTIONS
-from emogen.datasets import (
+from emogen.data.datasets import (
     LabelError,
     build_manifest,
     emodb_name,

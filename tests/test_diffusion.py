@@ -6,7 +6,7 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
-from emogen.diffusion import DiffusionConfig, diffusion_loss, make_sampler, make_train_scheduler, sample
+from emogen.models.diffusion import DiffusionConfig, diffusion_loss, make_sampler, make_train_scheduler, sample
 from emogen.models import UNet
 from emogen.presets import model_configs
 
@@ -150,7 +150,7 @@ def test_sample_rows_do_not_depend_on_batch_mates(model):
 
 
 def test_min_snr_weights_follow_the_prediction_type_and_a_large_gamma_is_plain_mse():
-    from emogen.diffusion import DiffusionConfig, diffusion_loss, make_train_scheduler, min_snr_weights
+    from emogen.models.diffusion import DiffusionConfig, diffusion_loss, make_train_scheduler, min_snr_weights
 
     t = torch.tensor([0, 100, 500, 999])
     for kind in ("epsilon", "v_prediction", "sample"):

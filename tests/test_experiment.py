@@ -23,8 +23,8 @@ from conftest import free_ports
 import soundfile as sf
 
 from emogen.config import EMOTIONS
-from emogen.experiment import ExperimentConfig, experiment_config
-from emogen.results import CONDITIONS, GENERATED_FROM, GENERATORS, SCORES
+from emogen.experiment.run import ExperimentConfig, experiment_config
+from emogen.experiment.results import CONDITIONS, GENERATED_FROM, GENERATORS, SCORES
 
 ROOT = Path(__file__).resolve().parents[1]
 NAME = "tiny-e2e"
@@ -35,7 +35,7 @@ STAGES = {"train_ser_real", "train_vae", "train_diffusion", "generate", "train_s
 
 
 def _run(features, out, tracking_uri):
-    from emogen.experiment import run_experiment
+    from emogen.experiment.run import run_experiment
 
     config = experiment_config("tiny", {"seeds": [0], "per_emotion": PER_EMOTION})
     results = run_experiment(features, out, preset="tiny", config=config, name=NAME, tracking_uri=tracking_uri)
@@ -59,7 +59,7 @@ def _jsonable(data):
 @pytest.mark.slow
 @pytest.mark.timeout(1500)
 def test_tiny_experiment_end_to_end(tiny_experiment, tiny_features):
-    from emogen.data import read_features
+    from emogen.data.features import read_features
 
     out, results = tiny_experiment
 
@@ -300,8 +300,8 @@ def test_rerun_resumes_without_training(tiny_experiment, tiny_features, tracking
 
     monkeypatch.setattr("emogen.training.fit", retrained)
     monkeypatch.setattr("emogen.training.start_child_run", retrained)
-    monkeypatch.setattr("emogen.experiment._train_ser_task", retrained)
-    monkeypatch.setattr("emogen.experiment._generate_task", retrained)
+    monkeypatch.setattr("emogen.experiment.run._train_ser_task", retrained)
+    monkeypatch.setattr("emogen.experiment.run._generate_task", retrained)
 
     again = _run(tiny_features, out, tracking_uri)
 
@@ -359,7 +359,7 @@ def test_preset_defaults_and_overrides():
 
 def test_more_folds_than_speakers_is_a_clear_error(tiny_features, tracking_uri, tmp_path):
     from emogen.errors import InvalidInputError
-    from emogen.experiment import run_experiment
+    from emogen.experiment.run import run_experiment
 
     with pytest.raises(InvalidInputError, match=r"--folds 50: 50 folds need at least 50 speakers, the table has 6"):
         run_experiment(tiny_features, tmp_path / "exp", "tiny", experiment_config("tiny", {"folds": 50}),
@@ -369,7 +369,7 @@ def test_more_folds_than_speakers_is_a_clear_error(tiny_features, tracking_uri, 
 
 def test_stage_keys_name_the_fold():
     """stages.json keys: the parent run once, everything else under its fold."""
-    from emogen.experiment import StageKey
+    from emogen.experiment.run import StageKey
 
     keys = [StageKey.parent_run(), StageKey.generator(0, "vae"), StageKey.ser(1, "real+diffusion", 2),
             StageKey.generated(0, "diffusion", 0), StageKey.fid_reference(2, 1), StageKey.probe(1), StageKey.judge(0)]
@@ -381,7 +381,7 @@ def test_cli_options_are_the_config_fields(tmp_path):
     """Every ExperimentConfig field is an option of the same name; unset, the preset decides."""
     import dataclasses
 
-    from emogen.cli import _experiment_config, build_parser
+    from emogen.cli.main import _experiment_config, build_parser
 
     for command in ("experiment", "demo"):
         args = build_parser().parse_args([command, "--preset", "tiny"])
@@ -396,7 +396,7 @@ def test_cli_options_are_the_config_fields(tmp_path):
 
 
 def test_cli_needs_data_or_input(tmp_path):
-    from emogen.cli import main
+    from emogen.cli.main import main
 
     with pytest.raises(SystemExit, match="needs --data .* or --input"):
         main(["experiment", "--out", str(tmp_path / "exp"), "--preset", "tiny"])
@@ -506,7 +506,7 @@ def test_augment_job_on_a_separate_ray_head(ray_session, tmp_path):
     local Ray head: the job succeeds and writes its report; this session's Ray survives."""
     from ray.job_submission import JobStatus, JobSubmissionClient
 
-    from emogen.corpus import generate_corpus
+    from emogen.data.corpus import generate_corpus
 
     corpus = tmp_path / "corpus"
     generate_corpus(corpus, "tiny", seed=0)

@@ -7,7 +7,7 @@ import pytest
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
 from sklearn.metrics import confusion_matrix as sk_confusion
 
-from emogen.metrics import (
+from emogen.evaluation.metrics import (
     classification_report,
     confusion_matrix,
     emotional_clarity,
@@ -78,7 +78,7 @@ def test_mean_and_spread():
 
 
 def test_per_speaker_ua_is_each_speakers_classification_report():
-    from emogen.metrics import per_speaker_ua
+    from emogen.evaluation.metrics import per_speaker_ua
 
     labels = np.array([0, 0, 1, 1, 0, 2, 2, 2])
     preds = np.array([0, 1, 1, 1, 0, 2, 0, 0])
@@ -91,7 +91,7 @@ def test_per_speaker_ua_is_each_speakers_classification_report():
 
 
 def test_clarity_per_emotion_leaves_out_emotions_without_clips():
-    from emogen.metrics import clarity_per_emotion
+    from emogen.evaluation.metrics import clarity_per_emotion
 
     requested = np.array([0, 0, 2, 2, 2])
     predicted = np.array([0, 1, 2, 2, 0])
@@ -100,7 +100,7 @@ def test_clarity_per_emotion_leaves_out_emotions_without_clips():
 
 def test_silent_frame_fraction_counts_frames_whose_loudest_band_is_below_the_threshold():
     from emogen.config import AudioConfig
-    from emogen.metrics import silent_frame_fraction
+    from emogen.evaluation.metrics import silent_frame_fraction
 
     cfg = AudioConfig()
     to_scaled = lambda db: (db - cfg.db_floor) * 2 / (cfg.db_ceil - cfg.db_floor) - 1  # noqa: E731
@@ -112,7 +112,7 @@ def test_silent_frame_fraction_counts_frames_whose_loudest_band_is_below_the_thr
 
 
 def test_two_sample_accuracy_is_chance_for_one_distribution_and_high_for_another():
-    from emogen.metrics import two_sample_accuracy
+    from emogen.evaluation.metrics import two_sample_accuracy
 
     rng = np.random.default_rng(0)
     speechlike = lambda n: np.clip(rng.normal(0, 1, (n, 1, 1)) * np.linspace(-1, 1, 32)[None, :, None]  # noqa: E731

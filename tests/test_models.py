@@ -319,7 +319,7 @@ def test_ser_input_norm_standardizes_each_band(cfgs):
 
 def test_ser_input_stats_live_in_the_checkpoint_and_the_classifier_applies_them(cfgs, tmp_path):
     from emogen.checkpoint import save_state
-    from emogen.evaluate import SERClassifier
+    from emogen.inference.classifier import SERClassifier
 
     model = _normalized_ser(cfgs)
     state = {"model_name": "ser", "configs": {"ser": dataclasses.asdict(model.config)}, "model": model.state_dict()}

@@ -17,7 +17,7 @@ import torchaudio
 
 from conftest import tone
 from emogen.config import EMOTIONS, AudioConfig
-from emogen.data import (
+from emogen.data.features import (
     MAX_ROWS_PER_PART,
     decode_mels,
     featurize_rows,
@@ -25,8 +25,9 @@ from emogen.data import (
     preprocess,
     read_features,
 )
-from emogen.audio import LogMelExtractor, db_to_scaled, load_clip, power_to_db
-from emogen.datasets import build_manifest, emodb_name, ravdess_name
+from emogen.audio.clips import load_clip
+from emogen.audio.mel import LogMelExtractor, db_to_scaled, power_to_db
+from emogen.data.datasets import build_manifest, emodb_name, ravdess_name
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -185,7 +186,7 @@ def test_manifest_parts(count, cpus, cap, expected):
 
 def test_workers_import_no_torch():
     """What a preprocessing task imports stays free of torch (~1.7 s and ~650 MB per worker)."""
-    code = "import sys, emogen.data, emogen.clips; sys.exit('torch' in sys.modules)"
+    code = "import sys, emogen.data.features, emogen.audio.clips; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
 
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from emogen.probe import LinearProbe, mel_statistics
+from emogen.evaluation.probe import LinearProbe, mel_statistics
 
 
 def _toy(n_per_class: int = 20, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -1,4 +1,4 @@
-"""Models in MLflow (emogen.registry): a real `mlflow server` on 127.0.0.1, a tiny
+"""Models in MLflow (emogen.tracking.registry): a real `mlflow server` on 127.0.0.1, a tiny
 training registered against it, an alias promoted, Ray Serve on the alias, and the
 pyfunc's mels equal to the endpoint's for the same request and seed."""
 
@@ -58,7 +58,7 @@ def mlflow_server(tmp_path):
 
 def _cli(capsys, *argv: str) -> dict:
     """Run `emogen ARGV` in this process; its summary (the last stdout line) as a dict."""
-    from emogen.cli import main
+    from emogen.cli.main import main
 
     main(list(argv))
     return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -70,7 +70,7 @@ def test_train_register_promote_and_serve_by_alias(mlflow_server, tiny_features,
     import pandas as pd
     from ray import serve
 
-    from emogen.registry import ModelURIError, resolve_model_uri
+    from emogen.tracking.registry import ModelURIError, resolve_model_uri
     from emogen.serving.app import ServeArgs, app
 
     # train against the server and register (what the README does with the demo)
@@ -175,12 +175,12 @@ def test_checkpoint_options_take_model_uris_in_the_local_store(tmp_path):
 
     import mlflow
 
-    from emogen import tracking
+    from emogen.tracking import runs as tracking
     from emogen.checkpoint import build_model, load_state, save_state
     from emogen.config import AudioConfig
     from emogen.presets import model_configs
-    from emogen.pyfunc_model import log_checkpoint_model
-    from emogen.registry import ModelURIError, resolve_model_uri
+    from emogen.inference.pyfunc import log_checkpoint_model
+    from emogen.tracking.registry import ModelURIError, resolve_model_uri
     from emogen.training.driver import loop_config
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -211,7 +211,7 @@ def test_a_stopped_command_ends_its_runs_and_their_running_children(tmp_path):
     KILLED with the reason; finished children and runs from earlier commands stay as they are."""
     import mlflow
 
-    from emogen import tracking
+    from emogen.tracking import runs as tracking
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     earlier = tracking.get_or_create_run("earlier-command", tracking_uri=uri, running=True)

@@ -11,9 +11,9 @@ import pytest
 import soundfile as sf
 
 from emogen.config import EMOTIONS
-from emogen.metrics import classification_report
-from emogen.report import results_table, write_report
-from emogen.results import RESULTS_VERSION, ExperimentResults, load_results
+from emogen.evaluation.metrics import classification_report
+from emogen.experiment.report import results_table, write_report
+from emogen.experiment.results import RESULTS_VERSION, ExperimentResults, load_results
 
 SEEDS = (0, 1)
 PER_CLASS = 10  # test clips per emotion, so one more hit in one class is +1/60 UA
@@ -297,7 +297,7 @@ def test_only_audio_files_are_inlined(tmp_path):
 
 
 def test_what_this_run_shows_names_the_extra_optimizer_steps():
-    from emogen.report import _findings_section
+    from emogen.experiment.report import _findings_section
 
     results = make_results([1] * 6, [0] * 6, (0.6, 0.3))
     for cond in results["runs"]:
@@ -315,7 +315,7 @@ def test_what_this_run_shows_names_the_extra_optimizer_steps():
 def test_matched_steps_control_is_a_row_and_a_finding(tmp_path):
     """With the real-only control trained for real+diffusion's steps, the report shows it
     as a row, and says what real+diffusion adds over it, per seed, instead of the hedge."""
-    from emogen.report import _findings_section, results_table
+    from emogen.experiment.report import _findings_section, results_table
 
     results = make_results([2] * 6, [0] * 6, (0.6, 0.3))
     metric_names = ("weighted_accuracy", "unweighted_accuracy", "macro_f1")
@@ -347,7 +347,7 @@ def test_matched_steps_control_is_a_row_and_a_finding(tmp_path):
     [(42.25, "42.2 s"), (59.96, "1 min 0 s"), (1619.6, "27 min 0 s"), (1565.0, "26 min 5 s"), (3599.7, "1 h 0 min"), (5430.0, "1 h 30 min")],
 )
 def test_duration_rounds_once_to_the_shown_unit(seconds, text):
-    from emogen.report import _duration
+    from emogen.experiment.report import _duration
 
     assert _duration(seconds) == text
 
@@ -397,7 +397,7 @@ def _with_comparison(paired: dict, speakers: dict | None = None) -> dict:
 
 
 def _findings(results: dict) -> str:
-    from emogen.report import _findings_section
+    from emogen.experiment.report import _findings_section
 
     return " ".join(b.text for b in _findings_section(ExperimentResults.model_validate(results)) if hasattr(b, "text"))
 
@@ -481,7 +481,7 @@ def test_per_speaker_table_and_plot(tmp_path):
 
 
 def test_new_fields_round_trip_as_version_1(tmp_path):
-    from emogen.results import comparisons
+    from emogen.experiment.results import comparisons
 
     results = ExperimentResults.model_validate(_with_probe_and_speakers(0.6))
     results.comparisons = comparisons(results.runs)
@@ -492,7 +492,7 @@ def test_new_fields_round_trip_as_version_1(tmp_path):
 
 
 def test_comparisons_pair_by_seed_and_average_speakers_over_seeds():
-    from emogen.results import comparisons
+    from emogen.experiment.results import comparisons
 
     results = ExperimentResults.model_validate(_with_probe_and_speakers(0.6))
     del results.runs["real+vae"][1]  # seed 1 has no real+vae run: one pair
@@ -537,10 +537,10 @@ SILENT = {"vae": [0.0, 0.01, 0.0, 0.01], "diffusion": [0.17, 0.19, 0.18, 0.18]} 
 
 
 def make_fold_results() -> dict:
-    """A results.json dict of 2 speaker folds x 2 seeds, built as emogen.experiment builds one:
+    """A results.json dict of 2 speaker folds x 2 seeds, built as emogen.experiment.run builds one:
     summary and gains left to the model (paired by fold and seed), the probe pooled from its
     per-fold fits, and clarity by the filter and by the two judges that chose nothing."""
-    from emogen.results import ProbeRun, pool_probes
+    from emogen.experiment.results import ProbeRun, pool_probes
 
     extras = {"real": [0] * 6, "real+vae": [0, 1, 0, 0, 0, 0], "real+diffusion": [1, 1, 1, 0, 0, 0]}
     runs = {cond: [{"fold": fold, "seed": seed, "checkpoint": f"runs/x/f{fold}/{cond}/{seed}", "n_train": 250 - 10 * fold,

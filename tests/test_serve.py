@@ -346,8 +346,8 @@ def test_attention_refuses_a_vae_checkpoint():
     served app has no VAE checkpoint, and the message is all the endpoint adds)."""
     from test_attention import vae_state
 
-    from emogen.generate import EmotionGenerator
-    from emogen.serving.schema import AttentionRequest, RequestError, resolve_attention
+    from emogen.inference.generator import EmotionGenerator
+    from emogen.inference.schema import AttentionRequest, RequestError, resolve_attention
 
     with pytest.raises(RequestError) as refused:
         resolve_attention(AttentionRequest(emotion="fear"), EmotionGenerator(vae_state()))
@@ -365,7 +365,7 @@ def test_page_offers_attention_only_for_diffusion():
 
 
 def test_refuses_public_bind_without_key():
-    from emogen.serving.command import add_subcommand, check_bind
+    from emogen.cli.serve import add_subcommand, check_bind
 
     check_bind("127.0.0.1", None)
     check_bind("0.0.0.0", "key")
@@ -653,7 +653,7 @@ def test_the_config_file_is_what_the_app_takes():
     import yaml
 
     from emogen.serving.app import MAX_ONGOING_REQUESTS, ServeArgs
-    from emogen.serving.schema import DEFAULT_KEEP_ALIVE_TIMEOUT_S
+    from emogen.inference.schema import DEFAULT_KEEP_ALIVE_TIMEOUT_S
 
     config = yaml.safe_load((ROOT / "serve" / "config.yaml").read_text())
     (application,) = config["applications"]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats as sp_stats
 
-from emogen.stats import bootstrap_ci, paired_comparison, significant
+from emogen.evaluation.stats import bootstrap_ci, paired_comparison, significant
 
 CONDITION = {0: 0.52, 1: 0.47, 2: 0.55, 3: 0.50, 4: 0.49}
 REFERENCE = {0: 0.47, 1: 0.50, 2: 0.51, 3: 0.46, 4: 0.45}

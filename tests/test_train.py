@@ -65,7 +65,7 @@ def test_ser_two_gloo_workers_end_to_end(tiny_features, tmp_path, tracking_uri):
     assert [m.step for m in history] == [1, 2]
     # the final checkpoint as an MLflow model of the run: a pyfunc giving the SER's probabilities
     assert summary["model_uri"] == f"runs:/{run.info.run_id}/model" and summary["registered_model"] is None
-    from emogen.evaluate import SERClassifier
+    from emogen.inference.classifier import SERClassifier
 
     model = mlflow.pyfunc.load_model(summary["model_uri"])
     mels = np.random.default_rng(0).normal(size=(3, 128, 173)).astype(np.float32)
@@ -111,7 +111,7 @@ def test_mel_and_latent_diffusion(tiny_features, tiny_vae, tmp_path, tracking_ur
     assert latent["metrics"]["val_loss"] > 0
 
     # Each checkpoint is a generator on its own: mel diffusion, latent diffusion (+ its VAE), VAE.
-    from emogen.generate import EmotionGenerator
+    from emogen.inference.generator import EmotionGenerator
 
     for ckpt in (mel["checkpoint"], latent["checkpoint"], vae["checkpoint"]):
         generator = EmotionGenerator.from_checkpoint(ckpt)
@@ -126,7 +126,7 @@ def test_mel_and_latent_diffusion(tiny_features, tiny_vae, tmp_path, tracking_ur
 
 
 def test_generate_cli_writes_wavs(tiny_vae, tmp_path):
-    from emogen.cli import main
+    from emogen.cli.main import main
 
     main(["generate", "--checkpoint", tiny_vae["checkpoint"], "--emotion", "all", "--num-samples", "1", "--out", str(tmp_path / "wav")])
     files = sorted(p.name for p in (tmp_path / "wav").iterdir())
@@ -154,7 +154,8 @@ def test_cluster_yaml_validates_against_rays_schema():
 
 def test_ser_with_generated_training_data_and_test_evaluation(tiny_features, tmp_path, tracking_uri):
     """Generated clips join training only; the SER is evaluated on held-out real speakers."""
-    from emogen.evaluate import SERClassifier, evaluate_split, write_generated_features
+    from emogen.data.features import write_generated_features
+    from emogen.inference.classifier import SERClassifier, evaluate_split
     from emogen.training import split_assignment, train_config
 
     rng = np.random.default_rng(0)
@@ -170,7 +171,7 @@ def test_ser_with_generated_training_data_and_test_evaluation(tiny_features, tmp
     probs, embeddings = classifier.predict(np.zeros((3, 128, 173), np.float32))
     assert probs.shape == (3, 6) and np.allclose(probs.sum(axis=1), 1) and embeddings.shape[0] == 3
 
-    from emogen.generate import EmotionGenerator
+    from emogen.inference.generator import EmotionGenerator
 
     with pytest.raises(ValueError, match="not a generator"):  # an SER checkpoint
         EmotionGenerator.from_checkpoint(summary["checkpoint"])
@@ -180,7 +181,7 @@ def test_fold_assignments_test_every_speaker_once_and_training_never_sees_them(t
     """The experiment's folds: each clip in one split per fold, test speakers disjoint
     across folds and covering every speaker, validation speakers never the fold's test
     ones; the datasets a fold's models train on hold exactly its train / val clips."""
-    from emogen.data import read_features
+    from emogen.data.features import read_features
     from emogen.training import fold_assignments, split_datasets, train_config
 
     meta = read_features(tiny_features, columns=["clip_id", "speaker"])
@@ -201,7 +202,7 @@ def test_fold_assignments_test_every_speaker_once_and_training_never_sees_them(t
     for split, ds in datasets.items():
         assert ds.count() == sum(x == split for x in folds[0].values())
     with pytest.raises(ValueError, match="3 folds need at least 3 speakers"):
-        from emogen.datasets import speaker_folds
+        from emogen.data.datasets import speaker_folds
 
         speaker_folds(meta.assign(dataset="d", speaker="one").head(4), 3)
 
@@ -210,8 +211,8 @@ def test_vae_training_fits_each_emotions_latent_distribution(tiny_features, tmp_
     """A VAE checkpoint carries, beside its best weights, the per-emotion distribution of
     its training clips' encoder means, and generation samples from it by default."""
     from emogen.checkpoint import load_model, load_state
-    from emogen.data import read_features
-    from emogen.generate import EmotionGenerator
+    from emogen.data.features import read_features
+    from emogen.inference.generator import EmotionGenerator
     from emogen.training import loop_config, split_assignment, split_datasets, train_config, train_in_process
 
     loop, _ = loop_config("vae", "tiny", epochs=2)

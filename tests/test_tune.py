@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from emogen.sweep import SweepConfig, add_subcommand, couple, load_space, run_sweep, to_param_space
+from emogen.training.sweep import SweepConfig, add_subcommand, couple, load_space, run_sweep, to_param_space
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -74,7 +74,7 @@ def test_cli_options_take_their_defaults_from_sweep_config():
 
 
 def test_missing_search_library_is_a_clear_error():
-    from emogen.sweep import _searcher
+    from emogen.training.sweep import _searcher
 
     for name in ("optuna", "hyperopt"):
         try:
@@ -101,7 +101,7 @@ def test_resume_repairs_a_checkpoint_tune_deleted_before_saving_its_state(tmp_pa
 
     from pyarrow.fs import LocalFileSystem
 
-    from emogen.sweep import repair_lost_checkpoints
+    from emogen.training.sweep import repair_lost_checkpoints
 
     def trial(name, on_disk, wanted):
         path = tmp_path / name
@@ -210,7 +210,7 @@ def test_interrupted_sweep_resumes(tiny_features, tmp_path, ray_session):
                   storage_path=str(tmp_path / "tune"), name="interrupted", tracking_uri=uri)
     script = (
         "import json, sys, ray\n"
-        "from emogen.sweep import SweepConfig, run_sweep\n"
+        "from emogen.training.sweep import SweepConfig, run_sweep\n"
         f"ray.init(address={ray_session.get_runtime_context().gcs_address!r}, log_to_driver=False)\n"
         f"run_sweep(SweepConfig('ser', {str(tiny_features)!r}, **json.loads(sys.argv[1])))\n"
     )

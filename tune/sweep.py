@@ -4,7 +4,7 @@
     ray job submit --working-dir . -- python tune/sweep.py ser --data DATA --preset paper \\
         --num-samples 32 --gpus-per-trial 1 --storage-path s3://BUCKET/emogen/tune
 
-The same command as `emogen tune MODEL` (options: the fields of emogen.sweep.SweepConfig;
+The same command as `emogen tune MODEL` (options: the fields of emogen.training.sweep.SweepConfig;
 search spaces: the built-in emogen/tune_spaces.yaml or --space FILE).
 """
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the working dir under `ray job submit`
 
-from emogen.cli import main  # noqa: E402
+from emogen.cli.main import main  # noqa: E402
 
 if __name__ == "__main__":
     main(["tune", *sys.argv[1:]])

@@ -14,7 +14,7 @@ reads top to bottom, takes any frame count (UNet2DModel needs sizes divisible by
 down-sampling factor), has the null class and guidance built in (UNet2DModel has neither)
 and exposes attention weights for interpretation (diffusers hides them behind attention
 processors). diffusers is still used for what it does best: the noise schedulers
-(emogen.diffusion).
+(emogen.models.diffusion).
 """
 
 from __future__ import annotations

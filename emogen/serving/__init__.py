@@ -7,5 +7,5 @@
     command.py    the `emogen serve` subcommand
     page.html     the web page served at /
 
-Imports run one way: emogen.cli -> command -> app -> the rest of the library.
+Imports run one way: emogen.cli.main -> command -> app -> the rest of the library.
 """

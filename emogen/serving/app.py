@@ -8,7 +8,7 @@ Endpoints: POST /v1/synthesize, POST /v1/attention (PNG of the U-Net's self-atte
 GET /v1/emotions, GET /v1/info, GET /healthz, GET / (web page), GET /docs (OpenAPI).
 Concurrent synthesis requests are batched on the replica (emogen.serving.batching: a
 batch forms when the model is free) and synthesized together, mels and WAVs
-(emogen.serving.synthesis).
+(emogen.inference.synthesis).
 """
 
 # No `from __future__ import annotations`: Ray Serve converts the builder's arguments to
@@ -35,11 +35,11 @@ from ray import serve
 from ray.serve import Application
 
 from emogen.config import EMOTIONS
-from emogen.registry import is_model_uri
+from emogen.tracking.registry import is_model_uri
 from emogen.serving.batching import IdleBatcher
 from emogen.serving.encoders import clip_names, json_payload, npy_bytes, wav_bytes, zip_bytes
 from emogen.serving.binding import serving_refusal
-from emogen.serving.schema import (
+from emogen.inference.schema import (
     DEFAULT_BODY_TIMEOUT_S,
     DEFAULT_LONG_REQUEST_COST,
     DEFAULT_MAX_BODY_BYTES,
@@ -54,8 +54,8 @@ from emogen.serving.schema import (
     resolve,
     resolve_attention,
 )
-from emogen.serving.synthesis import AudioRenderer, synthesize_mels
-from emogen.tracking import resolve_tracking_uri
+from emogen.inference.synthesis import AudioRenderer, synthesize_mels
+from emogen.tracking.runs import resolve_tracking_uri
 
 logger = logging.getLogger("ray.serve")
 
@@ -279,7 +279,7 @@ class EmoGenService:
                 raise ValueError("no checkpoint configured (args: checkpoint=PATH)")
             import torch
 
-            from emogen.generate import EmotionGenerator
+            from emogen.inference.generator import EmotionGenerator
 
             device = "cuda" if torch.cuda.is_available() else "cpu"
             self.generator = EmotionGenerator.from_checkpoint(checkpoint, device=device, tracking_uri=tracking_uri)
@@ -370,7 +370,7 @@ class EmoGenService:
     @api.post("/v1/attention", response_class=Response, responses={200: {"content": {"image/png": {}}}, 401: {"description": "missing or wrong API key"}, 422: {"description": "a field is invalid, or the checkpoint is a VAE (named in message)"}, 503: {"description": "model not loaded"}})
     async def attention(self, body: AttentionRequest):
         """PNG of the diffusion U-Net's self-attention while it generates clip 0 of the
-        synthesis request with these fields (`emogen.attention`; how to read it is there).
+        synthesis request with these fields (`emogen.inference.attention`; how to read it is there).
 
         The clip is regenerated alone with the request's seed. That is the served clip 0,
         up to rounding (synthesis runs rows in fixed stacks, this one row), for one-clip
@@ -387,7 +387,7 @@ class EmoGenService:
                         headers={"Content-Disposition": f'inline; filename="{job.emotion}_seed{job.seed}_attention.png"'})
 
     def _attention_png(self, job: Job) -> bytes:
-        from emogen.attention import attention_png, capture_attention
+        from emogen.inference.attention import attention_png, capture_attention
 
         with self.attention_lock:
             if self.attention_generator is None:

@@ -10,7 +10,7 @@ from typing import Sequence
 
 import numpy as np
 
-from emogen.serving.schema import Job
+from emogen.inference.schema import Job
 
 
 def wav_bytes(wave: np.ndarray, sample_rate: int) -> bytes:

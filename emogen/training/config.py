@@ -41,7 +41,7 @@ class TrainConfig:
     freq_mask_width: int = 12
     time_mask_width: int = 20
     seed: int = 0
-    # The speaker-independent split (emogen.datasets.speaker_split), same for all models.
+    # The speaker-independent split (emogen.data.datasets.speaker_split), same for all models.
     split_seed: int = 0
     val_fraction: float = 0.15
     test_fraction: float = 0.2

@@ -15,7 +15,7 @@ from emogen.checkpoint import load_state
 from emogen.config import AudioConfig
 from emogen.options import option
 from emogen.presets import model_configs
-from emogen.registry import is_model_uri, resolve_model_uri
+from emogen.tracking.registry import is_model_uri, resolve_model_uri
 from emogen.training.config import TrainConfig, train_config
 from emogen.training.loop import run_training, train_loop_per_worker
 from emogen.training.session import DirectorySession
@@ -25,7 +25,7 @@ from emogen.training.tasks import NEEDS_VAE, model_spec
 
 
 def _split_metadata(features: str | Path) -> Any:
-    from emogen.data import read_features
+    from emogen.data.features import read_features
 
     meta = read_features(features, columns=["clip_id", "speaker", "dataset"])
     if meta.empty:
@@ -35,7 +35,7 @@ def _split_metadata(features: str | Path) -> Any:
 
 def split_assignment(features: str | Path, train_cfg: TrainConfig) -> dict[str, str]:
     """clip_id -> "train" | "val" | "test", speaker-independent, from the features' metadata."""
-    from emogen.datasets import speaker_split
+    from emogen.data.datasets import speaker_split
 
     meta = _split_metadata(features)
     split = speaker_split(meta, train_cfg.val_fraction, train_cfg.test_fraction, seed=train_cfg.split_seed)
@@ -45,7 +45,7 @@ def split_assignment(features: str | Path, train_cfg: TrainConfig) -> dict[str, 
 def fold_assignments(features: str | Path, folds: int, train_cfg: TrainConfig) -> list[dict[str, str]]:
     """One clip_id -> "train" | "val" | "test" per speaker fold (`datasets.speaker_folds`
     with the config's split seed and validation share): every speaker tested in one fold."""
-    from emogen.datasets import speaker_folds
+    from emogen.data.datasets import speaker_folds
 
     meta = _split_metadata(features)
     return [dict(zip(meta["clip_id"], split))
@@ -73,7 +73,7 @@ def split_datasets(
     """
     import ray
 
-    from emogen.data import features_dir
+    from emogen.data.features import features_dir
 
     columns = ["clip_id", "status", "label", "mel", "n_mels", "n_frames"]
     source = ray.data.read_parquet(str(features_dir(features)), columns=columns)
@@ -88,7 +88,7 @@ def split_datasets(
 
 
 def read_clip_ids(features: str | Path) -> list[str]:
-    from emogen.data import read_features
+    from emogen.data.features import read_features
 
     return read_features(features, columns=["clip_id"])["clip_id"].tolist()
 
@@ -136,7 +136,7 @@ def loop_config(
         "configs": {k: dataclasses.asdict(cfgs[k]) for k in spec.sections},
         "train": dataclasses.asdict(train_cfg),
         "audio": dataclasses.asdict(AudioConfig()),
-        # a models:/ or runs:/ VAE is downloaded here and read like a path (emogen.registry)
+        # a models:/ or runs:/ VAE is downloaded here and read like a path (emogen.tracking.registry)
         "extra": {"vae_checkpoint": vae_path(vae_checkpoint, tracking_uri), "vae_source": str(vae_checkpoint) if vae_checkpoint else None},
         "mlflow": None,
         "run_dir": None,
@@ -150,7 +150,7 @@ def start_child_run(
 ) -> str:
     """The MLflow run of a training run name: found again on resume, else created with its
     params (as a child of parent_run_id when given). Returns the run id."""
-    from emogen import tracking
+    from emogen.tracking import runs as tracking
 
     return tracking.get_or_create_run(run_name, {"emogen.model": model}, params, tracking_uri, parent_run_id)
 
@@ -193,7 +193,7 @@ def fit(model: str, features: str | Path, config: FitConfig = FitConfig()) -> di
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from emogen import tracking
+    from emogen.tracking import runs as tracking
 
     preset = config.preset
     train_over = {"fail_at_epoch": config.fail_at_epoch} if config.fail_at_epoch >= 0 else {}
@@ -241,7 +241,7 @@ def fit(model: str, features: str | Path, config: FitConfig = FitConfig()) -> di
     with result.checkpoint.as_directory() as ckpt_dir:
         final = load_state(ckpt_dir)
         # an MLflow model (runs:/RUN_ID/model), registered as a new version with register_as
-        from emogen.pyfunc_model import log_checkpoint_model
+        from emogen.inference.pyfunc import log_checkpoint_model
 
         logged = log_checkpoint_model(run_id, ckpt_dir, config.register_as)
         with mlflow.start_run(run_id=run_id):

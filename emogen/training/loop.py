@@ -234,7 +234,7 @@ def _lr_scheduler(optimizer: torch.optim.Optimizer, train_cfg: TrainConfig) -> A
 
 
 def _batches(shard: Any, batch_size: int, device: torch.device, shuffle: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    from emogen.data import decode_mels
+    from emogen.data.features import decode_mels
 
     kwargs = {"local_shuffle_buffer_size": shuffle} if shuffle else {}
     # numpy batches: converting each batch to pandas is a large share of Ray Train's per-batch overhead

@@ -18,7 +18,7 @@ from torch import nn
 
 from emogen.checkpoint import load_model, load_state
 from emogen.config import EMOTIONS
-from emogen.diffusion import diffusion_loss, make_train_scheduler
+from emogen.models.diffusion import diffusion_loss, make_train_scheduler
 from emogen.models import NETWORKS, NetworkSpec
 from emogen.models.vae import LatentStatistics, vae_loss
 from emogen.training.augment import augment_mels
@@ -78,7 +78,7 @@ class SERTask(Task):
     def fit_data_stats(self, model, train_shard):
         if not self.cfgs["ser"].input_norm:
             return
-        from emogen.data import decode_mels
+        from emogen.data.features import decode_mels
 
         # float64 sums: a few thousand clips x 173 frames per band
         total, total_sq, count = 0.0, 0.0, 0

@@ -7,7 +7,7 @@ scaled to [-1, 1].
 This is everything a preprocessing worker runs, kept free of torch on purpose: importing
 torch costs a fresh worker ~1.7 s of CPU and ~650 MB of RSS (measured on the 2-core
 machine), more than featurizing the whole 444-clip demo corpus takes on two cores.
-``emogen.audio`` re-exports these names and wraps ``LogMel`` for torch callers
+``emogen.audio.mel`` re-exports these names and wraps ``LogMel`` for torch callers
 (``LogMelExtractor``).
 """
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 if TYPE_CHECKING:
-    from emogen.generate import EmotionGenerator
+    from emogen.inference.generator import EmotionGenerator
 
 DEFAULT_STEP_BUDGET = 4000  # steps x num_samples per request
 DEFAULT_MAX_BODY_BYTES = 64 * 1024

@@ -8,16 +8,16 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from emogen import tracking
+from emogen.tracking import runs as tracking
 from emogen.config import AudioConfig
 from emogen.errors import UserError
 from emogen.logs import configure_logging, get_logger
 from emogen.options import add_config_options, add_ray_options, config_values
-from emogen.registry import MODEL_URIS, TRACKING_URI_HELP
+from emogen.tracking.registry import MODEL_URIS, TRACKING_URI_HELP
 from emogen.runtime import stop_on_sigterm, stop_requested
 
 if TYPE_CHECKING:
-    from emogen.experiment import ExperimentConfig
+    from emogen.experiment.run import ExperimentConfig
 
 
 def _print_summary(summary: dict) -> None:
@@ -29,7 +29,7 @@ def _print_summary(summary: dict) -> None:
 
 
 def cmd_corpus(args: argparse.Namespace) -> dict:
-    from emogen.corpus import generate_corpus
+    from emogen.data.corpus import generate_corpus
 
     files = generate_corpus(args.out, preset=args.preset, seed=args.seed, workers=args.workers)
     return {
@@ -42,8 +42,8 @@ def cmd_corpus(args: argparse.Namespace) -> dict:
 
 
 def cmd_preprocess(args: argparse.Namespace) -> dict:
-    from emogen.data import preprocess
-    from emogen.datasets import build_manifest, summarize_labels
+    from emogen.data.features import preprocess
+    from emogen.data.datasets import build_manifest, summarize_labels
     from emogen.runtime import init_ray
 
     inputs = args.input or []
@@ -66,7 +66,7 @@ def cmd_preprocess(args: argparse.Namespace) -> dict:
 
 def cmd_train(args: argparse.Namespace) -> dict:
     from emogen.config import load_overrides
-    from emogen.data import features_dir
+    from emogen.data.features import features_dir
     from emogen.runtime import init_ray
     from emogen.training import FitConfig, fit
 
@@ -81,7 +81,7 @@ def cmd_generate(args: argparse.Namespace) -> dict:
     import time
 
     from emogen.config import EMOTIONS
-    from emogen.generate import EmotionGenerator, write_wavs
+    from emogen.inference.generator import EmotionGenerator, write_wavs
 
     started = time.time()
     generator = EmotionGenerator.from_checkpoint(args.checkpoint, tracking_uri=args.tracking_uri)
@@ -99,8 +99,8 @@ def cmd_generate(args: argparse.Namespace) -> dict:
 def cmd_attention(args: argparse.Namespace) -> dict:
     import time
 
-    from emogen.attention import capture_attention, plot_attention
-    from emogen.generate import EmotionGenerator
+    from emogen.inference.attention import capture_attention, plot_attention
+    from emogen.inference.generator import EmotionGenerator
 
     started = time.time()
     generator = EmotionGenerator.from_checkpoint(args.checkpoint, tracking_uri=args.tracking_uri)
@@ -123,13 +123,13 @@ def cmd_attention(args: argparse.Namespace) -> dict:
 
 
 def cmd_models_promote(args: argparse.Namespace) -> dict:
-    from emogen.registry import promote
+    from emogen.tracking.registry import promote
 
     return promote(args.name, args.version, args.alias, args.tracking_uri)
 
 
 def cmd_models_list(args: argparse.Namespace) -> dict:
-    from emogen.registry import list_versions
+    from emogen.tracking.registry import list_versions
 
     return {"model": args.name, "versions": list_versions(args.name, args.tracking_uri)}
 
@@ -162,7 +162,7 @@ def cmd_demo(args: argparse.Namespace) -> dict:
 
 def _experiment_config(args: argparse.Namespace) -> ExperimentConfig:
     """The preset's experiment section with the options given (each named after its field)."""
-    from emogen.experiment import ExperimentConfig, experiment_config
+    from emogen.experiment.run import ExperimentConfig, experiment_config
 
     return experiment_config(args.preset, config_values(ExperimentConfig, args))
 
@@ -185,9 +185,9 @@ def _preprocess_for_experiment(args: argparse.Namespace, inputs: list[Path] | No
 def _run_experiment(args: argparse.Namespace, features: Path, config: ExperimentConfig, seconds_before: dict[str, float],
                     command: str) -> dict:
     from emogen.config import load_overrides
-    from emogen.experiment import run_experiment
-    from emogen.report import results_table
-    from emogen.results import SER_JUDGE, UA
+    from emogen.experiment.run import run_experiment
+    from emogen.experiment.report import results_table
+    from emogen.experiment.results import SER_JUDGE, UA
     from emogen.runtime import init_ray
 
     init_ray(args.address, args.num_cpus)
@@ -231,7 +231,7 @@ def add_experiment_arguments(p: argparse.ArgumentParser, demo: bool = False) -> 
     """Options of `emogen experiment` (also `emogen demo` and jobs/augment.py): the input,
     where to write, and one option per ExperimentConfig field, of the same name; an unset
     one takes the preset's "experiment" section, else the field's default."""
-    from emogen.experiment import ExperimentConfig
+    from emogen.experiment.run import ExperimentConfig
 
     if not demo:
         src = p.add_argument_group("input (one of)")
@@ -279,8 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     # Stages whose options live beside their code register themselves.
-    from emogen import sweep
-    from emogen.serving import command as serve_command
+    from emogen.training import sweep
+    from emogen.cli import serve as serve_command
 
     sweep.add_subcommand(sub)
     serve_command.add_subcommand(sub)

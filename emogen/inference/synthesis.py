@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
-from emogen.serving.schema import DEFAULT_STACK_ROWS, Job
+from emogen.inference.schema import DEFAULT_STACK_ROWS, Job
 
 if TYPE_CHECKING:
     from emogen.config import AudioConfig
-    from emogen.generate import EmotionGenerator
+    from emogen.inference.generator import EmotionGenerator
 
 
 def synthesize_mels(generator: EmotionGenerator, jobs: Sequence[Job], stack_rows: int = DEFAULT_STACK_ROWS,
@@ -59,7 +59,7 @@ class AudioRenderer:
     """Mels -> waves with Griffin-Lim, a whole batch per call (same numbers alone or batched)."""
 
     def __init__(self, audio_cfg: AudioConfig, n_iter: int | None = None):
-        from emogen.audio import MelInverter
+        from emogen.audio.mel import MelInverter
 
         self.inverter = MelInverter(audio_cfg, n_iter=n_iter)
         self.sample_rate = audio_cfg.sample_rate

@@ -154,3 +154,8 @@ def mean_and_spread(values: list[float]) -> dict:
     """Mean and sample standard deviation over seeds (std 0 for a single value)."""
     arr = np.asarray(values, dtype=np.float64)
     return {"mean": float(arr.mean()) if arr.size else 0.0, "std": float(arr.std(ddof=1)) if arr.size > 1 else 0.0, "n": int(arr.size)}
+
+
+def held_out_report(labels: np.ndarray, preds: np.ndarray, speakers: np.ndarray) -> dict:
+    """`classification_report` plus "per_speaker": UA of each held-out speaker's clips."""
+    return {**classification_report(labels, preds), "per_speaker": per_speaker_ua(labels, preds, speakers)}

@@ -42,7 +42,7 @@ from emogen.models.layers import AttentionBlock
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from emogen.generate import EmotionGenerator
+    from emogen.inference.generator import EmotionGenerator
 
 Query = Union[Literal["mean"], int]
 
@@ -150,8 +150,8 @@ def capture_attention(
     `store_attention` / `last_attention` are never switched on. The hooks are removed
     afterwards, whatever happens.
     """
-    from emogen.diffusion import make_sampler
-    from emogen.generate import emotion_labels
+    from emogen.models.diffusion import make_sampler
+    from emogen.inference.generator import emotion_labels
 
     unet = generator.unet
     if unet is None:
@@ -225,7 +225,7 @@ def capture_attention(
         for handle in handles:
             handle.remove()
     missing = [s for s in wanted if s not in captured]
-    if missing:  # a sampler that calls the model differently from emogen.diffusion.sample
+    if missing:  # a sampler that calls the model differently from emogen.models.diffusion.sample
         raise RuntimeError(f"no attention captured at steps {missing}")
     return AttentionMaps(
         emotion=emotion,
@@ -271,7 +271,7 @@ def attention_to_image(weights: np.ndarray, grid: tuple[int, int], query: Query 
 def attention_figure(maps: AttentionMaps) -> Figure:
     """The figure: the clip's mel on top, then steps x blocks heatmaps of received attention.
 
-    The figure uses an explicit Agg canvas, as emogen.report does: no pyplot, no global
+    The figure uses an explicit Agg canvas, as emogen.experiment.report does: no pyplot, no global
     backend switch, so it is safe to build in a server's worker threads. The caller
     renders it (`attention_png`, `plot_attention`) and then clears it.
     """

@@ -1,7 +1,7 @@
 """Audio standardization and log-mel features.
 
 decode (soundfile) -> mono -> resample to 22,050 Hz (soxr) -> centre crop / zero pad to
-4.0 s -> peak normalize -> log-mel scaled to [-1, 1] (all in emogen.clips, numpy only;
+4.0 s -> peak normalize -> log-mel scaled to [-1, 1] (all in emogen.audio.clips, numpy only;
 ``LogMelExtractor`` is its torch face); and back again: scaled log-mel -> audio by
 Griffin-Lim.
 """
@@ -12,20 +12,7 @@ import numpy as np
 import torch
 import torchaudio
 
-# Decoding, standardizing and the log-mel itself live in emogen.clips (numpy only, so
-# preprocessing workers never import torch); re-exported so ``from emogen.audio import
-# load_clip`` keeps working.
-from emogen.clips import (  # noqa: F401
-    LogMel,
-    RejectedClip,
-    fit_length,
-    is_silent,
-    load_clip,
-    peak_normalize,
-    read_audio,
-    standardize_clip,
-    to_mono,
-)
+from emogen.audio.clips import LogMel
 from emogen.config import AudioConfig
 
 # ------------------------------------------------------------------------- features
@@ -33,7 +20,7 @@ from emogen.config import AudioConfig
 
 class LogMelExtractor:
     """Waveform(s) at cfg.sample_rate -> log-mel in dB, scaled linearly to [-1, 1], as torch
-    tensors: the torch face of ``emogen.clips.LogMel``, so training, generation and the
+    tensors: the torch face of ``emogen.audio.clips.LogMel``, so training, generation and the
     preprocessing workers compute one and the same feature.
 
     Slaney mel scale and filter norm, like librosa's defaults, so features agree with

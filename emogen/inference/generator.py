@@ -17,7 +17,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from emogen.audio import MelInverter
+from emogen.audio.mel import MelInverter
 from emogen.config import EMOTION_TO_INDEX, EMOTIONS, AudioConfig, replace
 
 
@@ -66,9 +66,9 @@ class EmotionGenerator:
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu",
                         tracking_uri: str | None = None) -> "EmotionGenerator":
         """A checkpoint directory (or run directory), or an MLflow model URI (models:/NAME@ALIAS,
-        models:/NAME/VERSION, runs:/RUN_ID/model) resolved at tracking_uri (emogen.registry)."""
+        models:/NAME/VERSION, runs:/RUN_ID/model) resolved at tracking_uri (emogen.tracking.registry)."""
         from emogen.checkpoint import load_state
-        from emogen.registry import is_model_uri, resolve_model_uri
+        from emogen.tracking.registry import is_model_uri, resolve_model_uri
 
         if not is_model_uri(path):
             return cls(load_state(path), device=device, checkpoint=str(path))
@@ -131,13 +131,13 @@ class EmotionGenerator:
 
         generator: one for all rows, or a list with one per row (each row's noise then
         comes from its own generator only). chunk_rows: run every model call (U-Net step,
-        VAE decode) on fixed chunks of that many rows (`emogen.diffusion.in_chunks`), so a
+        VAE decode) on fixed chunks of that many rows (`emogen.models.diffusion.in_chunks`), so a
         row's numbers do not depend on the rows beside it. Sampling options default to
         the checkpoint's and are ignored by a VAE, which decodes latents drawn from each
         emotion's fitted distribution (vae_latent "posterior") or from N(0, I) ("prior");
         diffusion ignores vae_latent.
         """
-        from emogen.diffusion import in_chunks
+        from emogen.models.diffusion import in_chunks
 
         labels = torch.as_tensor(labels, dtype=torch.long, device=self.device).reshape(-1)
         shape = (labels.shape[0], *self.sample_shape)
@@ -152,7 +152,7 @@ class EmotionGenerator:
             if vae_latent == "posterior":
                 latents = self.vae.latents_from_noise(latents, labels)
         else:
-            from emogen.diffusion import make_sampler, sample
+            from emogen.models.diffusion import make_sampler, sample
 
             cfg = self.diffusion
             x = sample(

@@ -5,12 +5,12 @@ under a name, promoted with an alias, and loaded back by URI wherever a checkpoi
     emogen models promote emogen-diffusion 3 --alias champion      # move the alias
     emogen serve --checkpoint models:/emogen-diffusion@champion    # or generate, --vae-checkpoint, ...
 
-A logged model is a pyfunc (`emogen.pyfunc_model`, which also logs it) whose one artifact is the
+A logged model is a pyfunc (`emogen.inference.pyfunc`, which also logs it) whose one artifact is the
 checkpoint's `state.pt`, which is self-contained (a latent-diffusion checkpoint carries its
 VAE). `mlflow.pyfunc.load_model(uri).predict(...)` generates the same mels as the Ray Serve
 endpoint for the same request and seed; `resolve_model_uri` downloads the state file for
 everything else. Accepted URIs: `models:/NAME/VERSION`, `models:/NAME@ALIAS` and
-`runs:/RUN_ID/PATH`, resolved against the tracking URI (default: `emogen.tracking`'s).
+`runs:/RUN_ID/PATH`, resolved against the tracking URI (default: `emogen.tracking.runs`'s).
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ def _client(tracking_uri: str | None) -> tuple[str, Any]:
     """(the tracking URI resolved, an MlflowClient on it for tracking and registry alike)."""
     import mlflow
 
-    from emogen.tracking import resolve_tracking_uri
+    from emogen.tracking.runs import resolve_tracking_uri
 
     tracking = resolve_tracking_uri(tracking_uri)
     return tracking, mlflow.MlflowClient(tracking_uri=tracking, registry_uri=tracking)
@@ -136,7 +136,7 @@ def resolve_model_uri(uri: str, tracking_uri: str | None = None, cache_dir: str 
 def register(model_uri: str, name: str, run_id: str, tags: dict[str, str] | None = None) -> str:
     """A new version of registered model `name` from `model_uri` (a model run `run_id`
     logged), tagged with `tags` and the run; returns the version. Registers at MLflow's
-    configured registry (emogen.tracking.configure)."""
+    configured registry (emogen.tracking.runs.configure)."""
     import mlflow
 
     return str(mlflow.register_model(model_uri, name, tags={**(tags or {}), "emogen.run_id": run_id}).version)

@@ -9,9 +9,9 @@ from __future__ import annotations
 import argparse
 
 from emogen.logs import get_logger
-from emogen.registry import MODEL_URIS, TRACKING_URI_HELP
+from emogen.tracking.registry import MODEL_URIS, TRACKING_URI_HELP
 from emogen.serving.binding import bind_refusal
-from emogen.serving.schema import (
+from emogen.inference.schema import (
     DEFAULT_BODY_TIMEOUT_S,
     DEFAULT_KEEP_ALIVE_TIMEOUT_S,
     DEFAULT_LONG_REQUEST_COST,

@@ -11,7 +11,7 @@ Beside it: ``rejects.csv`` (human-readable reasons) and ``summary.json``.
 
 Each Ray task featurizes one part of the manifest and writes it as one Parquet file, so
 mels go from the worker straight to disk (never through the object store) and the workers
-import numpy, soundfile and soxr but not torch (``emogen.clips``).
+import numpy, soundfile and soxr but not torch (``emogen.audio.clips``).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from emogen.clips import LogMel, RejectedClip, load_clip
+from emogen.audio.clips import LogMel, RejectedClip, load_clip
 from emogen.config import EMOTIONS, AudioConfig
 from emogen.errors import MissingInputError
 
@@ -259,3 +259,37 @@ def decode_mels(table: pd.DataFrame | dict[str, np.ndarray]) -> np.ndarray:
     n_mels, n_frames = int(np.asarray(table["n_mels"])[0]), int(np.asarray(table["n_frames"])[0])
     flat = np.frombuffer(b"".join(table["mel"]), dtype=np.float32)
     return flat.reshape(count, n_mels, n_frames).copy()
+
+
+def write_generated_features(mels: np.ndarray, labels: np.ndarray, out_dir: str | Path, source: str) -> Path:
+    """Generated mels -> a features dataset (one Parquet file) in the preprocessing schema.
+
+    Speakers are "<source>:generated", so no generated clip can land in a held-out
+    speaker split; clip ids are "<source>/<emotion>_<index>".
+    """
+    out = Path(out_dir) / FEATURES_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    mels = np.asarray(mels, dtype=np.float32)
+    labels = np.asarray(labels, dtype=np.int64)
+    emotions = [EMOTIONS[k] for k in labels]
+    n = len(mels)
+    table = pd.DataFrame(
+        {
+            "clip_id": [f"{source}/{e}_{i:05d}" for i, e in enumerate(emotions)],
+            "path": [""] * n,
+            "dataset": [source] * n,
+            "speaker": [f"{source}:generated"] * n,
+            "emotion": emotions,
+            "label": labels,
+            "source_sr": np.nan,
+            "channels": np.nan,
+            "source_s": np.nan,
+            "reject_reason": [""] * n,
+            "status": [STATUS_OK] * n,
+            "n_mels": np.int32(mels.shape[1] if n else 0),
+            "n_frames": np.int32(mels.shape[2] if n else 0),
+            "mel": [m.tobytes() for m in mels],
+        }
+    )
+    pq.write_table(pa.Table.from_pandas(table, preserve_index=False), out / "generated.parquet")
+    return out

@@ -50,7 +50,7 @@ import soundfile as sf
 from scipy.signal import lfilter
 
 from emogen.config import EMOTIONS
-from emogen.datasets import emodb_name, ravdess_name
+from emogen.data.datasets import emodb_name, ravdess_name
 
 # Bump whenever a change below alters the audio: corpus.json records it, so a cached
 # corpus from an older generator is recognisably stale.

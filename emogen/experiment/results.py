@@ -1,6 +1,6 @@
 """The augmentation experiment's results: what results.json holds, as typed models.
 
-`emogen.experiment` builds an `ExperimentResults` and writes it; `emogen.report` and the
+`emogen.experiment.run` builds an `ExperimentResults` and writes it; `emogen.experiment.report` and the
 CLI read its fields. The names of the experiment's conditions and generators live here
 once, for the experiment, the report and the tests.
 
@@ -28,7 +28,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from emogen.stats import BootstrapInterval, PairedComparison, bootstrap_ci, paired_comparison
+from emogen.evaluation.stats import BootstrapInterval, PairedComparison, bootstrap_ci, paired_comparison
 
 RESULTS_VERSION = 1
 
@@ -81,7 +81,7 @@ class FidSpread(Spread):
 
 
 class SERMetrics(_Record):
-    """`emogen.metrics.classification_report` on the held-out test speakers."""
+    """`emogen.evaluation.metrics.classification_report` on the held-out test speakers."""
 
     weighted_accuracy: float
     unweighted_accuracy: float
@@ -119,7 +119,7 @@ class SERRun(_Record):
 
 
 class ProbeRun(_Record):
-    """`emogen.probe.LinearProbe` fit on the real train+val clips of a fold and scored on
+    """`emogen.evaluation.probe.LinearProbe` fit on the real train+val clips of a fold and scored on
     its held-out speakers: the reference an SER has to beat to be a usable instrument.
     ExperimentResults.probe pools the folds: scores averaged over folds (as the SERs'
     summaries are), confusions added, every speaker's UA from the fold that tested it."""
@@ -251,7 +251,7 @@ class SampleClip(_Record):
 class Samples(_Record):
     mels: str | None = None  # an .npz of one mel per "source/emotion", relative to the experiment folder
     wavs: list[SampleClip] = Field(default_factory=list)
-    # emotion -> PNG of the first fold's diffusion U-Net attention while generating it (emogen.attention)
+    # emotion -> PNG of the first fold's diffusion U-Net attention while generating it (emogen.inference.attention)
     attention: dict[str, str] = Field(default_factory=dict)
 
 
@@ -329,7 +329,7 @@ class ExperimentResults(_Record):
 
 
 def spread(values: Iterable[float]) -> Spread:
-    from emogen.metrics import mean_and_spread
+    from emogen.evaluation.metrics import mean_and_spread
 
     values = [float(v) for v in values]
     return Spread(**mean_and_spread(values), values=values)

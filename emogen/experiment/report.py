@@ -1,6 +1,6 @@
 """The experiment report: does generated speech improve speech-emotion recognition?
 
-`write_report(results, out_dir)` turns an experiment's results (`emogen.results`, as the
+`write_report(results, out_dir)` turns an experiment's results (`emogen.experiment.results`, as the
 model or as the results.json dict) and the sample files beside it into:
 
 - `report.md`: readable as text, with plots and WAVs linked by relative path;
@@ -47,7 +47,7 @@ from urllib.parse import quote
 import numpy as np
 
 from emogen.config import EMOTIONS, AudioConfig
-from emogen.results import (
+from emogen.experiment.results import (
     AUGMENTED_BY,
     CONTROL,
     CONTROL_MATCHES,
@@ -73,7 +73,7 @@ from emogen.results import (
     as_results,
     spread,
 )
-from emogen.stats import MIN_PAIRS, significant
+from emogen.evaluation.stats import MIN_PAIRS, significant
 
 MEL_SOURCES: tuple[str, ...] = (REAL, *GENERATORS)
 SER_METRICS: tuple[tuple[str, str], ...] = (
@@ -1045,7 +1045,7 @@ def _samples_section(results: ExperimentResults, out_dir: Path) -> list[Block]:
 
 
 def _attention_section(results: ExperimentResults, out_dir: Path) -> list[Block]:
-    """The diffusion U-Net's attention while generating one clip per emotion (emogen.attention)."""
+    """The diffusion U-Net's attention while generating one clip per emotion (emogen.inference.attention)."""
     blocks: list[Block] = []
     for emotion, path in (results.samples.attention if results.samples else {}).items():
         full, rel = _resolve(out_dir, path)

@@ -22,7 +22,7 @@ import mlflow.models
 import mlflow.pyfunc
 import numpy as np
 
-from emogen.registry import MODEL_ARTIFACT, PIP_REQUIREMENTS, quiet_downloads, register
+from emogen.tracking.registry import MODEL_ARTIFACT, PIP_REQUIREMENTS, quiet_downloads, register
 
 REQUEST_FIELDS = ("emotion", "num_samples", "seed", "steps", "sampler", "guidance_scale", "eta")
 
@@ -55,11 +55,11 @@ class EmoGenModel(mlflow.pyfunc.PythonModel):
         self.kind = state["model_name"]
         device = "cuda" if torch.cuda.is_available() else "cpu"
         if self.kind == "ser":
-            from emogen.evaluate import SERClassifier
+            from emogen.inference.classifier import SERClassifier
 
             self.classifier = SERClassifier(state, device)
         else:
-            from emogen.generate import EmotionGenerator
+            from emogen.inference.generator import EmotionGenerator
 
             self.generator = EmotionGenerator(state, device=device, checkpoint=context.artifacts["checkpoint"])
 
@@ -67,8 +67,8 @@ class EmoGenModel(mlflow.pyfunc.PythonModel):
         if self.kind == "ser":
             probabilities, _ = self.classifier.predict(np.asarray(model_input, dtype=np.float32))
             return probabilities.astype(np.float32)
-        from emogen.serving.schema import SynthesisRequest, resolve
-        from emogen.serving.synthesis import synthesize_mels
+        from emogen.inference.schema import SynthesisRequest, resolve
+        from emogen.inference.synthesis import synthesize_mels
 
         jobs = [resolve(SynthesisRequest(**row, format="npy"), self.generator) for row in request_rows(model_input)]
         return np.concatenate(synthesize_mels(self.generator, jobs))
@@ -104,7 +104,7 @@ def log_checkpoint_model(run_id: str, checkpoint: str | Path, register_as: str |
     """Log a checkpoint to its MLflow run as a pyfunc model (runs:/RUN_ID/model) and, with
     `register_as`, register it as a new version of that name (tagged with `tags`).
     Returns {"model_uri", "registered_model", "version"}. MLflow must already point at
-    the run's tracking URI (emogen.tracking.configure)."""
+    the run's tracking URI (emogen.tracking.runs.configure)."""
     import mlflow
 
     from emogen.checkpoint import load_state, resolve_checkpoint

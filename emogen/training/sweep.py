@@ -53,7 +53,7 @@ from emogen.training import MODELS, SingleProcessSession, loop_config, model_spe
 
 log = get_logger("tune")
 
-SPACES_RESOURCE = "tune_spaces.yaml"  # package data of `emogen`, beside this module
+SPACES_RESOURCE = "tune_spaces.yaml"  # package data of `emogen.training`, beside this module
 SECTIONS = ("train", "ser", "vae", "unet", "diffusion")
 SEARCHERS = ("random", "grid", "optuna", "hyperopt")
 SCHEDULERS = ("asha", "fifo")
@@ -184,7 +184,7 @@ def load_space(model: str, path: str | Path | None = None) -> dict[str, dict[str
     model_spec(model)  # an unknown model is a ValueError naming the known ones
     if path is None:
         source = f"emogen/{SPACES_RESOURCE}"
-        data = yaml.safe_load(resources.files("emogen").joinpath(SPACES_RESOURCE).read_text())
+        data = yaml.safe_load(resources.files("emogen.training").joinpath(SPACES_RESOURCE).read_text())
     else:
         source = str(path)
         if not Path(path).is_file():
@@ -270,7 +270,7 @@ def _child_run(setup: dict[str, Any], trial_id: str, trial_name: str, params: di
     """The trial's MLflow run under the sweep's parent; found again when a trial resumes."""
     from mlflow.tracking import MlflowClient
 
-    from emogen import tracking
+    from emogen.tracking import runs as tracking
 
     client = MlflowClient(setup["tracking_uri"])
     found = client.search_runs(
@@ -399,7 +399,7 @@ def repair_lost_checkpoints(results: Any) -> list[str]:
 def results_table(results: Any, metric: str, mode: str, epochs: int) -> list[dict[str, Any]]:
     """One row per trial: trial, status, epochs, the metric (best over epochs and last),
     how it stopped, and the sampled params (flattened)."""
-    from emogen import tracking
+    from emogen.tracking import runs as tracking
 
     rows = []
     for result in results:
@@ -467,7 +467,7 @@ def format_table(rows: list[dict[str, Any]], metric: str) -> str:
 
 
 def _parent_run(name: str, tracking_uri: str | None, params: dict[str, Any]) -> tuple[str, str]:
-    from emogen import tracking
+    from emogen.tracking import runs as tracking
 
     experiment_id = tracking.configure(tracking_uri)
     run_id = tracking.get_or_create_run(name, {"emogen.sweep": name, "emogen.kind": "sweep"}, params, tracking_uri,
@@ -535,7 +535,7 @@ def run_sweep(config: SweepConfig) -> dict[str, Any]:
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    from emogen import tracking
+    from emogen.tracking import runs as tracking
     from emogen.training import split_assignment, split_datasets, train_config
 
     model, preset, metric, mode = config.model, config.preset, config.metric, config.mode
@@ -669,8 +669,8 @@ def _log_best_model(results: Any, best: dict[str, Any], uri: str, experiment_id:
     version of `register_as`, tagged with the sweep and its score), unless it was already."""
     from mlflow.tracking import MlflowClient
 
-    from emogen.pyfunc_model import log_checkpoint_model
-    from emogen.registry import registered_version
+    from emogen.inference.pyfunc import log_checkpoint_model
+    from emogen.tracking.registry import registered_version
 
     result = next((r for r in results if _trial_id(r) == best["trial"]), None)
     if result is None or result.checkpoint is None or not Path(result.checkpoint.path).exists():
@@ -714,7 +714,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_tune(args: argparse.Namespace) -> dict:
-    from emogen.data import features_dir
+    from emogen.data.features import features_dir
     from emogen.runtime import init_ray
 
     config = SweepConfig(**config_values(SweepConfig, args))

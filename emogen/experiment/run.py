@@ -9,7 +9,7 @@ the rest, so every speaker is tested exactly once. Per fold:
 1. generators: a VAE and a diffusion U-Net (latent diffusion on the VAE in the demo
    preset) trained with Ray Train on the fold's training speakers only (no test speaker
    reaches a generator);
-2. references: the linear probe (`emogen.probe`) and a judge SER, both trained on the
+2. references: the linear probe (`emogen.evaluation.probe`) and a judge SER, both trained on the
    fold's real training + validation clips, the judge with a seed of its own;
 3. per seed: a baseline SER on real training clips; N generated clips per emotion from
    each generator (optionally kept only if the seed's baseline SER gives the requested
@@ -23,10 +23,10 @@ the rest, so every speaker is tested exactly once. Per fold:
    Score, clarity) and by the judges that chose nothing (clarity of all and of the kept
    clips, per emotion, beside each judge's own UA on real held-out clips).
 
-Then paired statistics (`emogen.stats`) of each condition's UA against real and against
+Then paired statistics (`emogen.evaluation.stats`) of each condition's UA against real and against
 the matched-steps control over fold x seed pairs (same fold, same seed: mean, 95 % t
 interval, paired t and Wilcoxon p-values) and over speakers (bootstrap interval);
-results.json (`emogen.results`: every number, seconds per stage), report.md / report.html
+results.json (`emogen.experiment.results`: every number, seconds per stage), report.md / report.html
 with plots and Griffin-Lim WAVs, one MLflow parent run with a child run per training.
 
 Seeds vary the SER initialization and data order and the generated samples; a fold's
@@ -53,13 +53,13 @@ from typing import Any, Callable
 import numpy as np
 
 from emogen.config import EMOTIONS, replace
-from emogen.diffusion import SAMPLERS
+from emogen.models.diffusion import SAMPLERS
 from emogen.errors import InvalidInputError
 from emogen.logs import get_logger
 from emogen.models.vae import LATENT_SOURCES
 from emogen.options import option
 from emogen.presets import preset_sections
-from emogen.results import (
+from emogen.experiment.results import (
     AUGMENTED_BY,
     CONDITIONS,
     CONTROL,
@@ -339,8 +339,8 @@ def _start(features: str | Path, out_dir: str | Path, preset: str, config: Exper
     """The folds, their held-out clips in the object store, and the MLflow parent run."""
     import ray
 
-    from emogen import tracking
-    from emogen.data import decode_mels, read_features
+    from emogen.tracking import runs as tracking
+    from emogen.data.features import decode_mels, read_features
     from emogen.presets import model_configs
     from emogen.training import fold_assignments, train_config
 
@@ -388,7 +388,7 @@ def _start(features: str | Path, out_dir: str | Path, preset: str, config: Exper
 
 
 def _parent_run(name: str, params: dict[str, Any], tracking_uri: str | None) -> str:
-    from emogen import tracking
+    from emogen.tracking import runs as tracking
 
     return tracking.get_or_create_run(f"experiment-{name}", {"emogen.model": "experiment"}, params, tracking_uri)
 
@@ -436,7 +436,7 @@ def _train_ser_task(loop: dict[str, Any], datasets: dict[str, Any], run_dir: str
 
 def _judged(requested: np.ndarray, predicted: np.ndarray, keep: np.ndarray) -> dict[str, Any]:
     """A judge's clarity of all generated clips and of the kept ones, overall and per emotion."""
-    from emogen.metrics import clarity_per_emotion, emotional_clarity
+    from emogen.evaluation.metrics import clarity_per_emotion, emotional_clarity
 
     return {"all": emotional_clarity(requested, predicted), "all_per_emotion": clarity_per_emotion(requested, predicted),
             "kept": emotional_clarity(requested[keep], predicted[keep]),
@@ -450,9 +450,10 @@ def _generate_task(generator_checkpoint: str, filter_checkpoint: str, judge_chec
     and seed's baseline SER), keep the confident ones, write them as a features dataset,
     let the judges (the fold's judge SER and linear probe) score all and kept clips, and
     measure realism against the fold's held-out real clips."""
-    from emogen.evaluate import SERClassifier, write_generated_features
-    from emogen.generate import EmotionGenerator
-    from emogen.metrics import (
+    from emogen.data.features import write_generated_features
+    from emogen.inference.classifier import SERClassifier
+    from emogen.inference.generator import EmotionGenerator
+    from emogen.evaluation.metrics import (
         classification_report,
         emotional_clarity,
         frechet_distance,
@@ -501,8 +502,9 @@ def _generate_task(generator_checkpoint: str, filter_checkpoint: str, judge_chec
 
 def _evaluate_task(ser_checkpoint: str, mels: np.ndarray, labels: np.ndarray, speakers: np.ndarray | None = None) -> dict[str, Any]:
     """Scores and embeddings of an SER on labelled clips; with speakers, also UA per speaker."""
-    from emogen.evaluate import SERClassifier, held_out_report
-    from emogen.metrics import classification_report
+    from emogen.evaluation.metrics import held_out_report
+    from emogen.inference.classifier import SERClassifier
+    from emogen.evaluation.metrics import classification_report
 
     _set_threads()
     probs, embeddings = SERClassifier.from_checkpoint(ser_checkpoint).predict(mels)
@@ -513,8 +515,8 @@ def _evaluate_task(ser_checkpoint: str, mels: np.ndarray, labels: np.ndarray, sp
 
 def _attention_task(checkpoint: str, emotion: str, seed: int, sampling: dict[str, Any], path: str) -> str:
     """The diffusion U-Net's attention while it generates one clip of an emotion, as a PNG."""
-    from emogen.attention import capture_attention, plot_attention
-    from emogen.generate import EmotionGenerator
+    from emogen.inference.attention import capture_attention, plot_attention
+    from emogen.inference.generator import EmotionGenerator
 
     _set_threads()
     maps = capture_attention(EmotionGenerator.from_checkpoint(checkpoint), emotion, seed=seed, **sampling)
@@ -522,7 +524,7 @@ def _attention_task(checkpoint: str, emotion: str, seed: int, sampling: dict[str
 
 
 def _griffin_lim_task(mels: np.ndarray) -> np.ndarray:
-    from emogen.audio import MelInverter
+    from emogen.audio.mel import MelInverter
     from emogen.config import AudioConfig
 
     _set_threads()
@@ -553,8 +555,8 @@ def _ser_loop(ctx: ExperimentContext, split: Split, condition: str, seed: int, s
 def _probe(ctx: ExperimentContext, split: Split) -> Any:
     """The fold's linear probe on its real train+val clips (fit in the driver: one
     deterministic, cheap fit; fit again on resume rather than pickled)."""
-    from emogen.data import decode_mels
-    from emogen.probe import LinearProbe
+    from emogen.data.features import decode_mels
+    from emogen.evaluation.probe import LinearProbe
 
     if split.fold not in ctx.probes:
         rows = split.rows("train", "val")
@@ -565,7 +567,7 @@ def _probe(ctx: ExperimentContext, split: Split) -> Any:
 def _score_probe(ctx: ExperimentContext, split: Split) -> dict[str, Any]:
     import ray
 
-    from emogen.evaluate import held_out_report
+    from emogen.evaluation.metrics import held_out_report
 
     preds = _probe(ctx, split).predict(ray.get(split.test_mels))
     return {"n_train": int(len(split.rows("train", "val"))),
@@ -635,8 +637,8 @@ def generate(ctx: ExperimentContext) -> None:
     the FID of real training clips against the held-out ones, the scale of "real-like"."""
     import ray
 
-    from emogen.data import decode_mels
-    from emogen.metrics import frechet_distance
+    from emogen.data.features import decode_mels
+    from emogen.evaluation.metrics import frechet_distance
 
     cfg, finished = ctx.config, ctx.finished
     evaluate_task = ctx.remote(_evaluate_task)
@@ -764,7 +766,7 @@ def listening_samples(ctx: ExperimentContext) -> None:
     import soundfile as sf
 
     from emogen.config import AudioConfig
-    from emogen.data import decode_mels
+    from emogen.data.features import decode_mels
 
     split, seed = ctx.pairs()[0]
     n = ctx.config.wavs_per_emotion
@@ -802,7 +804,7 @@ def listening_samples(ctx: ExperimentContext) -> None:
 
 def write_reports(ctx: ExperimentContext) -> None:
     """results.json, report.md and report.html; the report shows the total up to here."""
-    from emogen.report import write_report
+    from emogen.experiment.report import write_report
 
     results = _results(ctx)
     results.seconds = {**ctx.seconds, "total": round(sum(ctx.seconds.values()), 1)}
@@ -881,9 +883,9 @@ def _register_models(ctx: ExperimentContext, results: ExperimentResults) -> list
     PREFIX-vae, PREFIX-diffusion and PREFIX-ser, tagged with the experiment, fold, seed
     and their judged clarity / UA. A model already registered from the same run (a
     resumed experiment) is not registered again."""
-    from emogen import tracking
-    from emogen.pyfunc_model import log_checkpoint_model
-    from emogen.registry import register, registered_version
+    from emogen.tracking import runs as tracking
+    from emogen.inference.pyfunc import log_checkpoint_model
+    from emogen.tracking.registry import register, registered_version
 
     tracking.configure(ctx.tracking_uri)
     prefix = ctx.config.register_prefix
@@ -999,8 +1001,8 @@ def _real_realism(ctx: ExperimentContext) -> dict[str, float]:
     training real clips (mean over folds)."""
     import ray
 
-    from emogen.data import decode_mels
-    from emogen.metrics import silent_frame_fraction, two_sample_accuracy
+    from emogen.data.features import decode_mels
+    from emogen.evaluation.metrics import silent_frame_fraction, two_sample_accuracy
 
     held_out = [ray.get(split.test_mels) for split in ctx.splits]
     return {
@@ -1027,7 +1029,7 @@ def _generator_run(ctx: ExperimentContext, split: Split, generator: str) -> Gene
 def _log_parent(results: ExperimentResults, out: Path, tracking_uri: str | None) -> None:
     import mlflow
 
-    from emogen import tracking
+    from emogen.tracking import runs as tracking
 
     tracking.configure(tracking_uri)
     metrics = {}

@@ -1,0 +1,1 @@
+"""The `emogen` command line."""

@@ -1,0 +1,1 @@
+"""Evaluation: classification metrics, paired statistics and the linear probe every SER is compared with."""

@@ -1,0 +1,1 @@
+"""The experiment: speaker-grouped K-fold augmentation study, its typed results and its report."""

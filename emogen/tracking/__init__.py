@@ -1,0 +1,1 @@
+"""Tracking: MLflow runs (`runs`) and registered models (`registry`)."""
