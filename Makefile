@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= runs/demo
 
-.PHONY: setup demo test bench clean browser
+.PHONY: setup demo test test-fast bench clean browser
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ demo: $(STAMP)
 
 test: $(STAMP) browser
 	$(PY) -m pytest -q tests
+
+# the development loop: every test not marked slow (no Ray cluster, no training run)
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" tests
 
 bench: $(STAMP)
 	$(PY) benchmarks/preprocess.py

@@ -1,13 +1,14 @@
-"""Shared fixtures: one local Ray instance per test session, small audio helpers."""
+"""Shared fixtures: one local Ray instance per test session, tiny features and checkpoints, WAV files."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 import soundfile as sf
+
+from tests.support import tone
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
@@ -66,31 +67,6 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
-
-
-def free_ports(n: int = 1) -> list[int]:
-    """n distinct free TCP ports on 127.0.0.1 (all held open while choosing, so no repeats)."""
-    import socket
-
-    sockets = []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        sockets.append(s)
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
-def tone(seconds: float, sample_rate: int, f0: float = 150.0, channels: int = 1, seed: int = 0) -> np.ndarray:
-    """A harmonic-rich, speech-band test signal with a little noise, peak 0.5."""
-    t = np.arange(int(round(seconds * sample_rate))) / sample_rate
-    wave = sum(np.sin(2 * np.pi * f0 * k * t) / k for k in range(1, 12) if f0 * k < sample_rate / 2)
-    wave = wave * (0.6 + 0.4 * np.sin(2 * np.pi * 3 * t))
-    wave = wave + 0.01 * np.random.default_rng(seed).standard_normal(t.size)
-    wave = (0.5 * wave / np.max(np.abs(wave))).astype(np.float32)
-    return np.stack([wave, 0.5 * wave], axis=1) if channels == 2 else wave
 
 
 @pytest.fixture

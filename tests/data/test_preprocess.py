@@ -15,7 +15,7 @@ import soundfile as sf
 import torch
 import torchaudio
 
-from conftest import tone
+from tests.support import tone
 from emogen.config import EMOTIONS, AudioConfig
 from emogen.data.features import (
     MAX_ROWS_PER_PART,
@@ -29,7 +29,7 @@ from emogen.audio.clips import load_clip
 from emogen.audio.mel import LogMelExtractor, db_to_scaled, power_to_db
 from emogen.data.datasets import build_manifest, emodb_name, ravdess_name
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def make_bad_input_corpus(root: Path) -> dict[str, str | None]:

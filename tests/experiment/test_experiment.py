@@ -19,14 +19,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import free_ports
+from tests.support import free_ports
 import soundfile as sf
 
 from emogen.config import EMOTIONS
 from emogen.experiment.run import ExperimentConfig, experiment_config
 from emogen.experiment.results import CONDITIONS, GENERATED_FROM, GENERATORS, SCORES
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 NAME = "tiny-e2e"
 PER_EMOTION = 3
 FOLDS = 2  # the tiny preset's

@@ -13,7 +13,7 @@ from emogen.checkpoint import load_state, save_state
 from emogen.config import EMOTIONS
 from emogen.training import TrainConfig, train_config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 

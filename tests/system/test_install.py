@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import free_ports
+from tests.support import free_ports
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 

@@ -9,7 +9,7 @@ import soundfile as sf
 import torch
 import torchaudio
 
-from conftest import tone
+from tests.support import tone
 from emogen.audio.clips import (
     LogMel,
     RejectedClip,

@@ -16,7 +16,7 @@ import pytest
 
 from emogen.training.sweep import SweepConfig, add_subcommand, couple, load_space, run_sweep, to_param_space
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 # ------------------------------------------------------------ spaces and the CLI (no Ray)

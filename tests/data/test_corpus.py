@@ -24,7 +24,7 @@ from emogen.data.corpus import (
 )
 from emogen.data.datasets import scan_folder, summarize_labels
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
