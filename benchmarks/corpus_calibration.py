@@ -28,7 +28,8 @@ from sklearn.model_selection import GroupKFold, cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from emogen.audio.mel import LogMelExtractor, load_clip
+from emogen.audio.clips import load_clip
+from emogen.audio.mel import LogMelExtractor
 from emogen.config import EMOTIONS
 from emogen.data.corpus import generate_corpus
 
