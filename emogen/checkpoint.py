@@ -3,8 +3,9 @@ networks and config objects rebuilt from it.
 
 A state dict holds plain values only (tensors, numbers, strings, lists, dicts), so
 `torch.load(weights_only=True)` reads it: "model_name", "model", "best_model" and
-"ema_model" (weights; the last None without a weight average), "configs" (config sections as dicts), "train", "audio", "extra", and the
-training progress the loop resumes from (see emogen.training.loop).
+"ema_model" (weights; the last None without a weight average), "configs" (config
+sections as dicts), "train", "audio", "extra", and the training progress the loop
+resumes from (see emogen.training.loop).
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ import torch
 from torch import nn
 
 from emogen.config import replace
+from emogen.errors import MissingInputError
+from emogen.models import NETWORKS
+from emogen.presets import CONFIG_CLASSES
 
 STATE_FILE = "state.pt"
 
@@ -57,8 +61,6 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 def load_state(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """A checkpoint (see resolve_checkpoint) -> the state dict, loaded with weights_only=True."""
-    from emogen.errors import MissingInputError
-
     path = resolve_checkpoint(path)
     if not path.exists():
         raise MissingInputError(f"no checkpoint at {path}")
@@ -80,16 +82,12 @@ def plain(value: Any) -> Any:
 def build_configs(sections: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Config sections as a checkpoint (or a training loop config) stores them, e.g.
     {"unet": {...}, "diffusion": {...}} -> the config dataclasses, unknown fields rejected."""
-    from emogen.presets import CONFIG_CLASSES
-
     return {name: replace(CONFIG_CLASSES[name](), values) for name, values in sections.items()}
 
 
 def build_model(model_name: str, sections: dict[str, dict[str, Any]], weights: dict[str, Any] | None = None) -> nn.Module:
     """The network of a registered model ("ser", "vae", "diffusion") from its config
     sections, with weights loaded when given."""
-    from emogen.models import NETWORKS
-
     network = NETWORKS[model_name].build(build_configs(sections))
     if weights is not None:
         network.load_state_dict(weights)

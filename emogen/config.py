@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from emogen.errors import InvalidInputError, MissingInputError
+
 # The six emotions shared by EmoDB and RAVDESS, in label-index order.
 EMOTIONS: tuple[str, ...] = ("anger", "sadness", "happiness", "neutral", "fear", "disgust")
 EMOTION_TO_INDEX: dict[str, int] = {e: i for i, e in enumerate(EMOTIONS)}
@@ -36,7 +38,8 @@ class AudioConfig:
     # A clip whose peak is below this is silent: it cannot be normalized meaningfully.
     silence_peak: float = 1e-4
     # A mel frame whose loudest band is below this is near-silent (a pause, or the padding
-    # around a short utterance): ~19 % of the demo corpus's frames, peak-normalized clips.
+    # around a short utterance): real speech has such frames, so the realism measures
+    # compare their share in generated and real clips.
     silent_frame_db: float = -60.0
     # Longer sources are rejected rather than decoded; within the limit only the centre
     # window is read from disk, so memory stays bounded whatever the file size.
@@ -73,8 +76,6 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 def load_overrides(path: str | Path | None) -> dict[str, Any]:
     """Read a JSON or YAML file of config overrides (sections keyed by concern)."""
-    from emogen.errors import MissingInputError
-
     if path is None:
         return {}
     if not Path(path).is_file():
@@ -85,13 +86,11 @@ def load_overrides(path: str | Path | None) -> dict[str, Any]:
 def read_mapping_file(path: str | Path, option: str) -> dict[str, Any]:
     """A JSON or YAML file (by its suffix) that holds a mapping of sections, e.g. a --config
     or --space file; a malformed one is the user's mistake, named with its option."""
-    from emogen.errors import InvalidInputError
-
     text = Path(path).read_text()
     is_yaml = str(path).endswith((".yaml", ".yml"))
     try:
         if is_yaml:
-            import yaml
+            import yaml  # deferred: only YAML files need it, and every command (--help too) imports this module
 
             data = yaml.safe_load(text) or {}
         else:

@@ -23,9 +23,9 @@ from typing import Any
 
 from emogen.config import replace
 from emogen.models.diffusion import DiffusionConfig
-from .models.ser import SERConfig
-from .models.unet import UNetConfig
-from .models.vae import VAEConfig
+from emogen.models.ser import SERConfig
+from emogen.models.unet import UNetConfig
+from emogen.models.vae import VAEConfig
 
 CONFIG_CLASSES: dict[str, type] = {
     "unet": UNetConfig,
@@ -48,10 +48,9 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         # Latent diffusion on a VAE latent 4x down per axis: a smaller (8x-down) latent
         # loses the emotion cues. in_channels must equal vae.latent_channels.
         "unet": {"in_channels": 4, "base_channels": 32, "channel_mults": (1, 2, 2), "attention_levels": (2,)},
-        # The SPEC's KL weight (0.1): a smoother latent than 0.001 that diffuses as well
-        # (clarity 70 vs 72 %) with real speech's pauses (26 % near-silent frames vs 19 %),
-        # and VAE samples nearer real (FID 10 vs 19). 16 principal directions per emotion:
-        # samples whose latent positions move together as real clips' do.
+        # The SPEC's KL weight (0.1): a smoother latent than 0.001's that diffuses as well,
+        # keeps real speech's pauses, and gives VAE samples nearer real ones. 16 principal
+        # directions per emotion: samples whose latent positions move together as real clips' do.
         "vae": {"base_channels": 8, "channel_mults": (1, 2), "latent_channels": 4, "class_emb_dim": 32,
                 "latent_components": 16},
         # stem stride 4: a quarter of stride 2's cost per epoch at the same held-out UA;
@@ -60,8 +59,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         # linear probe on mel statistics (benchmarks/ser_vs_probe.py).
         "ser": {"widths": (16, 32, 64, 128), "blocks_per_stage": (2, 2, 2, 2), "stem_stride": 4,
                 "pooling": "stats", "input_norm": True},
-        # min-SNR-5 weighting: +5 points of judged clarity at 1950 steps, and pauses closer
-        # to real speech's (benchmarks/README.md, "Latent diffusion recipes").
+        # min-SNR-5 weighting: clearer judged emotions and pauses closer to real speech's
+        # (benchmarks/README.md, "Latent diffusion recipes").
         "diffusion": {"space": "latent", "sampler": "ddim", "num_inference_steps": 10, "guidance_scale": 4.0,
                       "snr_gamma": 5.0},
         # Epochs sized by each model's CPU cost per epoch, to fit the demo's time budget
@@ -72,12 +71,11 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         # by a cosine over more epochs is what takes it past the probe; mixup did not help.
         "train_ser": {"epochs": 45, "lr": 1e-3, "lr_schedule": "cosine", "early_stopping_patience": 0,
                       "label_smoothing": 0.1, "freq_shift": 4, "time_roll": True, "spec_masks": 2},
-        # 20 epochs: twice 10's clarity-per-second (benchmarks/README.md, "VAE: 20 epochs ...")
+        # 20 epochs: more clarity per second of training than 10 (benchmarks/README.md, "VAE: 20 epochs ...")
         "train_vae": {"epochs": 20, "lr": 1e-3, "kl_warmup_epochs": 3, "early_stopping_patience": 4},
-        # Optimizer steps are the first lever of sample quality: 150 epochs are ~2,000 steps
-        # on a demo fold (clarity 72 % against 32 % at the 25 epochs this preset had), with
-        # the weights averaged for sampling at a constant LR (a plateau schedule stopped
-        # gaining at ~1,000 steps). A half-width U-Net at the same seconds was worse.
+        # Optimizer steps are the first lever of sample quality, so the diffusion U-Net gets
+        # the most epochs, with the weights averaged for sampling at a constant LR (a plateau
+        # schedule stopped gaining early). A half-width U-Net trained as long was worse.
         "train_diffusion": {"epochs": 150, "lr": 1e-3, "lr_schedule": "constant", "ema_decay": 0.999},
         # emogen.experiment.run.ExperimentConfig: 3 seeds, as many generated clips as real ones
         # of which those the seed's real-trained SER gives >= 0.4 for their emotion are kept

@@ -3,25 +3,27 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 from typing import Any
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None, **kwargs: Any) -> None:
     """Join a running cluster (address, or RAY_ADDRESS as `ray job submit` sets) or start
     a local instance with num_cpus. A no-op when Ray is already initialized (tests)."""
-    import ray
+    import ray  # deferred: Ray is heavy to import, and `emogen --help` imports this module
 
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    # Ray Train V2 replaces print() in its workers by one that, when stdout is wrapped (as
-    # under `ray job submit`), prints the line AND logs it again: every line twice in the job
-    # log. The trainer passes this setting from the driver to its workers.
+    # Ray Train's print patch, when stdout is wrapped (as under `ray job submit`), prints a
+    # worker's line AND logs it again: every line twice in the job log. The trainer passes
+    # this setting from the driver to its workers.
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
-    # A worker's report waits in a queue of one until the controller polls it, every 2 s by
-    # default: an epoch shorter than that (a demo SER's is 0.9 s) was stretched to 2 s.
-    # Polled every 0.25 s, the wait is gone; a slow poll is only a missed health check.
+    # A worker's report waits in a queue of one until the controller polls it, so a poll
+    # interval longer than an epoch stretches every short epoch to it; a frequent poll
+    # costs nothing, a slow one is only a missed health check.
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
     if address or os.environ.get("RAY_ADDRESS"):
         ray.init(address=address, **kwargs)
@@ -41,8 +43,6 @@ def stop_on_sigterm() -> None:
     does, and is remembered (`stop_requested`): the CLI then ends its MLflow runs as
     KILLED instead of leaving them RUNNING. Ray's code on the way out may turn the
     interrupt into another exception; the flag still tells what happened."""
-    import signal
-    import threading
 
     def interrupt(signum, frame):
         global _stop_requested
@@ -63,7 +63,7 @@ def plain_output_off_a_terminal() -> None:
     with carriage returns and cursor moves (the driver hides and redraws them around every
     worker line it forwards): in `ray job logs` or a redirected file these are escape codes
     in the text. Without a terminal, forwarded worker lines also lose their color codes."""
-    from ray.data import DataContext
+    from ray.data import DataContext  # deferred: Ray is heavy to import, and `emogen --help` imports this module
 
     on_a_terminal = sys.stderr.isatty()
     DataContext.get_current().enable_progress_bars = on_a_terminal

@@ -68,12 +68,11 @@ class MelInverter:
     shapes (``clips_per_pass`` clips at a time; a clip's numbers never depend on its
     batch mates). Leading dimensions are batch dimensions, as for torchaudio's GriffinLim.
 
-    The algorithm is torchaudio's ``GriffinLim`` (tests/test_audio.py compares them), with
-    the STFT pair written for a fixed clip shape: measured on one CPU thread, torchaudio's
-    ``istft`` spends 1.3 ms per call of which 1.0 ms is a generic overlap-add (``fold``) and
-    the window envelope recomputed every call; here the envelope is computed once and the
-    overlap-add is ``n_fft / hop`` shifted adds, which halves a Griffin-Lim iteration
-    (3.0 -> 1.6 ms per clip; benchmarks/README.md, Serving).
+    The algorithm is torchaudio's ``GriffinLim`` (tests/audio/test_audio.py compares them),
+    with the STFT pair written for a fixed clip shape: torchaudio's ``istft`` spends most of
+    a call in a generic overlap-add (``fold``) and in the window envelope it recomputes every
+    call; here the envelope is computed once and the overlap-add is ``n_fft / hop`` shifted
+    adds, which makes a Griffin-Lim iteration much cheaper (benchmarks/README.md, Serving).
     """
 
     def __init__(self, cfg: AudioConfig = AudioConfig(), n_iter: int | None = None, momentum: float = 0.99,
@@ -83,17 +82,16 @@ class MelInverter:
         self.cfg = cfg
         self.n_iter = int(n_iter or cfg.griffin_lim_iters)
         self.momentum = momentum / (1.0 + momentum)  # fast Griffin-Lim's extrapolation weight (as torchaudio)
-        # Clips per vectorized Griffin-Lim run. 1 on a CPU by measurement: per clip, 16
-        # iterations took 26.6 ms alone, 30.0 / 37.2 / 41.3 ms in runs of 2 / 4 / 8 clips
-        # (a clip's spectra are ~1.4 MB each: larger runs fall out of cache).
+        # Clips per vectorized Griffin-Lim run. 1 on a CPU: a clip's spectra are about a
+        # megabyte, so runs of several clips fall out of cache and cost more per clip.
         self.clips_per_pass = max(1, int(clips_per_pass))
         n_freqs = cfg.n_fft // 2 + 1
         filterbank = torchaudio.functional.melscale_fbanks(
             n_freqs=n_freqs, f_min=cfg.f_min, f_max=cfg.f_max, n_mels=cfg.n_mels,
             sample_rate=cfg.sample_rate, norm="slaney", mel_scale="slaney",
         )  # [n_freqs, n_mels]: mel power = filterbank.T @ linear power
-        # The minimum-norm least-squares inverse, which InverseMelScale solved on every call
-        # (~16 ms per clip): computed once, in float64 for a well-conditioned pseudo-inverse.
+        # The minimum-norm least-squares inverse, which InverseMelScale solves on every call:
+        # computed once, in float64 for a well-conditioned pseudo-inverse.
         # Stored transposed, [n_mels, n_freqs], so `mel frames @ it` gives frames-major spectra.
         self.mel_pinv_t = torch.linalg.pinv(filterbank.T.double()).T.float().contiguous()
         self.window = torch.hann_window(cfg.n_fft)

@@ -1,4 +1,5 @@
-"""Corpus loaders: EmoDB and RAVDESS file-name schemes, folder + CSV, one manifest.
+"""Labelled corpora: the EmoDB and RAVDESS file-name schemes, the manifest built from
+corpus folders and label CSVs, and the speaker-independent splits of a table of clips.
 
 A manifest is a DataFrame with one row per audio file found, accepted or not:
 
@@ -6,7 +7,9 @@ A manifest is a DataFrame with one row per audio file found, accepted or not:
 
 ``reject_reason`` is empty for rows whose label is one of the six emotions; otherwise it
 says why (an excluded class such as boredom, an unknown code, an unparseable name).
-Nothing found is dropped silently: accepted + rejected = files found.
+Nothing found is dropped silently: accepted + rejected = files found. The splits
+(`speaker_split`, `speaker_folds`) label each row "train", "val" or "test" by its speaker,
+so no speaker's clips sit on both sides of an evaluation.
 """
 
 from __future__ import annotations
@@ -149,7 +152,7 @@ def normalize_emotion(label: object) -> str:
     return EMOTION_ALIASES[text]
 
 
-def probe_audio(path: str | Path) -> tuple[float, float, float]:
+def read_header(path: str | Path) -> tuple[float, float, float]:
     """(sample rate, channels, seconds) from the header; NaNs when the header is unreadable."""
     try:
         info = sf.info(str(path))
@@ -158,8 +161,8 @@ def probe_audio(path: str | Path) -> tuple[float, float, float]:
         return float("nan"), float("nan"), float("nan")
 
 
-def _row(path: Path, dataset: str, speaker: str, emotion: str, reason: str, probe: bool) -> dict:
-    sr, ch, secs = probe_audio(path) if probe else (float("nan"),) * 3
+def _row(path: Path, dataset: str, speaker: str, emotion: str, reason: str, read_headers: bool) -> dict:
+    sr, ch, secs = read_header(path) if read_headers else (float("nan"),) * 3
     return {
         "path": str(path),
         "dataset": dataset,
@@ -193,10 +196,12 @@ def audio_files(root: str | Path) -> list[Path]:
     )
 
 
-def scan_folder(root: str | Path, dataset: str = "auto", probe: bool = True) -> pd.DataFrame:
+def scan_folder(root: str | Path, dataset: str = "auto", read_headers: bool = True) -> pd.DataFrame:
     """Every audio file under root, labelled from its name (EmoDB or RAVDESS scheme).
 
     dataset: "emodb", "ravdess", or "auto" (decided per file by its name's shape).
+    read_headers: fill source_sr, channels and source_s from each file's header (False
+    leaves them NaN and opens no file).
     """
     if dataset not in ("auto", *PARSERS):
         raise ValueError(f"unknown dataset {dataset!r}; expected auto, emodb or ravdess")
@@ -204,17 +209,17 @@ def scan_folder(root: str | Path, dataset: str = "auto", probe: bool = True) -> 
     for path in audio_files(root):
         kind = detect_dataset(path) if dataset == "auto" else dataset
         if kind is None:
-            rows.append(_row(path, "unknown", "", "", f"file name {path.name!r} follows neither the EmoDB nor the RAVDESS scheme", probe))
+            rows.append(_row(path, "unknown", "", "", f"file name {path.name!r} follows neither the EmoDB nor the RAVDESS scheme", read_headers))
             continue
         try:
             speaker, emotion = PARSERS[kind](path)
-            rows.append(_row(path, kind, speaker, emotion, "", probe))
+            rows.append(_row(path, kind, speaker, emotion, "", read_headers))
         except LabelError as exc:
-            rows.append(_row(path, kind, "", "", str(exc), probe))
+            rows.append(_row(path, kind, "", "", str(exc), read_headers))
     return _finish(rows)
 
 
-def load_csv_manifest(csv_path: str | Path, root: str | Path | None = None, dataset: str = "custom", probe: bool = True) -> pd.DataFrame:
+def load_csv_manifest(csv_path: str | Path, root: str | Path | None = None, dataset: str = "custom", read_headers: bool = True) -> pd.DataFrame:
     """A label CSV with columns path, emotion, speaker (paths relative to root or the CSV)."""
     csv_path = Path(csv_path)
     if not csv_path.is_file():
@@ -234,17 +239,17 @@ def load_csv_manifest(csv_path: str | Path, root: str | Path | None = None, data
             emotion = normalize_emotion(rec["emotion"])
             if not speaker:
                 raise LabelError("missing speaker id")
-            rows.append(_row(path, name, speaker, emotion, "", probe))
+            rows.append(_row(path, name, speaker, emotion, "", read_headers))
         except LabelError as exc:
-            rows.append(_row(path, name, speaker, "", str(exc), probe))
+            rows.append(_row(path, name, speaker, "", str(exc), read_headers))
     return _finish(rows)
 
 
-def build_manifest(inputs: list[str | Path], csv: str | Path | None = None, dataset: str = "auto", probe: bool = True) -> pd.DataFrame:
+def build_manifest(inputs: list[str | Path], csv: str | Path | None = None, dataset: str = "auto", read_headers: bool = True) -> pd.DataFrame:
     """One manifest over several folders (and optionally a label CSV)."""
-    parts = [scan_folder(root, dataset, probe) for root in inputs]
+    parts = [scan_folder(root, dataset, read_headers) for root in inputs]
     if csv is not None:
-        parts.append(load_csv_manifest(csv, probe=probe))
+        parts.append(load_csv_manifest(csv, read_headers=read_headers))
     if not parts:
         raise InvalidInputError("no input: give at least one corpus folder (--input) or a label CSV (--csv)")
     return _finish(pd.concat(parts, ignore_index=True).drop(columns="clip_id").to_dict("records"))
@@ -269,7 +274,8 @@ def summarize_labels(manifest: pd.DataFrame) -> dict:
 def speaker_split(
     table: pd.DataFrame, val_fraction: float = 0.15, test_fraction: float = 0.2, seed: int = 0
 ) -> pd.Series:
-    """Speaker-independent split: a 'train'/'val'/'test' label per row, no speaker in two.
+    """One speaker-independent train/val/test split: a 'train'/'val'/'test' label per row
+    (a Series named "split"), no speaker in two splits.
 
     Speakers are shuffled per dataset with the seed and dealt so every dataset with at
     least three speakers has one in each split, and both held-out splits get at least one.
@@ -290,7 +296,8 @@ def speaker_split(
 
 
 def speaker_folds(table: pd.DataFrame, k: int = 4, val_fraction: float = 0.15, seed: int = 0) -> list[pd.Series]:
-    """Speaker-grouped K folds: one 'train'/'val'/'test' Series per fold, like speaker_split.
+    """K speaker folds for cross-validation: per fold, a 'train'/'val'/'test' label per row
+    (a Series named "split", as speaker_split returns).
 
     Each dataset's speakers are shuffled with the seed and dealt round-robin into k test
     groups (continuing across datasets, so fold sizes stay even): test groups are disjoint

@@ -1,4 +1,6 @@
-"""Feature pipeline: manifest -> decode -> standardize -> log-mel -> Parquet, with Ray tasks.
+"""The feature pipeline (manifest -> decode -> standardize -> log-mel -> Parquet, with Ray
+tasks) and the readers of what it writes (`read_features`, `decode_mels`), plus
+`write_generated_features`, which writes generated mels in the same schema.
 
 The output is one Parquet dataset with a row per input file, accepted or rejected:
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -39,7 +42,7 @@ STATUS_REJECTED = "rejected"
 # worker's memory stays the same however large the corpus.
 MAX_ROWS_PER_PART = 64
 # Small corpora are cut finer, into this many parts per CPU, so that no CPU idles while
-# another finishes a long last part (the demo's 444 clips: 8 parts of 55-56 rows on 2 CPUs).
+# another finishes a long last part.
 PARTS_PER_CPU = 4
 
 
@@ -49,11 +52,10 @@ PARTS_PER_CPU = 4
 def featurize_rows(rows: pd.DataFrame, extractor: LogMel) -> pd.DataFrame:
     """Decode, standardize and extract log-mels for manifest rows; never raises per clip.
 
-    ``extractor``: a LogMel, or anything with its ``cfg`` and call (audio.LogMelExtractor,
-    whose CPU tensors np.asarray reads without a copy). Rows already rejected by their
-    label pass through untouched (they are not decoded).
-    Mels are computed one clip at a time: batching the STFT over hundreds of clips was
-    measured 4x slower per clip on CPU (cache-bound), see SPEC.
+    ``extractor``: a LogMel, or anything with its ``cfg`` and call (emogen.audio.mel's
+    LogMelExtractor, whose CPU tensors np.asarray reads without a copy). Rows already
+    rejected by their label pass through untouched (they are not decoded). Mels are
+    computed one clip at a time: a clip's STFT fits in cache, a batch of hundreds does not.
     """
     cfg = extractor.cfg
     out = rows.copy()
@@ -107,11 +109,11 @@ _ALLOCATOR_TUNED = False
 def keep_freed_memory_for_reuse() -> None:
     """Serve a clip's temporaries from the heap instead of fresh mmaps (glibc; else a no-op).
 
-    Decoded samples, the resampled wave, STFT frames and spectrum are 0.3-1.4 MB each, above
-    glibc's initial mmap threshold (128 KB), so in a fresh process (a Ray worker) each was
-    mapped, page-faulted in and unmapped again for every clip: featurize measured 5.0 ms
-    per clip that way vs 2.3 ms with the thresholds raised. Once per process; the heap then
-    keeps up to 64 MB of freed memory for reuse.
+    Decoded samples, the resampled wave, STFT frames and spectrum are each above glibc's
+    initial mmap threshold (128 KB), so in a fresh process (a Ray worker) each would be
+    mapped, page-faulted in and unmapped again for every clip, which costs more than the
+    features themselves. Once per process; the heap then keeps up to 64 MB of freed memory
+    for reuse.
     """
     global _ALLOCATOR_TUNED
     if _ALLOCATOR_TUNED:
@@ -165,24 +167,31 @@ def preprocess(
     writes its own file, so memory stays flat however large the corpus. Needs ray.init()
     first (or connects/starts Ray on first use). Returns the summary dict.
 
-    Plain tasks, not a Ray Data actor pool: actors started fresh per call (each importing
-    torch) cost ~4 s before the first clip on 2 CPUs, more than the demo corpus's whole
-    featurizing; tasks start in Ray's already-running workers. Ray Data with a task pool
-    was measured ~1.7x slower than these tasks at 444 and 2,220 clips (benchmarks/README).
+    Plain tasks, not a Ray Data pool: tasks start in Ray's already-running workers, while
+    a fresh actor pool pays its start-up before the first clip, and both Ray Data pools
+    were slower on the demo and large corpora (benchmarks/README.md).
     """
-    import shutil
-
-    import ray
-
     start = time.time()
     output = Path(output)
-    features_dir = output / FEATURES_DIR
+    written = _write_parts(manifest, output / FEATURES_DIR, cfg, batch_size, concurrency)
+    if written != len(manifest):  # accepted + rejected = input, or fail loudly
+        raise RuntimeError(f"preprocess wrote {written} rows for {len(manifest)} manifest rows")
+    summary = summarize(output, input_count=len(manifest), seconds=time.time() - start)
+    (output / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _write_parts(manifest: pd.DataFrame, features_dir: Path, cfg: AudioConfig,
+                 batch_size: int | None, concurrency: int | None) -> int:
+    """features_dir replaced by one Parquet file per part of the manifest, each written by
+    a `featurize_part` task, a bounded number in flight; returns the rows written."""
+    import ray  # deferred: only preprocessing runs Ray tasks; the readers below are used without Ray
+
     cpus = max(1, int(ray.available_resources().get("CPU", 1)))
     concurrency = concurrency or cpus
     # Ray runs at most `cpus` of these 1-CPU tasks at once. When concurrency covers them
     # all, a second part per slot waits in Ray's queue, so a worker starts its next part
-    # without a round trip through this loop (2,220 clips: 381 vs 348 clips/s measured);
-    # a smaller concurrency is a real limit.
+    # without a round trip through this loop; a smaller concurrency is a real limit.
     in_flight = 2 * concurrency if concurrency >= cpus else concurrency
     if features_dir.exists():  # a rerun replaces the features, it never appends to them
         shutil.rmtree(features_dir)
@@ -198,12 +207,7 @@ def preprocess(
         path = str(features_dir / f"part-{number:05d}.parquet")
         pending.append(featurize.remote(manifest.iloc[positions], cfg, path, schema))
     counts += ray.get(pending)
-    written = sum(counts)
-    if written != len(manifest):  # accepted + rejected = input, or fail loudly
-        raise RuntimeError(f"preprocess wrote {written} rows for {len(manifest)} manifest rows")
-    summary = summarize(output, input_count=len(manifest), seconds=time.time() - start)
-    (output / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return summary
+    return sum(counts)
 
 
 def summarize(output: str | Path, input_count: int, seconds: float) -> dict[str, Any]:

@@ -18,6 +18,10 @@ from __future__ import annotations
 import numpy as np
 from scipy import linalg
 from sklearn import metrics as sk_metrics
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedKFold, cross_val_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 from emogen.config import EMOTIONS, AudioConfig
 
@@ -88,11 +92,6 @@ def two_sample_accuracy(real: np.ndarray, generated: np.ndarray, pool: int = 8, 
     time-frequency layout: harmonics, syllables, pauses). Equal-size samples (the larger
     set subsampled with the seed), so chance is 0.5; 1.0 means every clip is told apart.
     Returns the accuracy and the clips per side."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedKFold, cross_val_score
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
     rng = np.random.default_rng(seed)
     n = min(len(real), len(generated))
     if n < 2:

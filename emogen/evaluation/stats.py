@@ -1,7 +1,7 @@
 """Paired comparisons of two experiment conditions: pure functions over numbers.
 
 - `paired_comparison(values, reference)`: the differences of pairs that share a key (a
-  seed today, a (fold, seed) once folds land: the caller chooses the key), their mean, a
+  seed, or a (fold, seed): the caller chooses the key), their mean, a
   95 % confidence interval from the paired t distribution, the paired t-test and the
   Wilcoxon signed-rank p-values (scipy.stats).
 - `bootstrap_ci(differences)`: a percentile bootstrap interval of the mean over test

@@ -1,6 +1,8 @@
 """The networks, as plain torch.nn.Modules with one config dataclass each, and the
 registry of trainable networks by model name (what a checkpoint needs to rebuild one)."""
 
+from __future__ import annotations
+
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,8 +30,8 @@ class NetworkSpec:
     def build(self, configs: dict[str, Any]) -> nn.Module:
         """The untrained network from config dataclasses keyed by section, its conv
         weights channels-last: oneDNN's convolutions then run without layout conversions
-        (training steps 1.08x U-Net to 1.41x SER on 2 CPU threads, benchmarks/README.md,
-        "Training throughput"; on CUDA the layout tensor cores want)."""
+        (on CUDA it is the layout tensor cores want; the speed-up is in benchmarks/README.md,
+        "Training throughput")."""
         return self.network(configs[self.sections[0]]).to(memory_format=torch.channels_last)
 
 

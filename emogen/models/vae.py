@@ -32,6 +32,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -290,8 +291,6 @@ class LatentStatistics:
     def all_reduce(self) -> None:
         """Sum over data-parallel workers (every worker saw its own shard); kept latents
         are gathered, so every worker fits the same directions."""
-        import torch.distributed as dist
-
         if dist.is_available() and dist.is_initialized() and self.sums is not None:
             for tensor in (self.sums, self.squares, self.counts):
                 dist.all_reduce(tensor)

@@ -1,8 +1,8 @@
 """MLflow, configured once.
 
-Default: a local SQLite store under runs/mlflow (no server; MLflow 3 retired the plain
-file store). `--tracking-uri` (or MLFLOW_TRACKING_URI) points at a real server instead.
-Browse the local store with:
+Default: a local SQLite store under runs/mlflow: no server to run, and a database
+rather than the plain file store, which MLflow has retired. `--tracking-uri` (or
+MLFLOW_TRACKING_URI) points at a real server instead. Browse the local store with:
 
     mlflow ui --backend-store-uri sqlite:///runs/mlflow/mlflow.db
 """
@@ -33,7 +33,7 @@ def configure(tracking_uri: str | None = None, experiment: str = DEFAULT_EXPERIM
 
     For the local store, artifacts live beside the database (not in the cwd).
     """
-    import mlflow
+    import mlflow  # deferred: mlflow is heavy to import, and `emogen --help` imports this module
 
     uri = resolve_tracking_uri(tracking_uri)
     if uri.startswith("sqlite:///"):
@@ -65,7 +65,7 @@ def flatten(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def find_run(run_name: str, tracking_uri: str | None = None, experiment: str = DEFAULT_EXPERIMENT) -> str | None:
     """The id of the newest run tagged with this emogen run name, to resume into it."""
-    import mlflow
+    import mlflow  # deferred: mlflow is heavy to import, and `emogen --help` imports this module
 
     configure(tracking_uri, experiment)
     runs = mlflow.search_runs(
@@ -88,7 +88,7 @@ def get_or_create_run(
     parent_run_id when given. The run is left closed (workers reopen it by id), or with
     `running` marked RUNNING until its owner ends it (an experiment's or a sweep's parent
     run, whose work happens in its children: a stopped job then shows it KILLED)."""
-    import mlflow
+    import mlflow  # deferred: mlflow is heavy to import, and `emogen --help` imports this module
 
     configure(tracking_uri, experiment)
     found = find_run(run_name, tracking_uri, experiment)
@@ -111,7 +111,7 @@ def mark_running(run_id: str, tracking_uri: str | None = None) -> None:
     """Mark a run RUNNING until its owner ends it, as one of this process's runs (see
     `end_open_runs`): an experiment's or a sweep's parent, also when a resumed job takes
     it up again."""
-    import mlflow
+    import mlflow  # deferred: mlflow is heavy to import, and `emogen --help` imports this module
 
     uri = resolve_tracking_uri(tracking_uri)
     mlflow.MlflowClient(tracking_uri=uri).update_run(run_id, status="RUNNING")
@@ -129,7 +129,7 @@ def end_open_runs(status: str, reason: str, since: int = 0) -> list[str]:
     still RUNNING, and their RUNNING descendants (an experiment's trainings, a sweep's
     trials: their workers die with this process and never end them), tagged with the
     reason. Returns the ids ended. Called by the CLI when a job is stopped or fails."""
-    import mlflow
+    import mlflow  # deferred: mlflow is heavy to import, and `emogen --help` imports this module
 
     ended: list[str] = []
     for uri, root in _RUNS_OF_THIS_PROCESS[since:]:

@@ -13,16 +13,9 @@ import pytest
 import soundfile as sf
 
 from emogen.config import EMOTIONS
-from emogen.data.corpus import (
-    CORPUS_PRESETS,
-    MAX_SECONDS,
-    MIN_SECONDS,
-    generate_corpus,
-    make_script,
-    make_speaker,
-    synthesize_utterance,
-)
+from emogen.data.corpus import CORPUS_PRESETS, generate_corpus, make_speaker, plan_corpus
 from emogen.data.datasets import scan_folder, summarize_labels
+from emogen.data.voice import MAX_SECONDS, MIN_SECONDS, make_script, synthesize_utterance
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -81,8 +74,6 @@ def test_tiny_is_parsed_by_the_real_loader(tiny):
 
 
 def test_presets_sizes():
-    from emogen.data.corpus import plan_corpus
-
     sizes = {name: len(plan_corpus(name)) for name in CORPUS_PRESETS}
     assert sizes["tiny"] < 100 < sizes["demo"] < 1000 < 2000 <= sizes["large"]
 
