@@ -13,6 +13,12 @@ def load_avg() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
+def pct(values: list[float], p: float) -> float | None:
+    """Nearest-rank percentile (index round(p/100 x (n-1)) of the sorted values), to 3 decimals; None for no values."""
+    v = sorted(values)
+    return round(v[min(len(v) - 1, int(round(p / 100 * (len(v) - 1))))], 3) if v else None
+
+
 def write_result(result: dict[str, Any], json_out: str | Path | None) -> None:
     """The result as indented JSON to --json-out (when given)."""
     if json_out:

@@ -1,4 +1,4 @@
-"""Hostile-load benchmark of the synthesis service (issue 17): loopback only, bounded in
+"""Hostile-load benchmark of the synthesis service: loopback only, bounded in
 requests and time (every wait has a timeout). The client only reports what it sees.
 
     python benchmarks/hostile_load.py                                  # trains a tiny checkpoint, starts its own server
@@ -6,7 +6,7 @@ requests and time (every wait has a timeout). The client only reports what it se
     python benchmarks/hostile_load.py --url http://127.0.0.1:8000 [--api-key K]   # a running server
     python benchmarks/hostile_load.py --sockets 32 --shorts 5 --long-steps 300 --requests 40   # a quick run
 
-Without --url: a tiny VAE + latent diffusion (serve_load.tiny_checkpoint, cached in --work),
+Without --url: a tiny VAE + latent diffusion (local_service.tiny_checkpoint, cached in --work),
 then the app with its default limits on 127.0.0.1:<free port> in a local 2-CPU Ray (one
 replica, 1 CPU; --api-key K configures the server's key too). After a warm-up (one npy and
 one wav request), in order:
@@ -54,32 +54,25 @@ import asyncio
 import json
 import os
 import socket
-import sys
 import time
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import httpx
+from ray import serve
+
+from common import load_avg, pct
+from emogen.config import EMOTIONS
+from local_service import checkpoint_or_tiny, local_serve
 
 HERE = Path(__file__).resolve().parent
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-EMOTIONS = ("anger", "sadness", "happiness", "neutral", "fear", "disgust")
 SCENARIOS = ("stalled", "long", "abandoned", "mixed")
 FRESH = httpx.Limits(max_connections=1, max_keepalive_connections=0)  # a new connection per request
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def load_avg() -> str:
-    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-
-
-def pct(values: list[float], p: float) -> float | None:
-    """Nearest-rank percentile as serve_load.py computes it (index round(p/100 x (n-1)))."""
-    v = sorted(values)
-    return round(v[min(len(v) - 1, int(round(p / 100 * (len(v) - 1))))], 3) if v else None
 
 
 def key_headers(api_key: str | None) -> dict[str, str]:
@@ -294,7 +287,7 @@ async def abandoned_request(base: str, steps: int = 500, leave_after: float = 2.
     The request must still be running when the client leaves, or nothing is abandoned: with
     `adapt`, the duration of `steps` steps is estimated on the idle service (a 10-step and a
     50-step request: seconds per step) and the client leaves at half of it when that is
-    sooner than `leave_after` (the tiny checkpoint samples 500 steps in about 2 s)."""
+    sooner than `leave_after` (a tiny checkpoint may finish before the client leaves)."""
     out: dict[str, Any] = {"steps": steps, "leave_after_s": leave_after}
     out["abandoned_before"] = before = (await get_info(base, api_key)).get("abandoned_batches")
     async with client(base, api_key, short_timeout) as c:
@@ -556,44 +549,16 @@ def report(results: dict[str, Any]) -> bool:
 # ------------------------------------------------------------------------------ CLI
 
 
-def own_server(args: argparse.Namespace):
-    """Start the app with its default limits on a free loopback port; returns (base URL, stop)."""
-    import ray
-
-    sys.path.insert(0, str(HERE))
-    from serve_load import tiny_checkpoint
-
-    checkpoint = args.checkpoint
-    if checkpoint is None:  # the training's Ray is stopped before anything is measured
-        args.work.mkdir(parents=True, exist_ok=True)
-        ray.init(num_cpus=2, log_to_driver=False, configure_logging=False)
-        try:
-            checkpoint = tiny_checkpoint(args.work)
-        finally:
-            ray.shutdown()
-
-    from ray import serve
-
+@contextmanager
+def own_server(args: argparse.Namespace) -> Iterator[str]:
+    """The app with its default limits on a free loopback port (one replica, 1 CPU); yields the base URL."""
+    checkpoint = checkpoint_or_tiny(args.checkpoint, args.work)
+    # deferred: the application imports torch and Ray Serve, which a run against --url never needs
     from emogen.serving.app import ServeArgs, app
 
-    ray.init(num_cpus=2, log_to_driver=False, configure_logging=False)
-
-    def stop():
-        try:
-            serve.shutdown()
-        finally:
-            ray.shutdown()
-
-    try:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
+    with local_serve() as base:
         serve.run(app(ServeArgs(checkpoint=checkpoint, api_key=args.api_key, num_cpus=1)), name="emogen", route_prefix="/")
-    except BaseException:
-        stop()
-        raise
-    return f"http://127.0.0.1:{port}", stop
+        yield base
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -635,17 +600,10 @@ def main() -> None:
 
     load_start = load_avg()
     print(f"load average at start: {load_start}", flush=True)
-    stop = None
-    try:
-        if args.url:
-            base = args.url
-        else:
-            base, stop = own_server(args)
+    with ExitStack() as stack:
+        base = args.url or stack.enter_context(own_server(args))
         print(f"hostile load against {base}", flush=True)
         results = asyncio.run(run_all(base, args.api_key, **kwargs))
-    finally:
-        if stop:
-            stop()
     load_end = load_avg()
     results["load_average"] = {"start": load_start, "end": load_end}
     ok = report(results)

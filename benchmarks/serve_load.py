@@ -37,35 +37,20 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import httpx
+from ray import serve
+
+import hostile_load
+from common import load_avg, pct
+from local_service import checkpoint_or_tiny, local_serve
+
 ROOT = Path(__file__).resolve().parents[1]
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-
-
-def tiny_checkpoint(work: Path) -> str:
-    """A tiny VAE + latent diffusion (the demo's serving path at test size), cached in `work`."""
-    cached = work / "checkpoint.txt"
-    if cached.exists() and Path(cached.read_text().strip()).exists():
-        return cached.read_text().strip()
-    from emogen.data.corpus import generate_corpus
-    from emogen.data.features import preprocess
-    from emogen.data.datasets import build_manifest
-    from emogen.training import FitConfig, fit
-
-    generate_corpus(work / "corpus", preset="tiny", seed=0)
-    preprocess(build_manifest([work / "corpus"]), work / "data")
-    kw = dict(preset="tiny", epochs=1, storage_path=work / "train", tracking_uri=f"sqlite:///{work / 'mlflow.db'}")
-    vae = fit("vae", work / "data", FitConfig(run_name="vae", **kw))
-    diff = fit("diffusion", work / "data", FitConfig(run_name="latent", vae_checkpoint=vae["checkpoint"],
-                                                   overrides={"diffusion": {"space": "latent"}, "unet": {"in_channels": 4}}, **kw))
-    cached.write_text(diff["checkpoint"])
-    return diff["checkpoint"]
 
 
 def griffin_lim_quality(features: Path, iterations: list[int], clips_per_emotion: int) -> list[dict]:
@@ -114,8 +99,6 @@ def run_before(rev: str, checkpoint: str, args: argparse.Namespace) -> list[dict
 
 def batch_sizes(info_url: str, before: int, headers: dict | None = None) -> dict:
     """Clips per batch the replica formed since `before` batches (its last 20 at most)."""
-    import httpx
-
     info = httpx.get(info_url, headers=headers, timeout=30).json()
     new = min(20, info["batch_count"] - before)
     sizes = info["recent_batch_sizes"][-new:] if new > 0 else []
@@ -123,14 +106,10 @@ def batch_sizes(info_url: str, before: int, headers: dict | None = None) -> dict
 
 
 def batch_count(info_url: str, headers: dict | None = None) -> int:
-    import httpx
-
     return int(httpx.get(info_url, headers=headers, timeout=30).json()["batch_count"])
 
 
 async def load(url: str, body: dict, concurrency: int, requests: int, deadline: float, headers: dict | None = None) -> dict:
-    import httpx
-
     latencies, errors, clips = [], 0, 0
     queue = list(range(requests))
 
@@ -154,13 +133,8 @@ async def load(url: str, body: dict, concurrency: int, requests: int, deadline: 
     async with httpx.AsyncClient(timeout=600, headers=headers, limits=httpx.Limits(max_connections=concurrency)) as client:
         await asyncio.gather(*(worker(client) for _ in range(concurrency)))
     wall = time.perf_counter() - start
-    lat = sorted(latencies)
-
-    def pct(p):
-        return lat[min(len(lat) - 1, int(round(p / 100 * (len(lat) - 1))))] if lat else float("nan")
-
-    return {"requests": len(lat), "errors": errors, "seconds": round(wall, 2), "p50_s": round(pct(50), 3),
-            "p95_s": round(pct(95), 3), "req_per_s": round(len(lat) / wall, 2), "clips_per_s": round(clips / wall, 2)}
+    return {"requests": len(latencies), "errors": errors, "seconds": round(wall, 2), "p50_s": pct(latencies, 50),
+            "p95_s": pct(latencies, 95), "req_per_s": round(len(latencies) / wall, 2), "clips_per_s": round(clips / wall, 2)}
 
 
 def run_levels(base: str, mode: str, max_batch: int | None, levels: tuple[int, ...], args: argparse.Namespace,
@@ -183,8 +157,6 @@ def run_levels(base: str, mode: str, max_batch: int | None, levels: tuple[int, .
 
 def run_hostile(base: str, args: argparse.Namespace) -> dict:
     """benchmarks/hostile_load.py's scenarios against `base` (printed when everything is done)."""
-    import hostile_load
-
     return asyncio.run(hostile_load.run_all(base, args.api_key, **hostile_load.scenario_kwargs(args)))
 
 
@@ -212,39 +184,32 @@ def main() -> None:
     p.add_argument("--quality-clips", type=int, default=4, help="clips per emotion in the quality table")
     p.add_argument("--quality-tolerance", type=float, default=0.10,
                    help="chosen count: convergence within this fraction of the most iterations'")
-    sys.path.insert(0, str(Path(__file__).resolve().parent))  # hostile_load, beside this script
-    from hostile_load import add_arguments
-
-    add_arguments(p)  # the hostile-load scenario options (--sockets, --shorts, ...), used with --hostile
+    hostile_load.add_arguments(p)  # the hostile-load scenario options (--sockets, --shorts, ...), used with --hostile
     args = p.parse_args()
     if args.url and args.before:
         p.error("--before measures this script's own server at REV: not with --url")
     headers = {"X-API-Key": args.api_key} if args.api_key else {}
 
-    load_start = Path("/proc/loadavg").read_text().split()[:3]
-    print(f"load average at start: {' '.join(load_start)}", flush=True)
+    load_start = load_avg()
+    print(f"load average at start: {load_start}", flush=True)
     quality, results, hostile = [], [], None
     if args.url:
         base = args.url.rstrip("/")
-        import httpx
-
         config = httpx.get(f"{base}/v1/info", headers=headers, timeout=30).json().get("config", {})
         results = run_levels(base, "running server", config.get("max_batch_size"), (1, 8, 32), args, headers)
         if args.hostile:
             hostile = run_hostile(base, args)
     else:
         quality, results, hostile = start_and_measure(args, headers)
-    load_end = Path("/proc/loadavg").read_text().split()[:3]
+    load_end = load_avg()
     report(args, quality, results, load_start, load_end)
     failed = []
     if hostile is not None:
-        import hostile_load
-
-        hostile["load_average"] = {"start": " ".join(load_start), "end": " ".join(load_end)}
+        hostile["load_average"] = {"start": load_start, "end": load_end}
         print("\nhostile load:")
         if not hostile_load.report(hostile):
             failed = [r["check"] for r in hostile["summary"] if not r["ok"]]
-        print(f"load average: {' '.join(load_start)} at start, {' '.join(load_end)} at end")
+        print(f"load average: {load_start} at start, {load_end} at end")
     if any(r["errors"] for r in results):
         raise SystemExit("errors during the load test")
     if failed:
@@ -255,15 +220,7 @@ def start_and_measure(args: argparse.Namespace, headers: dict) -> tuple[list[dic
     """The Griffin-Lim table, --before, then the app in a local Ray: batched and unbatched
     levels (and with --hostile the hostile scenarios against the batched deployment)."""
     args.work.mkdir(parents=True, exist_ok=True)
-    import ray
-
-    checkpoint = args.checkpoint
-    if checkpoint is None:  # the training's Ray is stopped before anything is measured
-        ray.init(num_cpus=2, log_to_driver=False, configure_logging=False)
-        try:
-            checkpoint = tiny_checkpoint(args.work)
-        finally:
-            ray.shutdown()
+    checkpoint = checkpoint_or_tiny(args.checkpoint, args.work)
 
     quality = []
     if args.quality_iters:
@@ -273,18 +230,11 @@ def start_and_measure(args: argparse.Namespace, headers: dict) -> tuple[list[dic
 
     results = run_before(args.before, checkpoint, args) if args.before else []
 
-    from ray import serve
-
+    # deferred: the application imports torch, which the --url path never needs
     from emogen.serving.app import ServeArgs, app
 
     hostile = None
-    ray.init(num_cpus=2, log_to_driver=False, configure_logging=False)
-    try:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        base = f"http://127.0.0.1:{port}"
+    with local_serve() as base:
         plans = [("batched", 8, args.stack_rows, args.batch_wait, (1, 8, 32)), ("unbatched", 1, 1, 0.0, (8,))]
         for name, max_batch, stack_rows, wait, levels in plans:
             serve.run(app(ServeArgs(checkpoint=checkpoint, max_batch_size=max_batch, stack_rows=stack_rows,
@@ -295,14 +245,10 @@ def start_and_measure(args: argparse.Namespace, headers: dict) -> tuple[list[dic
             if args.hostile and name == "batched":
                 hostile = run_hostile(base, args)
             serve.delete("emogen")
-    finally:
-        serve.shutdown()
-        ray.shutdown()
     return quality, results, hostile
 
 
-def report(args: argparse.Namespace, quality: list[dict], results: list[dict], load_start: list[str],
-           load_end: list[str]) -> None:
+def report(args: argparse.Namespace, quality: list[dict], results: list[dict], load_start: str, load_end: str) -> None:
     """The Griffin-Lim table, the load table and the batched / unbatched ratios."""
     if quality:
         best = quality[-1]
@@ -331,7 +277,7 @@ def report(args: argparse.Namespace, quality: list[dict], results: list[dict], l
     one = {r["mode"]: r["p50_s"] for r in results if r["format"] == "wav" and r["concurrency"] == 1}
     if one:
         print("p50 of one WAV request at concurrency 1: " + ", ".join(f"{mode} {p50} s" for mode, p50 in one.items()))
-    print(f"load average: {' '.join(load_start)} at start, {' '.join(load_end)} at end")
+    print(f"load average: {load_start} at start, {load_end} at end")
 
 
 if __name__ == "__main__":

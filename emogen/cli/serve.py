@@ -1,26 +1,80 @@
 """`emogen serve`: the synthesis application on a local (or given) Ray, until Ctrl-C.
 
-Light to import (the CLI builds its parser from it); Ray Serve and the application are
-imported when the command runs.
+Its options are the fields of `ServeArgs` (what the application takes, one option per
+field, named after it) and of `ServeCommand` (where this process listens and which Ray it
+uses). Light to import (the CLI builds its parser from it); Ray Serve and the application
+are imported when the command runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
+import time
+import typing
+from dataclasses import dataclass
+from typing import Any, Callable, Literal
 
+from pydantic import BaseModel
+
+from emogen.inference.schema import DEFAULT_KEEP_ALIVE_TIMEOUT_S
 from emogen.logs import get_logger
-from emogen.tracking.registry import MODEL_URIS, TRACKING_URI_HELP
+from emogen.options import add_config_options, config_values, option
+from emogen.runtime import stop_on_sigterm
 from emogen.serving.binding import bind_refusal
-from emogen.inference.schema import (
-    DEFAULT_BODY_TIMEOUT_S,
-    DEFAULT_KEEP_ALIVE_TIMEOUT_S,
-    DEFAULT_LONG_REQUEST_COST,
-    DEFAULT_MAX_REQUESTS_PER_CLIENT,
-    DEFAULT_REQUEST_TIMEOUT_S,
-    DEFAULT_STEP_BUDGET,
-)
+from emogen.serving.settings import ServeArgs
 
 log = get_logger("serve")
+
+# The command needs a checkpoint (a deployed app without one answers 503), and the flags
+# these options had before they were named after ServeArgs' fields keep working.
+REQUIRED = ("checkpoint",)
+OLD_SPELLINGS = {
+    "batch_wait_timeout_s": ("--batch-wait-timeout",),
+    "num_replicas": ("--replicas",),
+    "body_timeout_s": ("--body-timeout",),
+    "request_timeout_s": ("--request-timeout",),
+}
+
+
+@dataclass
+class ServeCommand:
+    """What `emogen serve` needs besides the application's arguments."""
+
+    host: str = option("127.0.0.1", "address to listen on (not loopback: only with an API key)")
+    port: int = option(8000, "port to listen on")
+    keep_alive_timeout: int = option(DEFAULT_KEEP_ALIVE_TIMEOUT_S, "seconds an idle connection stays open")
+    address: str | None = option(None, "Ray address (default: start a local Ray)")
+
+
+def _value_type(annotation: Any) -> Callable[[str], Any]:
+    """The argparse type of a field: X | None -> X; X | Literal[words] -> a word as it is, else X."""
+    members = [a for a in typing.get_args(annotation) if a is not type(None)] or [annotation]
+    words = {w for a in members if typing.get_origin(a) is Literal for w in typing.get_args(a)}
+    kind = next((a for a in members if typing.get_origin(a) is not Literal), str)
+    if not words:
+        return kind
+
+    def parse(text: str) -> Any:
+        return text if text in words else kind(text)
+
+    parse.__name__ = kind.__name__  # argparse names the type in its error messages
+    return parse
+
+
+def add_model_options(parser: argparse.ArgumentParser, model: type[BaseModel], *, required: tuple[str, ...] = (),
+                      aliases: dict[str, tuple[str, ...]] | None = None) -> None:
+    """One option per field of a pydantic model, named after it, its description the help:
+    emogen.options.add_config_options for settings that Ray Serve validates (a pydantic
+    model, where the other commands' parameter objects are dataclasses)."""
+    aliases = aliases or {}
+    for name, field in model.model_fields.items():
+        keywords: dict[str, Any] = {"dest": name, "help": field.description or "", "type": _value_type(field.annotation)}
+        if name in required:
+            keywords["required"] = True
+        else:
+            keywords["default"] = field.default
+        parser.add_argument("--" + name.replace("_", "-"), *aliases.get(name, ()), **keywords)
 
 
 def check_bind(host: str, api_key: str | None) -> None:
@@ -30,61 +84,41 @@ def check_bind(host: str, api_key: str | None) -> None:
         raise SystemExit(refusal)
 
 
-def add_subcommand(subparsers) -> argparse.ArgumentParser:
+def add_subcommand(subparsers: Any) -> argparse.ArgumentParser:
     """Register `emogen serve` on an argparse subparsers object; the handler is set as
     `func` (call `args.func(args)`), blocks until Ctrl-C and returns a summary dict."""
     p = subparsers.add_parser("serve", help="serve a generator checkpoint over HTTP with Ray Serve")
-    p.add_argument("--checkpoint", required=True, help=f"diffusion or VAE checkpoint directory, or {MODEL_URIS}")
-    p.add_argument("--tracking-uri", default=None, help=TRACKING_URI_HELP)
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--max-batch-size", type=int, default=8)
-    p.add_argument("--batch-wait-timeout", type=float, default=0.05, help="seconds")
-    p.add_argument("--replicas", type=int, default=1)
-    p.add_argument("--step-budget", type=int, default=DEFAULT_STEP_BUDGET, help="max steps x num_samples per request")
-    p.add_argument("--api-key", default=None, help="require X-API-Key (default: $EMOGEN_API_KEY)")
-    p.add_argument("--body-timeout", type=float, default=DEFAULT_BODY_TIMEOUT_S,
-                   help="seconds a request's whole body may take to arrive (408 after)")
-    p.add_argument("--request-timeout", type=float, default=DEFAULT_REQUEST_TIMEOUT_S,
-                   help="seconds a synthesis may take unless it asks for less (timeout_s); 504 and cancelled after")
-    p.add_argument("--long-request-cost", type=int, default=DEFAULT_LONG_REQUEST_COST,
-                   help="requests above this many steps x samples let shorter ones run between their steps")
-    p.add_argument("--max-requests-per-client", type=int, default=DEFAULT_MAX_REQUESTS_PER_CLIENT,
-                   help="a client's requests at once per replica (429 above; 0: no cap)")
-    p.add_argument("--keep-alive-timeout", type=int, default=DEFAULT_KEEP_ALIVE_TIMEOUT_S,
-                   help="seconds an idle connection stays open")
-    p.add_argument("--address", default=None, help="Ray address (default: start a local Ray)")
+    add_model_options(p, ServeArgs, required=REQUIRED, aliases=OLD_SPELLINGS)
+    add_config_options(p, ServeCommand)
     p.set_defaults(func=cmd_serve)
     return p
 
 
-def cmd_serve(args: argparse.Namespace) -> dict:
-    import os
-    import signal
-    import time
+def serve_args(args: argparse.Namespace) -> ServeArgs:
+    """The application's arguments from the parsed options (the API key, when not given,
+    from the environment: ServeArgs reads it)."""
+    return ServeArgs(**{name: getattr(args, name) for name in ServeArgs.model_fields})
 
+
+def cmd_serve(args: argparse.Namespace) -> dict:
+    # deferred: Ray, Ray Serve and the application (torch, FastAPI) take seconds to import; --help must stay instant
     import ray
     from ray import serve
+    from emogen.serving.app import app
 
-    from emogen.runtime import stop_on_sigterm
-    from emogen.serving.app import ServeArgs, app
-
-    api_key = args.api_key or os.environ.get("EMOGEN_API_KEY")
-    check_bind(args.host, api_key)
+    command = ServeCommand(**config_values(ServeCommand, args))
+    settings = serve_args(args)
+    check_bind(command.host, settings.api_key)
     if not ray.is_initialized():
-        ray.init(address=args.address, log_to_driver=True)
-    serve.start(http_options={"host": args.host, "port": args.port, "keep_alive_timeout_s": args.keep_alive_timeout})
-    application = app(ServeArgs(
-        checkpoint=args.checkpoint, max_batch_size=args.max_batch_size, batch_wait_timeout_s=args.batch_wait_timeout,
-        num_replicas=args.replicas, step_budget=args.step_budget, api_key=api_key, body_timeout_s=args.body_timeout,
-        request_timeout_s=args.request_timeout, long_request_cost=args.long_request_cost,
-        max_requests_per_client=args.max_requests_per_client, tracking_uri=args.tracking_uri,
-    ))
+        ray.init(address=command.address, log_to_driver=True)
+    serve.start(http_options={"host": command.host, "port": command.port,
+                              "keep_alive_timeout_s": command.keep_alive_timeout})
+    application = app(settings)
 
     stop_on_sigterm()  # ray.init replaced it: SIGTERM (ray job stop, containers) stops cleanly like Ctrl-C
     signal.signal(signal.SIGINT, signal.default_int_handler)
     started = time.time()
-    log.info(f"http://{args.host}:{args.port}/ (API docs at /docs); Ctrl-C to stop")
+    log.info(f"http://{command.host}:{command.port}/ (API docs at /docs); Ctrl-C to stop")
     try:
         serve.run(application, name="emogen", route_prefix="/")
         while True:  # block until Ctrl-C / SIGTERM
@@ -98,4 +132,5 @@ def cmd_serve(args: argparse.Namespace) -> dict:
             serve.shutdown()
         finally:
             ray.shutdown()
-    return {"served": args.checkpoint, "host": args.host, "port": args.port, "seconds": round(time.time() - started, 1)}
+    return {"served": settings.checkpoint, "host": command.host, "port": command.port,
+            "seconds": round(time.time() - started, 1)}

@@ -1,13 +1,13 @@
 """Dynamic batching on a replica that forms a batch when the model is free, and lets
 short requests run between the steps of long ones.
 
-Ray Serve's ``@serve.batch`` (Ray 2.60) forms the next batch as soon as the previous one
-has been *formed*, not finished: while the model works on batch k, batch k+1 closes
+Ray Serve's ``@serve.batch`` forms the next batch as soon as the previous one has been
+*formed*, not finished: while the model works on batch k, batch k+1 closes
 ``batch_wait_timeout_s`` after its first request and waits for the model. Under a
-closed-loop load the clients answered by one batch come back one by one, so the batches
-held whatever arrived within one wait window: 1-5 requests at concurrency 32, never the
-maximum of 8 (issue 14). Here a single worker takes what is queued when the model is
-free, so requests that arrive while it works all join the next batch.
+closed-loop load the clients answered by one batch come back one by one, so such batches
+hold only what arrived within one wait window and rarely reach the maximum. Here a single
+worker takes what is queued when the model is free, so requests that arrive while it
+works all join the next batch.
 
 The wait is spent only where it can fill a batch. Clients answered by the last batch
 usually send their next request within milliseconds; the worker waits (at most
@@ -21,8 +21,7 @@ Its ``run`` calls :meth:`IdleBatcher.between_steps` after each unit of work (a d
 step); when short requests wait, the long batch's thread parks there, the short batch
 runs to completion, and the long one resumes for at least one more step before it can be
 parked again. One thread computes at a time, so a short request waits for at most one
-step of a long one (a 1000-step request used to hold a 2-step one for minutes), and a
-long batch still advances while short ones keep coming.
+step of a long one, and a long batch still advances while short ones keep coming.
 """
 
 from __future__ import annotations

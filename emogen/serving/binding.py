@@ -29,6 +29,7 @@ def bind_refusal(host: str | None, api_key: str | None) -> str | None:
 def proxy_host() -> str | None:
     """The address Serve's HTTP proxies bind (its controller's http_options.host), or None
     outside a Serve cluster."""
+    # deferred: `emogen serve`'s parser imports this module (bind_refusal), and Ray takes seconds to import
     import ray
     from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
 

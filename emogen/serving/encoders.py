@@ -9,13 +9,12 @@ import zipfile
 from typing import Sequence
 
 import numpy as np
+import soundfile as sf
 
 from emogen.inference.schema import Job
 
 
 def wav_bytes(wave: np.ndarray, sample_rate: int) -> bytes:
-    import soundfile as sf
-
     buf = io.BytesIO()
     sf.write(buf, np.asarray(wave, dtype=np.float32), sample_rate, format="WAV", subtype="PCM_16")
     return buf.getvalue()
@@ -42,9 +41,11 @@ def npy_bytes(mels: np.ndarray) -> bytes:
 
 def mel_png(mels: np.ndarray, titles: Sequence[str] | None = None) -> bytes:
     """A row of mel-spectrogram images (server-side matplotlib, Agg) as PNG bytes."""
+    # deferred: only a JSON response with image=true draws; matplotlib would slow every replica's start
     import matplotlib
 
     matplotlib.use("Agg")
+    # deferred: as matplotlib, after its backend is chosen
     from matplotlib.figure import Figure
 
     n = len(mels)
