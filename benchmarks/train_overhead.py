@@ -10,8 +10,8 @@ shuffle buffer), all-reduce of metric sums, the per-epoch checkpoint written thr
 ray.train.report, and MLflow logging.
 
 Threads: the Ray worker uses whatever torch defaults to inside its 1-CPU actor (Ray sets
-OMP_NUM_THREADS for it). TrainConfig has no thread setting, so this script wraps
-train_loop_per_worker (the driver-side reference fit() passes to TorchTrainer) to record
+OMP_NUM_THREADS for it). TrainConfig has no thread setting, so this script passes fit() a
+wrapper of train_loop_per_worker (fit's worker_loop) that records
 torch.get_num_threads() inside the worker, and runs the plain loop with the same number.
 With --also-threads N the plain loop is timed a second time with N threads (e.g. 2, what
 a plain script gets on this machine by default).
@@ -69,13 +69,10 @@ def prepare_data(work: Path) -> Path:
 
 def make_recording_loop(info_path: str):
     """A wrapper around emogen.training.train_loop_per_worker that records the worker's threads."""
-    import emogen.training.driver as driver
-
-    original = driver.train_loop_per_worker
 
     def recording_loop(config):
-        # Runs in the worker process, where emogen.training is imported unpatched: the
-        # original loop is looked up there (not captured, so it pickles by reference).
+        # Runs in the worker process (this closure is pickled by value): the loop it wraps
+        # is looked up there, by module, not captured.
         import json as _json
         import os as _os
         import time as _time
@@ -93,26 +90,21 @@ def make_recording_loop(info_path: str):
             }, f)
         return _loop.train_loop_per_worker(config)
 
-    return original, recording_loop
+    return recording_loop
 
 
 def run_ray_train(features: Path, model: str, epochs: int, work: Path) -> dict:
-    import emogen.training.driver as driver
     from emogen.checkpoint import load_state
+    from emogen.training import FitConfig, fit
 
     info_path = str(work / _WORKER_INFO_FILE)
-    original, recording = make_recording_loop(info_path)
-    driver.train_loop_per_worker = recording  # fit() looks the name up at call time
-    try:
-        started = time.time()
-        summary = driver.fit(model, features, driver.FitConfig(
-            preset="demo", epochs=epochs, num_workers=1,
-            storage_path=work / "runs", run_name=f"overhead-{model}-{int(started)}",
-            tracking_uri=f"sqlite:///{work / 'mlflow' / 'mlflow.db'}",
-        ))
-        wall = time.time() - started
-    finally:
-        driver.train_loop_per_worker = original
+    started = time.time()
+    summary = fit(model, features, FitConfig(
+        preset="demo", epochs=epochs, num_workers=1,
+        storage_path=work / "runs", run_name=f"overhead-{model}-{int(started)}",
+        tracking_uri=f"sqlite:///{work / 'mlflow' / 'mlflow.db'}",
+    ), worker_loop=make_recording_loop(info_path))
+    wall = time.time() - started
     from mlflow.tracking import MlflowClient
 
     # the loop logs each epoch's metrics to MLflow just before its report: the time between

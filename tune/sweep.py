@@ -5,7 +5,7 @@
         --num-samples 32 --gpus-per-trial 1 --storage-path s3://BUCKET/emogen/tune
 
 The same command as `emogen tune MODEL` (options: the fields of emogen.training.sweep.SweepConfig;
-search spaces: the built-in emogen/tune_spaces.yaml or --space FILE).
+search spaces: the built-in emogen/training/tune_spaces.yaml or --space FILE).
 """
 
 import sys

@@ -1,11 +1,13 @@
-"""Training settings: optimization, augmentation, the data split, fault-tolerance drills."""
+"""Training settings (optimization, augmentation, the data split) and the contracts
+between the parts: the loop config the driver hands every worker of one training, and
+what a sweep's driver hands each of its trials."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
-from emogen.config import replace
+from emogen.config import AudioConfig, replace
 from emogen.presets import preset_sections
 
 
@@ -52,9 +54,6 @@ class TrainConfig:
     # when they fit in this many MB; bigger splits stream from Ray Data every epoch
     # (shuffled through shuffle_buffer). 0 = always stream.
     in_memory_mb: float = 2048.0
-    # Fault-tolerance drills: the rank-0 worker kills its process once, at the start of
-    # this epoch (a marker file in the run directory makes it happen only once).
-    fail_at_epoch: int = -1
 
 
 def train_config(model: str, preset: str, overrides: dict[str, Any] | None = None) -> TrainConfig:
@@ -62,3 +61,49 @@ def train_config(model: str, preset: str, overrides: dict[str, Any] | None = Non
     sections = preset_sections(preset)
     values = {**sections.get("train", {}), **sections.get(f"train_{model}", {}), **(overrides or {})}
     return replace(TrainConfig(), values)
+
+
+@dataclass
+class MlflowTarget:
+    """The MLflow run a training logs its per-epoch metrics to (from the rank-0 worker)."""
+
+    tracking_uri: str
+    run_id: str
+
+
+@dataclass
+class LoopConfig:
+    """Everything the worker loop needs for one training, built at the driver (`loop_config`)
+    and pickled to each worker; the caller fills in mlflow, run_dir and label."""
+
+    model: str  # a key of MODELS: "ser" | "vae" | "diffusion"
+    configs: dict[str, dict[str, Any]]  # the network/diffusion sections as plain dicts (what state.pt stores)
+    train: TrainConfig
+    audio: AudioConfig
+    vae_checkpoint: str | None = None  # latent diffusion: the VAE's state.pt or checkpoint folder, local
+    vae_source: str | None = None  # what the user named it by (a path, models:/ or runs:/ URI)
+    mlflow: MlflowTarget | None = None
+    run_dir: str | None = None  # where the training's checkpoints live
+    label: str | None = None  # what its log lines start with (default: the model name)
+
+    def task_extra(self) -> dict[str, Any]:
+        """The task's extra inputs (Task.extra): the VAE a latent diffusion trains on."""
+        return {"vae_checkpoint": self.vae_checkpoint, "vae_source": self.vae_source}
+
+
+@dataclass(frozen=True)
+class TrialSetup:
+    """What every trial of a sweep shares (the sampled config is each trial's own)."""
+
+    model: str
+    preset: str
+    epochs: int  # per trial (ASHA's max_t)
+    name: str  # the sweep's name
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str  # the sweep's MLflow run
+    num_workers: int = 1  # > 1: an inner TorchTrainer per trial
+    use_gpu: bool = False
+    vae_checkpoint: str | None = None
+    train_storage: str = ""  # where multi-worker trials' inner Ray Train runs keep their checkpoints
+    resources_per_worker: dict[str, float] | None = None  # of a multi-worker trial's workers

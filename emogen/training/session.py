@@ -2,9 +2,9 @@
 
 The loop (emogen.training.loop.run_training) is handed one: `RayTrainSession` inside a
 Ray Train worker, `DirectorySession` for a training run as a plain Ray task
-(`train_in_process`), and emogen.sweep's Tune-trial session for a single-worker trial
-(Ray Train's functions refuse to run inside a Tune trial). Reports carry a checkpoint
-*directory*; the session wraps it in its own Checkpoint class.
+(`train_in_process`), and emogen.training.trial's Tune-trial session for a single-worker
+trial (Ray Train's functions refuse to run inside a Tune trial). Reports carry a
+checkpoint *directory*; the session wraps it in its own Checkpoint class.
 """
 
 from __future__ import annotations
@@ -23,32 +23,32 @@ class RayTrainSession:
     """The loop as a Ray Train worker: rank, shards, device, DDP and reports from Ray Train."""
 
     def get_context(self) -> Any:
-        import ray.train
+        import ray.train  # deferred: Ray Train is heavy to import, and `emogen --help` imports this module
 
         return ray.train.get_context()  # get_world_rank(), get_world_size()
 
     def get_checkpoint(self) -> Any:
-        import ray.train
+        import ray.train  # deferred: Ray Train is heavy to import, and `emogen --help` imports this module
 
         return ray.train.get_checkpoint()
 
     def get_dataset_shard(self, name: str) -> Any:
-        import ray.train
+        import ray.train  # deferred: Ray Train is heavy to import, and `emogen --help` imports this module
 
         return ray.train.get_dataset_shard(name)
 
     def get_device(self) -> torch.device:
-        import ray.train.torch
+        import ray.train.torch  # deferred: Ray Train is heavy to import, and `emogen --help` imports this module
 
         return ray.train.torch.get_device()
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
-        import ray.train.torch
+        import ray.train.torch  # deferred: Ray Train is heavy to import, and `emogen --help` imports this module
 
         return ray.train.torch.prepare_model(model)
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: str | None = None) -> None:
-        import ray.train
+        import ray.train  # deferred: Ray Train is heavy to import, and `emogen --help` imports this module
 
         checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
         ray.train.report(metrics, checkpoint=checkpoint)
@@ -92,7 +92,7 @@ class DirectorySession(SingleProcessSession):
         self.run_dir = Path(run_dir)
 
     def get_checkpoint(self) -> Any:
-        import ray.train
+        import ray.train  # deferred: Ray Train is heavy to import, and `emogen --help` imports this module
 
         return ray.train.Checkpoint.from_directory(str(self.run_dir)) if (self.run_dir / STATE_FILE).exists() else None
 

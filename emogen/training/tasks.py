@@ -18,6 +18,7 @@ from torch import nn
 
 from emogen.checkpoint import load_model, load_state
 from emogen.config import EMOTIONS
+from emogen.data.features import decode_mels
 from emogen.models.diffusion import diffusion_loss, make_train_scheduler
 from emogen.models import NETWORKS, NetworkSpec
 from emogen.models.vae import LatentStatistics, vae_loss
@@ -78,8 +79,6 @@ class SERTask(Task):
     def fit_data_stats(self, model, train_shard):
         if not self.cfgs["ser"].input_norm:
             return
-        from emogen.data.features import decode_mels
-
         # float64 sums: a few thousand clips x 173 frames per band
         total, total_sq, count = 0.0, 0.0, 0
         for batch in train_shard.iter_batches(batch_size=256, batch_format="numpy"):
@@ -135,7 +134,7 @@ class VAETask(Task):
     """Besides the loss, each epoch's training pass collects the encoder means per emotion,
     and the VAE keeps their per-emotion distribution to sample from (models.vae): the
     statistics of the pass that ended with the checkpointed weights (weights move a little
-    within the pass; a second, eval-only pass over the data would cost a third more)."""
+    within the pass; a second, eval-only pass over the data would lengthen every epoch)."""
 
     name = "vae"
 

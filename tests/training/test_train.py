@@ -11,17 +11,19 @@ import torch
 
 from emogen.checkpoint import load_state, save_state
 from emogen.config import EMOTIONS
-from emogen.training import TrainConfig, train_config
+from emogen.training import TrainConfig, TrainState, train_config
+from tests.training.drills import failing_worker_loop
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 
-def _fit(model, features, tmp_path, tracking_uri, **kw):
+def _fit(model, features, tmp_path, tracking_uri, worker_loop=None, **kw):
     from emogen.training import FitConfig, fit
 
     kw.setdefault("epochs", 2)
-    return fit(model, features, FitConfig(preset="tiny", storage_path=tmp_path / "train", tracking_uri=tracking_uri, **kw))
+    return fit(model, features, FitConfig(preset="tiny", storage_path=tmp_path / "train", tracking_uri=tracking_uri, **kw),
+               worker_loop=worker_loop)
 
 
 def test_state_round_trip_is_atomic(tmp_path):
@@ -30,6 +32,28 @@ def test_state_round_trip_is_atomic(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["state.pt"]  # no temp file left behind
     loaded = load_state(tmp_path)
     assert torch.equal(loaded["model"]["w"], state["model"]["w"]) and loaded["history"] == state["history"]
+
+
+STATE_KEYS = {"model_name", "model", "best_model", "ema_model", "optimizer", "lr_scheduler", "grad_scaler", "epoch", "best",
+              "bad_epochs", "stopped_early", "history", "resumes", "configs", "train", "audio", "extra"}
+
+
+def test_train_state_saves_the_state_pt_keys_and_restores_older_files(tmp_path):
+    """TrainState is the state.pt dict, key for key (emogen.checkpoint.load_model and
+    serving read the same file); a file without the optional entries still restores."""
+    state = TrainState(model_name="ser", model={"w": torch.ones(2)}, best_model=None, ema_model=None, optimizer={},
+                       lr_scheduler={}, grad_scaler=None, epoch=3, best=0.5, bad_epochs=1, stopped_early=False,
+                       history=[{"epoch": 3.0}], resumes=[2], configs={"ser": {}}, train={}, audio={}, extra={})
+    state.save(tmp_path)
+    on_disk = load_state(tmp_path)
+    assert set(on_disk) == STATE_KEYS and on_disk["epoch"] == 3 and torch.equal(on_disk["model"]["w"], torch.ones(2))
+    loaded = TrainState.load(tmp_path).to_dict()
+    assert torch.equal(loaded.pop("model")["w"], torch.ones(2))
+    assert loaded == {k: v for k, v in state.to_dict().items() if k != "model"}
+    older = {k: v for k, v in on_disk.items() if k not in ("best_model", "ema_model", "grad_scaler", "stopped_early")}
+    restored = TrainState.from_dict(older)
+    assert restored.ema_model is None and restored.grad_scaler is None and restored.stopped_early is False
+    assert restored.resumes == [2] and restored.history == [{"epoch": 3.0}]
 
 
 def test_run_directory_resolves_to_its_newest_checkpoint(tmp_path):
@@ -56,6 +80,7 @@ def test_ser_two_gloo_workers_end_to_end(tiny_features, tmp_path, tracking_uri):
     assert {"train_loss", "val_loss", "val_accuracy", "val_uar"} <= set(summary["metrics"])
     state = load_state(summary["checkpoint"])
     assert state["model_name"] == "ser" and len(state["history"]) == 2 and state["best_model"] is not None
+    assert set(state) == STATE_KEYS
     # where an epoch's time goes: the validation pass is part of it
     assert all(0 < h["seconds_validation"] < h["seconds"] for h in state["history"])
     mlflow.set_tracking_uri(tracking_uri)
@@ -75,7 +100,9 @@ def test_ser_two_gloo_workers_end_to_end(tiny_features, tmp_path, tracking_uri):
 
 
 def test_worker_failure_resumes_from_checkpoint(tiny_features, tmp_path, tracking_uri):
-    summary = _fit("vae", tiny_features, tmp_path, tracking_uri, epochs=3, fail_at_epoch=2, max_failures=1, run_name="vae-ft")
+    """The rank-0 worker dies once after epoch 2's report (tests.training.drills)."""
+    summary = _fit("vae", tiny_features, tmp_path, tracking_uri, epochs=3, max_failures=1, run_name="vae-ft",
+                   worker_loop=failing_worker_loop)
     assert (tmp_path / "train" / "vae-ft" / ".failed-at-epoch-2").exists()  # the drill really fired
     assert summary["epochs_completed"] == 3
     # Checkpoint upload is asynchronous: the restart resumes from a saved epoch, 1 or 2.
@@ -333,7 +360,7 @@ def test_ser_input_stats_come_from_the_training_shard():
 def test_ser_mixup_mixes_training_batches_and_cosine_schedule_decays():
     from emogen.models.ser import SERConfig
     from emogen.training import SERTask
-    from emogen.training.loop import _lr_scheduler
+    from emogen.training.loop import lr_schedule
 
     task = SERTask({"ser": SERConfig(widths=(4,), blocks_per_stage=(1,))}, TrainConfig(mixup=0.4), {})
     model = task.build().train()
@@ -344,7 +371,7 @@ def test_ser_mixup_mixes_training_batches_and_cosine_schedule_decays():
     task.loss(model, mel, torch.tensor([0, 1]), epoch=0)
     assert ((seen[0] > 0) & (seen[0] < 1)).any()  # a blend of the two clips
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
-    schedule = _lr_scheduler(opt, TrainConfig(lr_schedule="cosine", epochs=4))
+    schedule = lr_schedule(opt, TrainConfig(lr_schedule="cosine", epochs=4))
     lrs = []
     for _ in range(4):
         lrs.append(opt.param_groups[0]["lr"])
@@ -352,7 +379,7 @@ def test_ser_mixup_mixes_training_batches_and_cosine_schedule_decays():
         schedule.step()
     assert lrs == pytest.approx([1.0, 0.853553, 0.5, 0.146447], rel=1e-4) and opt.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-9)
     with pytest.raises(ValueError, match="lr_schedule"):
-        _lr_scheduler(opt, TrainConfig(lr_schedule="step"))
+        lr_schedule(opt, TrainConfig(lr_schedule="step"))
 
 
 # ----------------------------------------------------------- weight average, data in memory
@@ -388,11 +415,11 @@ def test_weight_average_warms_up_then_follows_slowly_and_copies_buffers():
 
 
 def test_split_in_memory_is_reshuffled_per_epoch_and_streams_above_its_size_limit():
-    from emogen.training.loop import _read_into_memory
+    from emogen.training.batches import read_into_memory
     from emogen.training.tasks import Task
 
     mels = np.arange(10 * 4 * 3, dtype=np.float32).reshape(10, 4, 3)
-    data = _read_into_memory(_ArrayShard(mels), Task({}, TrainConfig(), {}), torch.device("cpu"), limit_mb=1, chunk=4)
+    data = read_into_memory(_ArrayShard(mels), Task({}, TrainConfig(), {}), torch.device("cpu"), limit_mb=1, chunk=4)
     assert len(data) == 10 and torch.equal(data.x, torch.from_numpy(mels))
 
     def order(seed):
@@ -401,8 +428,8 @@ def test_split_in_memory_is_reshuffled_per_epoch_and_streams_above_its_size_limi
     assert sorted(order(0).tolist()) == sorted(mels[:, 0, 0].tolist())  # every clip once per epoch
     assert torch.equal(order(0), order(0)) and not torch.equal(order(0), order(1))
     assert [len(x) for x, _ in data.batches(4)] == [4, 4, 2]
-    assert _read_into_memory(_ArrayShard(mels), Task({}, TrainConfig(), {}), torch.device("cpu"), limit_mb=100 / 2**20) is None
-    assert _read_into_memory(_ArrayShard(mels), Task({}, TrainConfig(), {}), torch.device("cpu"), limit_mb=0) is None
+    assert read_into_memory(_ArrayShard(mels), Task({}, TrainConfig(), {}), torch.device("cpu"), limit_mb=100 / 2**20) is None
+    assert read_into_memory(_ArrayShard(mels), Task({}, TrainConfig(), {}), torch.device("cpu"), limit_mb=0) is None
 
 
 def test_diffusion_trains_with_a_weight_average_that_checkpoints_load_and_resume_keeps(tiny_features, tmp_path):

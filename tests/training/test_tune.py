@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from emogen.training.sweep import SweepConfig, add_subcommand, couple, load_space, run_sweep, to_param_space
+from emogen.training.spaces import couple, load_space, to_param_space
+from emogen.training.sweep import SweepConfig, add_subcommand, run_sweep
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -74,14 +75,14 @@ def test_cli_options_take_their_defaults_from_sweep_config():
 
 
 def test_missing_search_library_is_a_clear_error():
-    from emogen.training.sweep import _searcher
+    from emogen.training.spaces import make_searcher
 
     for name in ("optuna", "hyperopt"):
         try:
             __import__(name)
         except ImportError:
             with pytest.raises(ValueError, match=f"needs the '{name}' package"):
-                _searcher(name, "val_loss", "min")
+                make_searcher(name, "val_loss", "min")
 
 
 def test_multi_worker_trials_refuse_asha(tmp_path):
@@ -101,7 +102,7 @@ def test_resume_repairs_a_checkpoint_tune_deleted_before_saving_its_state(tmp_pa
 
     from pyarrow.fs import LocalFileSystem
 
-    from emogen.training.sweep import repair_lost_checkpoints
+    from emogen.training.tune_checkpoints import repair_lost_checkpoints
 
     def trial(name, on_disk, wanted):
         path = tmp_path / name
