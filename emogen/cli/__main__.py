@@ -1,4 +1,4 @@
-"""`python -m emogen.cli.main`."""
+"""`python -m emogen.cli`: the `emogen` command."""
 
 from emogen.cli.main import main
 

@@ -4,20 +4,28 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
+import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from emogen.tracking import runs as tracking
-from emogen.config import AudioConfig
+from emogen.cli import serve as serve_command
+from emogen.config import EMOTIONS, AudioConfig, load_overrides
 from emogen.errors import UserError
 from emogen.logs import configure_logging, get_logger
 from emogen.options import add_config_options, add_ray_options, config_values
-from emogen.tracking.registry import MODEL_URIS, TRACKING_URI_HELP
-from emogen.runtime import stop_on_sigterm, stop_requested
+from emogen.runtime import init_ray, stop_on_sigterm, stop_requested
+from emogen.tracking import runs as tracking
+from emogen.tracking.registry import TRACKING_URI_HELP, list_versions, promote
 
 if TYPE_CHECKING:
-    from emogen.experiment.run import ExperimentConfig
+    # deferred: type hints only; the experiment's modules load with the commands that run it
+    from emogen.experiment.config import ExperimentConfig
+
+
+SubParsers = argparse._SubParsersAction  # what add_subparsers returns (argparse names it privately)
 
 
 def _print_summary(summary: dict) -> None:
@@ -29,6 +37,7 @@ def _print_summary(summary: dict) -> None:
 
 
 def cmd_corpus(args: argparse.Namespace) -> dict:
+    # deferred: the data stages load pandas and soundfile, which `emogen --help` does not need
     from emogen.data.corpus import generate_corpus
 
     files = generate_corpus(args.out, preset=args.preset, seed=args.seed, workers=args.workers)
@@ -42,9 +51,9 @@ def cmd_corpus(args: argparse.Namespace) -> dict:
 
 
 def cmd_preprocess(args: argparse.Namespace) -> dict:
-    from emogen.data.features import preprocess
+    # deferred: the data stages load pandas, pyarrow and soundfile, which `emogen --help` does not need
     from emogen.data.datasets import build_manifest, summarize_labels
-    from emogen.runtime import init_ray
+    from emogen.data.features import preprocess
 
     inputs = args.input or []
     manifest = build_manifest(inputs, csv=args.csv, dataset=args.dataset)
@@ -65,9 +74,8 @@ def cmd_preprocess(args: argparse.Namespace) -> dict:
 
 
 def cmd_train(args: argparse.Namespace) -> dict:
-    from emogen.config import load_overrides
+    # deferred: training loads torch and Ray Train with the command that needs them
     from emogen.data.features import features_dir
-    from emogen.runtime import init_ray
     from emogen.training import FitConfig, fit
 
     features_dir(args.data)  # a wrong --data is one line, before Ray starts
@@ -78,41 +86,41 @@ def cmd_train(args: argparse.Namespace) -> dict:
 
 
 def cmd_generate(args: argparse.Namespace) -> dict:
-    import time
-
-    from emogen.config import EMOTIONS
+    # deferred: the generator loads torch and diffusers, which only the generating commands need
+    from emogen.inference.config import GenerateConfig
     from emogen.inference.generator import EmotionGenerator, write_wavs
 
+    config = GenerateConfig(**config_values(GenerateConfig, args))
     started = time.time()
-    generator = EmotionGenerator.from_checkpoint(args.checkpoint, tracking_uri=args.tracking_uri)
-    emotions = list(EMOTIONS) if args.emotion == "all" else [args.emotion]
+    generator = EmotionGenerator.from_checkpoint(config.checkpoint, tracking_uri=config.tracking_uri)
+    emotions = list(EMOTIONS) if config.emotion == "all" else [config.emotion]
     files = []
     for emotion in emotions:
-        mels = generator.generate(emotion, args.num_samples, sampler=args.sampler, steps=args.steps,
-                                  guidance_scale=args.guidance_scale, seed=args.seed, vae_latent=args.vae_latent)
-        names = [f"{emotion}_{args.seed}_{i}" for i in range(len(mels))]
-        files += write_wavs(generator.to_audio(mels), args.out, names, generator.audio.sample_rate)
+        mels = generator.generate(emotion, config.num_samples, seed=config.seed, vae_latent=config.vae_latent,
+                                  **asdict(config.sampling))
+        names = [f"{emotion}_{config.seed}_{i}" for i in range(len(mels))]
+        files += write_wavs(generator.to_audio(mels), config.out, names, generator.audio.sample_rate)
         get_logger("generate").info("%s: %d clips", emotion, len(mels))
     return {"model": generator.kind, "files": [str(f) for f in files], "seconds": round(time.time() - started, 1)}
 
 
 def cmd_attention(args: argparse.Namespace) -> dict:
-    import time
-
+    # deferred: the generator loads torch and diffusers, which only the generating commands need
     from emogen.inference.attention import capture_attention, plot_attention
+    from emogen.inference.config import AttentionConfig
     from emogen.inference.generator import EmotionGenerator
 
+    config = AttentionConfig(**config_values(AttentionConfig, args))
     started = time.time()
-    generator = EmotionGenerator.from_checkpoint(args.checkpoint, tracking_uri=args.tracking_uri)
-    maps = capture_attention(generator, args.emotion, steps_to_capture=args.steps_to_capture, seed=args.seed,
-                             sampler=args.sampler, steps=args.steps, guidance_scale=args.guidance_scale)
-    out = args.out or Path("runs/attention") / f"{args.emotion}_{args.seed}.png"
-    path = plot_attention(maps, out)
-    get_logger("attention").info("%s: %d steps x %d attention blocks -> %s", args.emotion, len(maps.steps),
+    generator = EmotionGenerator.from_checkpoint(config.checkpoint, tracking_uri=config.tracking_uri)
+    maps = capture_attention(generator, config.emotion, steps_to_capture=config.steps_to_capture, seed=config.seed,
+                             **asdict(config.sampling))
+    path = plot_attention(maps, config.png_path)
+    get_logger("attention").info("%s: %d steps x %d attention blocks -> %s", config.emotion, len(maps.steps),
                                  len(maps.blocks), path)
     return {
         "model": generator.kind,
-        "emotion": args.emotion,
+        "emotion": config.emotion,
         "png": str(path),
         "steps": maps.step_indices,
         "timesteps": [s.timestep for s in maps.steps],
@@ -123,20 +131,14 @@ def cmd_attention(args: argparse.Namespace) -> dict:
 
 
 def cmd_models_promote(args: argparse.Namespace) -> dict:
-    from emogen.tracking.registry import promote
-
     return promote(args.name, args.version, args.alias, args.tracking_uri)
 
 
 def cmd_models_list(args: argparse.Namespace) -> dict:
-    from emogen.tracking.registry import list_versions
-
     return {"model": args.name, "versions": list_versions(args.name, args.tracking_uri)}
 
 
 def cmd_experiment(args: argparse.Namespace) -> dict:
-    import shlex
-
     if args.data is None and not args.input and args.csv is None:
         raise SystemExit("emogen experiment needs --data (preprocessed features) or --input/--csv (audio to preprocess)")
     config = _experiment_config(args)
@@ -148,8 +150,6 @@ def cmd_experiment(args: argparse.Namespace) -> dict:
 
 def cmd_demo(args: argparse.Namespace) -> dict:
     """The embedded demo corpus -> the full augmentation experiment, all under --out."""
-    import time
-
     out = Path(args.out)
     config = _experiment_config(args)
     began = time.time()
@@ -162,7 +162,8 @@ def cmd_demo(args: argparse.Namespace) -> dict:
 
 def _experiment_config(args: argparse.Namespace) -> ExperimentConfig:
     """The preset's experiment section with the options given (each named after its field)."""
-    from emogen.experiment.run import ExperimentConfig, experiment_config
+    # deferred: the experiment's config loads torch and scipy; only the experiment commands need it
+    from emogen.experiment.config import ExperimentConfig, experiment_config
 
     return experiment_config(args.preset, config_values(ExperimentConfig, args))
 
@@ -171,8 +172,6 @@ def _preprocess_for_experiment(args: argparse.Namespace, inputs: list[Path] | No
                                seconds: dict[str, float]) -> Path:
     """Audio -> OUT/data features, unless an earlier run of the same --out made them;
     the time it took goes into seconds["preprocess"]."""
-    import time
-
     data = Path(args.out) / "data"
     if not (data / "features").is_dir():
         began = time.time()
@@ -184,11 +183,10 @@ def _preprocess_for_experiment(args: argparse.Namespace, inputs: list[Path] | No
 
 def _run_experiment(args: argparse.Namespace, features: Path, config: ExperimentConfig, seconds_before: dict[str, float],
                     command: str) -> dict:
-    from emogen.config import load_overrides
+    # deferred: the experiment loads torch, Ray and scipy with the command that needs them
     from emogen.experiment.run import run_experiment
     from emogen.experiment.report import results_table
     from emogen.experiment.results import SER_JUDGE, UA
-    from emogen.runtime import init_ray
 
     init_ray(args.address, args.num_cpus)
     results = run_experiment(features, args.out, preset=args.preset, config=config, name=args.name,
@@ -215,6 +213,7 @@ def _run_experiment(args: argparse.Namespace, features: Path, config: Experiment
 def add_train_arguments(p: argparse.ArgumentParser, model: str | None) -> None:
     """Options shared by `emogen train MODEL` and jobs/train_MODEL.py: the FitConfig fields
     (same names, same defaults) plus the data, overrides file and the Ray cluster."""
+    # deferred: emogen.training loads torch; `import emogen.cli.main` (jobs/) stays light until a parser is built
     from emogen.training import MODELS, FitConfig
 
     if model is None:
@@ -231,7 +230,8 @@ def add_experiment_arguments(p: argparse.ArgumentParser, demo: bool = False) -> 
     """Options of `emogen experiment` (also `emogen demo` and jobs/augment.py): the input,
     where to write, and one option per ExperimentConfig field, of the same name; an unset
     one takes the preset's "experiment" section, else the field's default."""
-    from emogen.experiment.run import ExperimentConfig
+    # deferred: the experiment's config loads torch and scipy; `import emogen.cli.main` stays light until a parser is built
+    from emogen.experiment.config import ExperimentConfig
 
     if not demo:
         src = p.add_argument_group("input (one of)")
@@ -250,12 +250,7 @@ def add_experiment_arguments(p: argparse.ArgumentParser, demo: bool = False) -> 
     add_ray_options(p)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from emogen.models.vae import LATENT_SOURCES
-
-    parser = argparse.ArgumentParser(prog="emogen", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def add_corpus_parser(sub: SubParsers) -> None:
     p = sub.add_parser("corpus", help="write the embedded demo corpus (EmoDB- and RAVDESS-style WAVs)")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--preset", default="demo", help="tiny | demo | large")
@@ -263,6 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="processes for synthesis")
     p.set_defaults(func=cmd_corpus)
 
+
+def add_preprocess_parser(sub: SubParsers) -> None:
     p = sub.add_parser("preprocess", help="corpus folders -> log-mel Parquet with Ray Data")
     p.add_argument("--input", type=Path, action="append", help="corpus folder (EmoDB/RAVDESS names); repeatable")
     p.add_argument("--csv", type=Path, default=None, help="label CSV with columns path, emotion, speaker")
@@ -274,44 +271,42 @@ def build_parser() -> argparse.ArgumentParser:
     add_ray_options(p)
     p.set_defaults(func=cmd_preprocess)
 
+
+def add_train_parser(sub: SubParsers) -> None:
     p = sub.add_parser("train", help="train a model with Ray Train (checkpoints every epoch, resumable)")
     add_train_arguments(p, model=None)
     p.set_defaults(func=cmd_train)
 
-    # Stages whose options live beside their code register themselves.
+
+def add_tune_parser(sub: SubParsers) -> None:
+    """The sweep's options live beside its code, which registers them."""
+    # deferred: emogen.training loads torch; `import emogen.cli.main` (jobs/) stays light until a parser is built
     from emogen.training import sweep
-    from emogen.cli import serve as serve_command
 
     sweep.add_subcommand(sub)
-    serve_command.add_subcommand(sub)
+
+
+def add_generate_parser(sub: SubParsers) -> None:
+    """`emogen generate`: one option per GenerateConfig field."""
+    # deferred: the generation options import emogen.models (torch); only a built parser needs them
+    from emogen.inference.config import GenerateConfig
 
     p = sub.add_parser("generate", help="synthesize clips of an emotion from a diffusion or VAE checkpoint")
-    p.add_argument("--checkpoint", required=True, help=f"a `emogen train diffusion|vae` checkpoint directory, or {MODEL_URIS}")
-    p.add_argument("--tracking-uri", default=None, help=TRACKING_URI_HELP)
-    p.add_argument("--emotion", default="all", help="one of the 6 emotions, or all")
-    p.add_argument("--num-samples", type=int, default=4)
-    p.add_argument("--sampler", default=None, choices=["ddpm", "ddim", "dpm"], help="diffusion sampler (default: the preset's)")
-    p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--guidance-scale", type=float, default=None, help="classifier-free guidance (1 = none)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--vae-latent", default=LATENT_SOURCES[0], choices=LATENT_SOURCES,
-                   help="VAE: each emotion's fitted latent distribution (default) or N(0, I)")
-    p.add_argument("--out", type=Path, default=Path("runs/samples"))
+    add_config_options(p, GenerateConfig)
     p.set_defaults(func=cmd_generate)
 
+
+def add_attention_parser(sub: SubParsers) -> None:
+    """`emogen attention`: one option per AttentionConfig field."""
+    # deferred: the generation options import emogen.models (torch); only a built parser needs them
+    from emogen.inference.config import AttentionConfig
+
     p = sub.add_parser("attention", help="PNG of the diffusion U-Net's self-attention while it generates one clip")
-    p.add_argument("--checkpoint", required=True, help=f"a `emogen train diffusion` checkpoint directory, or {MODEL_URIS}")
-    p.add_argument("--tracking-uri", default=None, help=TRACKING_URI_HELP)
-    p.add_argument("--emotion", required=True, help="one of the 6 emotions")
-    p.add_argument("--steps-to-capture", type=int, nargs="+", default=None,
-                   help="0-based denoising step indices (default: first, middle, last)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--sampler", default=None, choices=["ddpm", "ddim", "dpm"], help="diffusion sampler (default: the preset's)")
-    p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the preset's)")
-    p.add_argument("--guidance-scale", type=float, default=None, help="classifier-free guidance (1 = none)")
-    p.add_argument("--out", type=Path, default=None, help="PNG path (default: runs/attention/EMOTION_SEED.png)")
+    add_config_options(p, AttentionConfig)
     p.set_defaults(func=cmd_attention)
 
+
+def add_models_parser(sub: SubParsers) -> None:
     p = sub.add_parser("models", help="the MLflow model registry: versions of a registered model, promote one with an alias")
     models = p.add_subparsers(dest="models_command", required=True)
     q = models.add_parser("promote", help="point an alias (e.g. champion) at a version: serve models:/NAME@ALIAS")
@@ -325,16 +320,33 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--tracking-uri", default=None, help=TRACKING_URI_HELP)
     q.set_defaults(func=cmd_models_list)
 
+
+def add_experiment_parser(sub: SubParsers) -> None:
     p = sub.add_parser("experiment", help="the augmentation experiment: does generated data improve the SER? (report + MLflow)")
     add_experiment_arguments(p)
     p.set_defaults(func=cmd_experiment)
 
+
+def add_demo_parser(sub: SubParsers) -> None:
     p = sub.add_parser("demo", help="the embedded demo corpus -> the full augmentation experiment (what `make demo` runs)")
     add_experiment_arguments(p, demo=True)
     p.add_argument("--corpus", default="demo", help="embedded corpus size: tiny | demo | large")
     p.add_argument("--seed", type=int, default=0, help="corpus seed")
     p.add_argument("--workers", type=int, default=2, help="processes for corpus synthesis")
     p.set_defaults(func=cmd_demo)
+
+
+SUBCOMMANDS: tuple[Callable[[SubParsers], object], ...] = (
+    add_corpus_parser, add_preprocess_parser, add_train_parser, add_tune_parser, serve_command.add_subcommand,
+    add_generate_parser, add_attention_parser, add_models_parser, add_experiment_parser, add_demo_parser,
+)  # in the order `emogen --help` lists them
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="emogen", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add_subcommand in SUBCOMMANDS:
+        add_subcommand(sub)
     return parser
 
 

@@ -26,6 +26,7 @@ a region the whole clip looks at.
 
 from __future__ import annotations
 
+import functools
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -36,13 +37,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from emogen.checkpoint import atomic_write
 from emogen.errors import InvalidInputError
+from emogen.inference.config import SamplingOptions
+from emogen.inference.generator import EmotionGenerator, emotion_labels
+from emogen.models.diffusion import DiffusionConfig, make_sampler
 from emogen.models.layers import AttentionBlock
 
 if TYPE_CHECKING:
+    # deferred: type hints only; matplotlib loads when a figure is drawn
     from matplotlib.figure import Figure
-
-    from emogen.inference.generator import EmotionGenerator
 
 Query = Union[Literal["mean"], int]
 
@@ -119,6 +123,107 @@ def default_steps_to_capture(total: int) -> list[int]:
     return sorted({0, total // 2, total - 1})
 
 
+class AttentionRecorder:
+    """Forward hooks on a U-Net that keep the attention weights of its conditional pass at
+    the wanted denoising steps; a context manager, so the hooks are removed whatever happens.
+
+    `UNet.forward_with_cond_scale` calls `UNet.forward` directly, so hooks on the U-Net
+    itself never fire; its embedding submodules are called normally, on every pass, before
+    any attention block: the time MLP sees t, the class embedding the labels after guidance
+    dropout (the null class on the unconditional pass). `progress` is the sampler's
+    per-step callback, which says which step runs next.
+    """
+
+    def __init__(self, unet: nn.Module, wanted: Sequence[int]):
+        self.unet = unet
+        self.wanted = set(wanted)
+        self.blocks = attention_block_names(unet)
+        self.step = 0  # the denoising step running now
+        self.timestep = 0  # t of the current U-Net call
+        self.conditional = False  # whether the current U-Net call is the one that sees the emotion
+        self.grids: dict[str, tuple[int, int]] = {}
+        self.weights: dict[int, dict[str, np.ndarray]] = {}  # step -> block -> [HW, HW]
+        self.timesteps: dict[int, int] = {}  # step -> t
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+
+    @property
+    def recording(self) -> bool:
+        return self.conditional and self.step in self.wanted
+
+    def __enter__(self) -> AttentionRecorder:
+        try:
+            self._handles += [self.unet.time_mlp.register_forward_pre_hook(self._on_time_embedding),
+                              self.unet.class_emb.register_forward_pre_hook(self._on_class_embedding)]
+            self._handles += [block.register_forward_hook(functools.partial(self._on_block_output, name))
+                              for name, block in self.blocks.items()]
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def progress(self, done: int, _total: int) -> None:
+        self.step = done  # called after step done-1: the next step to run is `done`
+
+    def _on_time_embedding(self, module: nn.Module, args: tuple) -> None:
+        self.timestep = int(torch.as_tensor(args[0]).reshape(-1)[0])
+
+    def _on_class_embedding(self, module: nn.Module, args: tuple) -> None:
+        self.conditional = int(args[0].reshape(-1)[0]) != self.unet.null_class
+        if self.recording:
+            self.timesteps[self.step] = self.timestep
+
+    def _on_block_output(self, name: str, module: AttentionBlock, args: tuple, output: torch.Tensor) -> None:
+        if not self.recording:
+            return
+        x = args[0]
+        # forward, not __call__: no hooks re-entered; the result is thrown away
+        _, attn = module.forward(x, return_attention=True)
+        self.grids[name] = (int(x.shape[-2]), int(x.shape[-1]))
+        # row 0: the one clip generated; mean over heads, in float64 so the sums stay 1
+        self.weights.setdefault(self.step, {})[name] = attn[0].double().mean(0).cpu().numpy()
+
+    def steps(self) -> list[StepAttention]:
+        """What was recorded, in sampling order; RuntimeError if a wanted step was never seen."""
+        missing = sorted(s for s in self.wanted if s not in self.weights)
+        if missing:  # a sampler that calls the model differently from emogen.models.diffusion.sample
+            raise RuntimeError(f"no attention captured at steps {missing}")
+        return [StepAttention(s, self.timesteps[s], {name: self.weights[s][name] for name in self.grids})
+                for s in sorted(self.wanted)]
+
+    def block_grids(self) -> dict[str, tuple[int, int]]:
+        """Block name -> its (H, W) grid, in forward order."""
+        return {name: self.grids[name] for name in self.blocks if name in self.grids}
+
+
+def _diffusion_unet(generator: EmotionGenerator) -> nn.Module:
+    if generator.unet is None:
+        raise InvalidInputError(
+            f"{generator.checkpoint or 'this checkpoint'} is a VAE checkpoint: it has no U-Net, so no attention "
+            "to show; use a diffusion checkpoint"
+        )
+    return generator.unet
+
+
+def _steps_to_capture(options: SamplingOptions, config: DiffusionConfig, requested: Sequence[int] | None) -> tuple[list[int], int]:
+    """(the step indices to capture, the number of denoising steps), checked before any sampling.
+
+    The schedule's length comes from a throwaway sampler: schedulers are deterministic given
+    the config, and the indices must be checked before minutes of sampling, not after."""
+    schedule = make_sampler(options.sampler, config)
+    schedule.set_timesteps(options.steps)
+    total = len(schedule.timesteps)
+    wanted = default_steps_to_capture(total) if requested is None else sorted({int(s) for s in requested})
+    bad = [s for s in wanted if not 0 <= s < total]
+    if bad or not wanted:
+        raise InvalidInputError(f"steps to capture {bad or '[]'}: choose step indices in 0..{total - 1} ({total} denoising steps)")
+    return wanted, total
+
+
 def capture_attention(
     generator: EmotionGenerator,
     emotion: str,
@@ -143,98 +248,32 @@ def capture_attention(
 
     Why not `set_store_attention(unet, True)`: a stored-weights block computes an explicit
     softmax instead of the fused scaled_dot_product_attention kernel, and the two differ in
-    floating point (about 1e-5..1e-4 in the final mel after 5 steps of the tiny U-Net),
-    so the clip shown would not be the clip the model generates. Instead a forward hook
-    re-runs each block on its own input with `return_attention=True`, at the captured
-    steps only, and discards that output: the sampling path is untouched, and
-    `store_attention` / `last_attention` are never switched on. The hooks are removed
-    afterwards, whatever happens.
+    floating point, so the clip shown would not be the clip the model generates. Instead
+    a forward hook (`AttentionRecorder`) re-runs each block on its own input with
+    `return_attention=True`, at the captured steps only, and discards that output: the
+    sampling path is untouched, and `store_attention` / `last_attention` are never
+    switched on.
     """
-    from emogen.models.diffusion import make_sampler
-    from emogen.inference.generator import emotion_labels
-
-    unet = generator.unet
-    if unet is None:
-        raise InvalidInputError(
-            f"{generator.checkpoint or 'this checkpoint'} is a VAE checkpoint: it has no U-Net, so no attention "
-            "to show; use a diffusion checkpoint"
-        )
+    unet = _diffusion_unet(generator)
     try:  # an unknown emotion fails here, before any sampling, as the user's mistake
         emotion_labels(emotion)
     except ValueError as exc:
         raise InvalidInputError(str(exc)) from exc
     cfg = generator.diffusion
-    sampler_name = sampler or cfg.sampler
-    num_steps = steps or cfg.num_inference_steps
-    scale = cfg.guidance_scale if guidance_scale is None else guidance_scale
-    # The schedule's length, from a throwaway sampler: schedulers are deterministic given
-    # the config, and the indices must be checked before minutes of sampling, not after.
-    schedule = make_sampler(sampler_name, cfg)
-    schedule.set_timesteps(num_steps)
-    total = len(schedule.timesteps)
-    wanted = default_steps_to_capture(total) if steps_to_capture is None else sorted({int(s) for s in steps_to_capture})
-    bad = [s for s in wanted if not 0 <= s < total]
-    if bad or not wanted:
-        raise InvalidInputError(f"steps to capture {bad or '[]'}: choose step indices in 0..{total - 1} ({total} denoising steps)")
-
-    blocks = attention_block_names(unet)
-    grids: dict[str, tuple[int, int]] = {}
-    captured: dict[int, dict[str, np.ndarray]] = {}
-    timesteps: dict[int, int] = {}
-    # Mutable state shared by the hooks: which step is running, the timestep of the
-    # current U-Net call and whether that call is the conditional one.
-    now = {"step": 0, "timestep": 0, "conditional": False}
-    null_class = unet.null_class
-
-    # forward_with_cond_scale calls UNet.forward directly, so hooks on the U-Net itself
-    # never fire; its embedding submodules are called normally, on every pass, before
-    # any attention block: the time MLP sees t, the class embedding the labels after
-    # guidance dropout (the null class on the unconditional pass).
-    def on_time_embedding(module: nn.Module, args: tuple) -> None:
-        now["timestep"] = int(torch.as_tensor(args[0]).reshape(-1)[0])
-
-    def on_class_embedding(module: nn.Module, args: tuple) -> None:
-        now["conditional"] = int(args[0].reshape(-1)[0]) != null_class
-        if now["conditional"] and now["step"] in wanted:
-            timesteps[now["step"]] = now["timestep"]
-
-    def block_hook(name: str):
-        def on_block_output(module: AttentionBlock, args: tuple, output: torch.Tensor) -> None:
-            if not (now["conditional"] and now["step"] in wanted):
-                return
-            x = args[0]
-            # forward, not __call__: no hooks re-entered; the result is thrown away
-            _, attn = module.forward(x, return_attention=True)
-            grids[name] = (int(x.shape[-2]), int(x.shape[-1]))
-            # row 0: the one clip generated; mean over heads, in float64 so the sums stay 1
-            captured.setdefault(now["step"], {})[name] = attn[0].double().mean(0).cpu().numpy()
-
-        return on_block_output
-
-    def progress(done: int, _total: int) -> None:
-        now["step"] = done  # called after step done-1: the next step to run is `done`
-
-    handles = []
-    try:
-        handles += [unet.time_mlp.register_forward_pre_hook(on_time_embedding),
-                    unet.class_emb.register_forward_pre_hook(on_class_embedding)]
-        handles += [block.register_forward_hook(block_hook(name)) for name, block in blocks.items()]
-        mels = generator.generate(emotion, 1, sampler=sampler_name, steps=num_steps, guidance_scale=scale, eta=eta,
-                                  seed=seed, progress=progress)
-    finally:
-        for handle in handles:
-            handle.remove()
-    missing = [s for s in wanted if s not in captured]
-    if missing:  # a sampler that calls the model differently from emogen.models.diffusion.sample
-        raise RuntimeError(f"no attention captured at steps {missing}")
+    options = SamplingOptions(sampler=sampler, steps=steps, guidance_scale=guidance_scale, eta=eta).with_defaults(cfg)
+    wanted, total = _steps_to_capture(options, cfg, steps_to_capture)
+    with AttentionRecorder(unet, wanted) as recorder:
+        mels = generator.generate(emotion, 1, sampler=options.sampler, steps=options.steps,
+                                  guidance_scale=options.guidance_scale, eta=options.eta, seed=seed,
+                                  progress=recorder.progress)
     return AttentionMaps(
         emotion=emotion,
-        steps=[StepAttention(s, timesteps[s], {name: captured[s][name] for name in grids}) for s in wanted],
-        grids={name: grids[name] for name in blocks if name in grids},
+        steps=recorder.steps(),
+        grids=recorder.block_grids(),
         mel=np.asarray(mels[0]),
-        sampler=sampler_name,
+        sampler=options.sampler,
         num_inference_steps=total,
-        guidance_scale=float(scale),
+        guidance_scale=float(options.guidance_scale),
         seed=seed,
         info={"checkpoint": generator.checkpoint, "space": cfg.space},
     )
@@ -275,6 +314,7 @@ def attention_figure(maps: AttentionMaps) -> Figure:
     backend switch, so it is safe to build in a server's worker threads. The caller
     renders it (`attention_png`, `plot_attention`) and then clears it.
     """
+    # deferred: matplotlib loads only when a figure is drawn, not with every generator import
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -336,8 +376,6 @@ def attention_png(maps: AttentionMaps) -> bytes:
 
 def plot_attention(maps: AttentionMaps, path: str | Path) -> Path:
     """`attention_png` written to `path` atomically (temp file + rename), parent folders created."""
-    from emogen.checkpoint import atomic_write
-
     # Rendered before the temp file exists: a failing figure leaves nothing behind.
     png = attention_png(maps)
     return atomic_write(path, lambda tmp: Path(tmp).write_bytes(png))

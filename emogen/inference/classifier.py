@@ -18,6 +18,7 @@ from emogen.checkpoint import load_model, load_state
 from emogen.config import EMOTIONS
 from emogen.data.features import decode_mels, read_features
 from emogen.evaluation.metrics import held_out_report
+from emogen.tracking.registry import resolve_checkpoint_ref
 
 
 class SERClassifier:
@@ -31,8 +32,10 @@ class SERClassifier:
         self.model.to(self.device).eval().requires_grad_(False)
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu") -> "SERClassifier":
-        return cls(load_state(path), device)
+    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu",
+                        tracking_uri: str | None = None) -> "SERClassifier":
+        """A checkpoint folder, run folder or MLflow model URI (emogen.tracking.registry.resolve_checkpoint_ref)."""
+        return cls(load_state(resolve_checkpoint_ref(path, tracking_uri).state_path), device)
 
     @torch.no_grad()
     def predict(self, mels: np.ndarray, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:

@@ -1,5 +1,5 @@
 """The MLflow pyfunc flavour of an EmoGen checkpoint, and how a training logs it
-(`log_checkpoint_model`; URIs, aliases and downloads are emogen.registry's).
+(`log_checkpoint_model`; URIs, aliases and downloads are emogen.tracking.registry's).
 
     model = mlflow.pyfunc.load_model("models:/emogen-diffusion@champion")
     mels = model.predict(pd.DataFrame([{"emotion": "fear", "seed": 0, "steps": 10}]))
@@ -10,6 +10,10 @@ emotion, num_samples, seed, steps, sampler, guidance_scale, eta) and returns the
 `npy` for the same request (same validation, same `synthesize_mels`, same fixed stacks).
 A SER takes mels [clips, n_mels, frames] and returns class probabilities [clips, 6] in
 `emogen.config.EMOTIONS` order.
+
+MLflow logs this file as code and, to load the model, runs it as a script in a fresh
+process: its imports are absolute and at the top, and that process needs emogen and
+`PIP_REQUIREMENTS` installed, nothing else.
 """
 
 from __future__ import annotations
@@ -18,19 +22,29 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import mlflow.models
 import mlflow.pyfunc
 import numpy as np
+import pandas as pd
+import torch
+from mlflow.models import ModelSignature
+from mlflow.types import ColSpec, Schema, TensorSpec
+from mlflow.types.schema import AnyType
 
-from emogen.tracking.registry import MODEL_ARTIFACT, PIP_REQUIREMENTS, quiet_downloads, register
+from emogen.checkpoint import load_state
+from emogen.config import EMOTIONS, AudioConfig, replace
+from emogen.inference.classifier import SERClassifier
+from emogen.inference.generator import EmotionGenerator
+from emogen.inference.schema import SynthesisRequest, resolve
+from emogen.inference.synthesis import synthesize_mels
+from emogen.tracking.registry import MODEL_ARTIFACT, PIP_REQUIREMENTS, quiet_downloads, register, resolve_checkpoint_ref
 
 REQUEST_FIELDS = ("emotion", "num_samples", "seed", "steps", "sampler", "guidance_scale", "eta")
 
 
 def request_rows(model_input: Any) -> list[dict[str, Any]]:
     """A DataFrame, a dict or a list of dicts -> request dicts without missing values."""
-    import pandas as pd
-
     if isinstance(model_input, dict):
         model_input = [model_input]
     frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(list(model_input))
@@ -47,29 +61,19 @@ class EmoGenModel(mlflow.pyfunc.PythonModel):
     """A checkpoint's generator or SER behind pyfunc's `predict`."""
 
     def load_context(self, context: Any) -> None:
-        import torch
-
-        from emogen.checkpoint import load_state
-
-        state = load_state(context.artifacts["checkpoint"])
+        resolved = resolve_checkpoint_ref(context.artifacts["checkpoint"])
+        state = load_state(resolved.state_path)
         self.kind = state["model_name"]
         device = "cuda" if torch.cuda.is_available() else "cpu"
         if self.kind == "ser":
-            from emogen.inference.classifier import SERClassifier
-
             self.classifier = SERClassifier(state, device)
         else:
-            from emogen.inference.generator import EmotionGenerator
-
-            self.generator = EmotionGenerator(state, device=device, checkpoint=context.artifacts["checkpoint"])
+            self.generator = EmotionGenerator(state, device=device, checkpoint=resolved.describe())
 
     def predict(self, context, model_input, params=None):  # no hints: MLflow would validate against them
         if self.kind == "ser":
             probabilities, _ = self.classifier.predict(np.asarray(model_input, dtype=np.float32))
             return probabilities.astype(np.float32)
-        from emogen.inference.schema import SynthesisRequest, resolve
-        from emogen.inference.synthesis import synthesize_mels
-
         jobs = [resolve(SynthesisRequest(**row, format="npy"), self.generator) for row in request_rows(model_input)]
         return np.concatenate(synthesize_mels(self.generator, jobs))
 
@@ -77,12 +81,6 @@ class EmoGenModel(mlflow.pyfunc.PythonModel):
 def model_signature(state: dict[str, Any]) -> Any:
     """The pyfunc's input/output schema: a generator takes request rows and returns mels
     [clips, n_mels, frames]; a SER takes mels and returns probabilities [clips, 6]."""
-    from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, Schema, TensorSpec
-    from mlflow.types.schema import AnyType
-
-    from emogen.config import EMOTIONS, AudioConfig, replace
-
     audio = replace(AudioConfig(), state.get("audio") or {})
     mels = TensorSpec(np.dtype(np.float32), (-1, audio.n_mels, audio.num_frames))
     if state["model_name"] == "ser":
@@ -105,12 +103,8 @@ def log_checkpoint_model(run_id: str, checkpoint: str | Path, register_as: str |
     `register_as`, register it as a new version of that name (tagged with `tags`).
     Returns {"model_uri", "registered_model", "version"}. MLflow must already point at
     the run's tracking URI (emogen.tracking.runs.configure)."""
-    import mlflow
-
-    from emogen.checkpoint import load_state, resolve_checkpoint
-
     quiet_downloads()
-    state_path = resolve_checkpoint(checkpoint)
+    state_path = resolve_checkpoint_ref(checkpoint).state_path
     state = load_state(state_path)
     with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
         # about type hints and input examples: the signature says what the model takes

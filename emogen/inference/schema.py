@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 if TYPE_CHECKING:
+    # deferred: type hints only; the request models stay light (the CLI's serve options read this module)
     from emogen.inference.generator import EmotionGenerator
 
 DEFAULT_STEP_BUDGET = 4000  # steps x num_samples per request

@@ -11,30 +11,26 @@ or batched:
 - the WAVs of a whole batch come from one `MelInverter` call, which runs every clip
   through the same tensor shapes (its `clips_per_pass`), so a clip's samples do not
   depend on its batch mates either.
-tests/test_serve.py checks both formats that carry numbers (WAV, NPY).
+tests/serving/test_serve.py checks both formats that carry numbers (WAV, NPY).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
+import torch
 
+from emogen.audio.mel import MelInverter
+from emogen.config import EMOTION_TO_INDEX, AudioConfig
+from emogen.inference.generator import EmotionGenerator
 from emogen.inference.schema import DEFAULT_STACK_ROWS, Job
-
-if TYPE_CHECKING:
-    from emogen.config import AudioConfig
-    from emogen.inference.generator import EmotionGenerator
 
 
 def synthesize_mels(generator: EmotionGenerator, jobs: Sequence[Job], stack_rows: int = DEFAULT_STACK_ROWS,
                     progress: Callable[[int, int], None] | None = None) -> list[np.ndarray]:
     """Scaled log-mels [num_samples, n_mels, frames] for each job, in order; progress(step,
     total) after every denoising step (it may raise to stop the batch)."""
-    import torch
-
-    from emogen.config import EMOTION_TO_INDEX
-
     groups: dict[tuple, list[int]] = {}
     for i, job in enumerate(jobs):
         groups.setdefault(job.group, []).append(i)
@@ -59,8 +55,6 @@ class AudioRenderer:
     """Mels -> waves with Griffin-Lim, a whole batch per call (same numbers alone or batched)."""
 
     def __init__(self, audio_cfg: AudioConfig, n_iter: int | None = None):
-        from emogen.audio.mel import MelInverter
-
         self.inverter = MelInverter(audio_cfg, n_iter=n_iter)
         self.sample_rate = audio_cfg.sample_rate
 

@@ -8,7 +8,8 @@ math is diffusers': the seed's hand-written DDPM step had a wrong factor
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Union
 
@@ -17,12 +18,14 @@ import torch.nn.functional as F
 from torch import nn
 
 if TYPE_CHECKING:
+    # deferred: type hints only; diffusers loads when a scheduler is made
     from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
     Scheduler = Union[DDPMScheduler, DDIMScheduler, DPMSolverMultistepScheduler]
 
-# Sampler name -> diffusers class name. diffusers is imported on first use: it adds ~2 s
-# to `import emogen.presets`, which config-only callers (CLI, job submission) don't need.
+# Sampler name -> diffusers class name: the one list of samplers (CLI choices, configs).
+# diffusers is imported on first use: config-only callers (CLI, job submission) import
+# this module through emogen.presets and never sample.
 SAMPLERS: dict[str, str] = {
     "ddpm": "DDPMScheduler",
     "ddim": "DDIMScheduler",
@@ -33,6 +36,7 @@ SAMPLERS: dict[str, str] = {
 def scheduler_class(name: str) -> type:
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}; known: {', '.join(SAMPLERS)}")
+    # deferred: diffusers is heavy, and config-only callers import this module for DiffusionConfig
     import diffusers
 
     return getattr(diffusers, SAMPLERS[name])
@@ -140,6 +144,7 @@ def diffusion_loss(
     The model sees its configured label dropout (it is in train mode during training),
     which is what teaches the null class for classifier-free guidance.
     """
+    # deferred: diffusers is heavy, and config-only callers import this module for DiffusionConfig
     from diffusers.utils.torch_utils import randn_tensor
 
     b = x0.shape[0]
@@ -174,6 +179,43 @@ def min_snr_weights(scheduler: DDPMScheduler, t: torch.Tensor, gamma: float) -> 
     return clipped
 
 
+def batch_shape(labels: torch.Tensor | None, shape: Sequence[int]) -> tuple[int, int, int, int]:
+    """The full (B, C, H, T) sampling shape from a per-item (C, H, T) one (B from labels) or
+    a full one, checked against labels."""
+    shape = tuple(shape)
+    if len(shape) == 3:
+        if labels is None:
+            raise ValueError("sample: give a full (B, C, H, T) shape when labels is None")
+        shape = (labels.shape[0], *shape)
+    if len(shape) != 4:
+        raise ValueError(f"sample: shape must be (C, H, T) or (B, C, H, T), got {shape}")
+    if labels is not None and labels.shape[0] != shape[0]:
+        raise ValueError(f"sample: {labels.shape[0]} labels for a batch of {shape[0]}")
+    return shape
+
+
+def guided(model: nn.Module, guidance_scale: float) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]:
+    """model(x, t, labels) with classifier-free guidance when the model offers it (the U-Net)."""
+
+    def predict(model_in: torch.Tensor, t_batch: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        if hasattr(model, "forward_with_cond_scale"):
+            return model.forward_with_cond_scale(model_in, t_batch, labels, guidance_scale)
+        return model(model_in, t_batch, labels)
+
+    return predict
+
+
+@contextmanager
+def evaluating(model: nn.Module) -> Iterator[nn.Module]:
+    """The model in eval mode for the block, then back in the mode it was in."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
 @torch.no_grad()
 def sample(
     model: nn.Module,
@@ -202,47 +244,30 @@ def sample(
     so a row's floating point does not depend on its batch mates either.
     progress(step, total) is called after each step (step counts from 1).
     """
+    # deferred: diffusers is heavy, and config-only callers import this module for DiffusionConfig
     from diffusers.utils.torch_utils import randn_tensor
 
     device = next(model.parameters()).device
     if labels is not None:
         labels = torch.as_tensor(labels, dtype=torch.long, device=device).reshape(-1)
-    shape = tuple(shape)
-    if len(shape) == 3:
-        if labels is None:
-            raise ValueError("sample: give a full (B, C, H, T) shape when labels is None")
-        shape = (labels.shape[0], *shape)
-    if len(shape) != 4:
-        raise ValueError(f"sample: shape must be (C, H, T) or (B, C, H, T), got {shape}")
-    if labels is not None and labels.shape[0] != shape[0]:
-        raise ValueError(f"sample: {labels.shape[0]} labels for a batch of {shape[0]}")
+    shape = batch_shape(labels, shape)
     if isinstance(generator, list) and len(generator) != shape[0]:
         raise ValueError(f"sample: {len(generator)} generators for a batch of {shape[0]}")
-
     if generator is None:
         generator = torch.Generator(device="cpu").manual_seed(seed)
+
     x = randn_tensor(shape, generator=generator, device=device) * scheduler.init_noise_sigma
     scheduler.set_timesteps(num_inference_steps, device=device)
     step_kwargs: dict = {"generator": generator}
     if isinstance(scheduler, scheduler_class("ddim")):
         step_kwargs["eta"] = eta
-
-    def predict(model_in: torch.Tensor, t_batch: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
-        if hasattr(model, "forward_with_cond_scale"):
-            return model.forward_with_cond_scale(model_in, t_batch, labels, guidance_scale)
-        return model(model_in, t_batch, labels)
-
-    was_training = model.training
-    model.eval()
-    try:
+    predict = guided(model, guidance_scale)
+    with evaluating(model):
         total = len(scheduler.timesteps)
         for i, t in enumerate(scheduler.timesteps):
             model_in = scheduler.scale_model_input(x, t)
-            t_batch = t.expand(shape[0]).to(device)
-            pred = in_chunks(predict, model_chunk_rows, model_in, t_batch, labels)
+            pred = in_chunks(predict, model_chunk_rows, model_in, t.expand(shape[0]).to(device), labels)
             x = scheduler.step(pred, t, x, **step_kwargs).prev_sample
             if progress is not None:
                 progress(i + 1, total)
-    finally:
-        model.train(was_training)
     return x

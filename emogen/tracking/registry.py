@@ -1,5 +1,6 @@
-"""Models in MLflow: each training's checkpoint logged as an MLflow model, registered
-under a name, promoted with an alias, and loaded back by URI wherever a checkpoint is taken.
+"""Checkpoint references, and models in MLflow: each training's checkpoint logged as an
+MLflow model, registered under a name, promoted with an alias, and loaded back by URI
+wherever a checkpoint is taken (`resolve_checkpoint_ref`, for paths and URIs alike).
 
     emogen train diffusion ... --register-as emogen-diffusion     # log + register a version
     emogen models promote emogen-diffusion 3 --alias champion      # move the alias
@@ -23,7 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from emogen.errors import UserError
+from emogen.errors import MissingInputError, UserError
+from emogen.tracking.runs import resolve_tracking_uri
 
 MODEL_ARTIFACT = "model"  # the name a run's model is logged under: runs:/RUN_ID/model
 URI_SCHEMES = ("models:/", "runs:/")
@@ -52,7 +54,8 @@ def is_model_uri(value: Any) -> bool:
 
 @dataclass(frozen=True)
 class ResolvedModel:
-    """Where a model URI led: the local state file, and which registered version it was."""
+    """Where a checkpoint reference led: the local state file, and for a model URI which
+    registered version (or run) it was. `uri` is the URI as given, or a path made absolute."""
 
     uri: str
     state_path: Path
@@ -63,6 +66,12 @@ class ResolvedModel:
     def describe(self) -> str:
         """What responses and logs call it: the URI and the version it resolved to."""
         return f"{self.uri} (version {self.version})" if self.version and not self.uri.endswith(f"/{self.version}") else self.uri
+
+    def registered(self) -> dict[str, str | None] | None:
+        """The MLflow model it came from, as /v1/info shows it; None for a local path."""
+        if not is_model_uri(self.uri):
+            return None
+        return {"uri": self.uri, "name": self.name, "version": self.version, "run_id": self.run_id}
 
 
 def _source(uri: str, client: Any) -> tuple[str, str | None, str | None, str | None]:
@@ -93,9 +102,8 @@ def _source(uri: str, client: Any) -> tuple[str, str | None, str | None, str | N
 
 def _client(tracking_uri: str | None) -> tuple[str, Any]:
     """(the tracking URI resolved, an MlflowClient on it for tracking and registry alike)."""
+    # deferred: mlflow is heavy and the CLI imports this module for its --help texts
     import mlflow
-
-    from emogen.tracking.runs import resolve_tracking_uri
 
     tracking = resolve_tracking_uri(tracking_uri)
     return tracking, mlflow.MlflowClient(tracking_uri=tracking, registry_uri=tracking)
@@ -104,9 +112,9 @@ def _client(tracking_uri: str | None) -> tuple[str, Any]:
 def resolve_model_uri(uri: str, tracking_uri: str | None = None, cache_dir: str | Path | None = None) -> ResolvedModel:
     """Download the checkpoint a model URI names (once per resolved version: cached) and
     say which version it was. Raises ModelURIError naming the URI when it does not resolve."""
+    # deferred: mlflow and torch (emogen.checkpoint) are heavy; the CLI imports this module for its --help texts
     import mlflow
     from mlflow.exceptions import MlflowException
-
     from emogen.checkpoint import STATE_FILE
 
     quiet_downloads()
@@ -133,10 +141,26 @@ def resolve_model_uri(uri: str, tracking_uri: str | None = None, cache_dir: str 
     return ResolvedModel(uri, states[0], name, version, run_id)
 
 
+def resolve_checkpoint_ref(ref: str | Path, tracking_uri: str | None = None) -> ResolvedModel:
+    """The one way a checkpoint reference is read: a state.pt, a checkpoint folder, a run
+    folder (its newest checkpoint_*), or a models:/ or runs:/ URI (downloaded, see
+    `resolve_model_uri`). A path that holds no checkpoint raises MissingInputError."""
+    if is_model_uri(ref):
+        return resolve_model_uri(str(ref), tracking_uri)
+    # deferred: emogen.checkpoint imports torch; the CLI imports this module for its --help texts
+    from emogen.checkpoint import resolve_checkpoint
+
+    state_path = resolve_checkpoint(ref)
+    if not state_path.exists():
+        raise MissingInputError(f"no checkpoint at {state_path}")
+    return ResolvedModel(str(Path(ref).resolve()), state_path.resolve())
+
+
 def register(model_uri: str, name: str, run_id: str, tags: dict[str, str] | None = None) -> str:
     """A new version of registered model `name` from `model_uri` (a model run `run_id`
     logged), tagged with `tags` and the run; returns the version. Registers at MLflow's
     configured registry (emogen.tracking.runs.configure)."""
+    # deferred: mlflow is heavy and the CLI imports this module for its --help texts
     import mlflow
 
     return str(mlflow.register_model(model_uri, name, tags={**(tags or {}), "emogen.run_id": run_id}).version)
@@ -145,6 +169,7 @@ def register(model_uri: str, name: str, run_id: str, tags: dict[str, str] | None
 def registered_version(name: str, run_id: str, tracking_uri: str | None = None) -> str | None:
     """The version of `name` registered from run `run_id`, if any: a resumed experiment or a
     re-run sweep registers nothing twice."""
+    # deferred: mlflow is heavy and the CLI imports this module for its --help texts
     from mlflow.exceptions import MlflowException
 
     _, client = _client(tracking_uri)
@@ -157,6 +182,7 @@ def registered_version(name: str, run_id: str, tracking_uri: str | None = None) 
 
 def promote(name: str, version: str, alias: str, tracking_uri: str | None = None) -> dict[str, Any]:
     """Point `alias` at version `version` of registered model `name` (moving it if it pointed elsewhere)."""
+    # deferred: mlflow is heavy and the CLI imports this module for its --help texts
     from mlflow.exceptions import MlflowException
 
     tracking, client = _client(tracking_uri)
@@ -173,6 +199,7 @@ def promote(name: str, version: str, alias: str, tracking_uri: str | None = None
 
 def list_versions(name: str, tracking_uri: str | None = None) -> list[dict[str, Any]]:
     """Every version of a registered model: number, aliases, run, tags."""
+    # deferred: mlflow is heavy and the CLI imports this module for its --help texts
     from mlflow.exceptions import MlflowException
 
     tracking, client = _client(tracking_uri)

@@ -116,3 +116,41 @@ def test_logging_outlives_a_closed_former_stderr(monkeypatch):
     monkeypatch.setattr(sys, "stderr", current)
     get_logger("stage").info("two")
     assert current.getvalue() == "[stage] two\n"
+
+
+@pytest.mark.parametrize("command, config_name, required", [
+    ("generate", "GenerateConfig", ["--checkpoint", "c"]),
+    ("attention", "AttentionConfig", ["--checkpoint", "c", "--emotion", "fear"]),
+])
+def test_generate_and_attention_options_are_config_fields_with_their_defaults(command, config_name, required):
+    """`emogen generate` / `emogen attention` parse to exactly their config's option fields,
+    defaults included; eta (the service's field) is not a CLI option."""
+    import dataclasses
+
+    from emogen.cli.main import build_parser
+    from emogen.inference import config as inference_config
+    from emogen.models.diffusion import SAMPLERS
+    from emogen.options import config_values
+
+    config_class = getattr(inference_config, config_name)
+    parsed = config_values(config_class, build_parser().parse_args([command, *required]))
+    assert set(parsed) == {f.name for f in dataclasses.fields(config_class) if "help" in f.metadata} and "eta" not in parsed
+    assert config_class(**parsed) == config_class(**dict(zip([r.lstrip("-") for r in required[::2]], required[1::2])))
+    for sampler in SAMPLERS:
+        assert build_parser().parse_args([command, *required, "--sampler", sampler]).sampler == sampler
+
+
+def test_generate_writes_one_wav_per_clip(tmp_path, capsys):
+    import json
+
+    from emogen.checkpoint import save_state
+    from emogen.cli.main import main
+    from tests.inference.checkpoints import diffusion_state
+
+    save_state(tmp_path / "ckpt", diffusion_state())
+    main(["generate", "--checkpoint", str(tmp_path / "ckpt"), "--emotion", "fear", "--num-samples", "2", "--steps", "2",
+          "--sampler", "dpm", "--seed", "5", "--out", str(tmp_path / "wav")])
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["model"] == "diffusion"
+    assert summary["files"] == [str(tmp_path / "wav" / f"fear_5_{i}.wav") for i in range(2)]
+    assert all(Path(f).read_bytes()[:4] == b"RIFF" for f in summary["files"])

@@ -8,42 +8,20 @@ sampling loop at a few milliseconds.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import numpy as np
 import pytest
-import torch
 
+from emogen.checkpoint import save_state
 from emogen.inference.attention import AttentionMaps, attention_png, attention_to_image, capture_attention, plot_attention
-from emogen.checkpoint import build_model, plain, save_state
 from emogen.inference.generator import EmotionGenerator
 from emogen.models import AttentionBlock
-from emogen.presets import model_configs
+from tests.inference.checkpoints import diffusion_state, vae_state
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-AUDIO = {"n_mels": 32, "duration_s": 1.0}  # 44 frames
-# attention at levels 2 and 3: two grid sizes, so shapes are checked per block
-UNET = {"attention_levels": [2, 3]}
 GRIDS = {"down2": (8, 12), "down3": (4, 6), "mid": (4, 6), "up3": (4, 6), "up2": (8, 12)}  # 44 frames padded to 48
-
-
-def diffusion_state() -> dict:
-    """A checkpoint state of an untrained tiny mel-space diffusion model, as training writes one."""
-    torch.manual_seed(0)
-    cfgs = model_configs("tiny", {"unet": UNET})
-    sections = {name: dataclasses.asdict(cfgs[name]) for name in ("unet", "diffusion")}
-    model = build_model("diffusion", sections)
-    return {"model_name": "diffusion", "model": model.state_dict(), "configs": plain(sections), "audio": AUDIO,
-            "extra": {}}
-
-
-def vae_state() -> dict:
-    cfgs = model_configs("tiny")
-    sections = {"vae": dataclasses.asdict(cfgs["vae"])}
-    return {"model_name": "vae", "model": build_model("vae", sections).state_dict(), "configs": plain(sections),
-            "audio": AUDIO, "extra": {}}
 
 
 @pytest.fixture(scope="module")

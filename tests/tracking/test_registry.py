@@ -68,6 +68,7 @@ def test_train_register_promote_and_serve_by_alias(mlflow_server, tiny_features,
     import httpx
     import mlflow
     import pandas as pd
+    import torch
     from ray import serve
 
     from emogen.tracking.registry import ModelURIError, resolve_model_uri
@@ -114,7 +115,14 @@ def test_train_register_promote_and_serve_by_alias(mlflow_server, tiny_features,
     # the pyfunc gives the endpoint's mels for the same request and seed
     mlflow.set_tracking_uri(mlflow_server)
     model = mlflow.pyfunc.load_model("models:/emogen-vae@champion")
-    mels = model.predict(pd.DataFrame([request]))
+    # A clip's floating point depends on the CPU thread count, and the replica computes with one
+    # (Ray's OMP_NUM_THREADS for an actor with less than one CPU): the pyfunc runs with as many.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        mels = model.predict(pd.DataFrame([request]))
+    finally:
+        torch.set_num_threads(threads)
     assert mels.shape == served.shape == (2, 128, served.shape[2]) and np.array_equal(mels, served)
     with pytest.raises(Exception, match="emotion"):
         model.predict(pd.DataFrame([{"emotion": "boredom"}]))
@@ -196,8 +204,8 @@ def test_checkpoint_options_take_model_uris_in_the_local_store(tmp_path):
 
     loop, _ = loop_config("diffusion", "tiny", {"diffusion": {"space": "latent"}, "unet": {"in_channels": 4}}, epochs=1,
                           vae_checkpoint="models:/tiny-vae/1", tracking_uri=uri)
-    assert loop["extra"]["vae_source"] == "models:/tiny-vae/1"
-    assert load_state(loop["extra"]["vae_checkpoint"])["epoch"] == 3
+    assert loop.vae_source == "models:/tiny-vae/1"
+    assert load_state(loop.vae_checkpoint)["epoch"] == 3
     assert load_state(resolve_model_uri(f"runs:/{run.info.run_id}/model", uri).state_path)["model_name"] == "vae"
     with pytest.raises(ModelURIError, match="models:/tiny-vae/2 does not resolve"):
         resolve_model_uri("models:/tiny-vae/2", uri)
