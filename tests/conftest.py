@@ -86,8 +86,13 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
-    """Tests marked `cluster` run last, after every training in this session's Ray: a
-    second Ray head on the machine must not overlap them."""
+    """A test that uses the session's Ray (directly or through a fixture built on it) is
+    `slow` whether or not its module says so, so `make test-fast` never starts Ray. Tests
+    marked `cluster` run last, after every training in this session's Ray: a second Ray
+    head on the machine must not overlap them."""
+    for item in items:
+        if "ray_session" in getattr(item, "fixturenames", ()) and item.get_closest_marker("slow") is None:
+            item.add_marker(pytest.mark.slow)
     items[:] = [i for i in items if i.get_closest_marker("cluster") is None] + [
         i for i in items if i.get_closest_marker("cluster") is not None
     ]

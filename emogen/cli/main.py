@@ -202,7 +202,6 @@ def _run_experiment(args: argparse.Namespace, features: Path, config: Experiment
         "unweighted_accuracy": {c: round(scores[UA].mean, 4) for c, scores in results.summary.items()},
         # by the judge SER, which did not choose the kept clips (the filter's clarity is biased)
         "clarity": {g: round(generated.judged[SER_JUDGE].all.mean, 4) for g, generated in results.generated.items()},
-        "targets": results.targets.model_dump(),
         "seconds": results.seconds,
     }
 

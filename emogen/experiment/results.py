@@ -43,9 +43,6 @@ SER_JUDGE, PROBE_JUDGE = "ser-judge", PROBE
 JUDGES = (SER_JUDGE, PROBE_JUDGE)
 SCORES = ("weighted_accuracy", "unweighted_accuracy", "macro_f1")
 UA = "unweighted_accuracy"
-# the SPEC's aim for real+diffusion over real, still written to results.json as `targets`;
-# the report does not judge by it (the matched-steps control is the reference for the clips)
-UA_GAIN_TARGET_POINTS = 3.0
 
 
 class _Record(BaseModel):
@@ -249,14 +246,6 @@ class Samples(_Record):
     attention: dict[str, str] = Field(default_factory=dict)
 
 
-class Targets(_Record):
-    """Pass/fail against the SPEC's aims, kept for the CLI's summary; the report does not use it."""
-
-    ua_gain_points: float = UA_GAIN_TARGET_POINTS
-    diffusion_ua_gain_met: bool | None = None
-    clarity_met: bool | None = None
-
-
 class MLflowRun(_Record):
     tracking_uri: str | None = None
     experiment_id: str | None = None
@@ -295,7 +284,6 @@ class ExperimentResults(_Record):
     generators_per_fold: dict[str, list[GeneratorRun]] = Field(default_factory=dict)
     samples: Samples | None = None
     seconds: dict[str, float] = Field(default_factory=dict)
-    targets: Targets = Field(default_factory=Targets)
     mlflow: MLflowRun | None = None
     # where the report was written: returned to the caller, not part of results.json
     report: dict[str, str] | None = Field(default=None, exclude=True)

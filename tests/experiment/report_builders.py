@@ -111,7 +111,6 @@ def make_results(diffusion_extra: list[int], vae_extra: list[int], clarity: tupl
         ]},
         "seconds": {"corpus": 20.0, "preprocess": 15.0, "train_vae": 290.0, "train_diffusion": 220.0,
                     "train_ser": 300.0, "generate": 40.0, "evaluate": 10.0, "total": 900.0},
-        "targets": {"ua_gain_points": 3.0, "diffusion_ua_gain_met": False, "clarity_met": True},
         "mlflow": {"tracking_uri": "sqlite:///runs/mlflow.db", "experiment_id": "1", "parent_run_id": "abc123"},
     }
 
@@ -263,7 +262,6 @@ def make_fold_results() -> dict:
         "probe": probe, "probes": probes, "judges": judges, "generated": generated,
         "data": {"features": "runs/demo/data", "split_counts": {"test": 120}, "class_counts": {"test": {e: 20 for e in EMOTIONS}},
                  "test_speakers": sorted(s for f in FOLD_TEST.values() for s in f), "folds": folds},
-        "targets": {"ua_gain_points": 3.0, "clarity_met": True},
     }
 
 

@@ -1,42 +1,33 @@
-"""The augmentation experiment end to end: the tiny job in the session's Ray (numbers,
-report, WAVs, MLflow), resume without retraining, config errors, and the same job
-submitted with `ray job submit` to a separate local Ray head (the cluster path)."""
+"""The augmentation experiment end to end: one tiny job in the session's Ray, run once by
+the module fixture, then its numbers, folds, report, WAVs and MLflow runs checked one
+aspect per test, and a resume that retrains nothing (last: it reruns the same folder)."""
 
 from __future__ import annotations
 
 import json
 import math
-import os
-import re
-import shutil
-import signal
-import subprocess
-import sys
-import tempfile
-import time
-import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
-from tests.support import free_ports
 import soundfile as sf
 
 from emogen.config import EMOTIONS
-from emogen.experiment.run import ExperimentConfig, experiment_config
+from emogen.data.features import read_features
+from emogen.experiment.config import experiment_config
 from emogen.experiment.results import CONDITIONS, GENERATED_FROM, GENERATORS, SCORES
+from emogen.experiment.run import run_experiment
 
-ROOT = Path(__file__).resolve().parents[2]
 NAME = "tiny-e2e"
 PER_EMOTION = 3
 FOLDS = 2  # the tiny preset's
 # emogen.experiment's progress stages, each timed in results["seconds"]
 STAGES = {"train_ser_real", "train_vae", "train_diffusion", "generate", "train_ser_augmented", "evaluate", "samples", "report"}
 
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
+
 
 def _run(features, out, tracking_uri):
-    from emogen.experiment.run import run_experiment
-
     config = experiment_config("tiny", {"seeds": [0], "per_emotion": PER_EMOTION})
     results = run_experiment(features, out, preset="tiny", config=config, name=NAME, tracking_uri=tracking_uri)
     return {**results.to_json(), "report": results.report}  # results.json's dict, and where the report went
@@ -49,18 +40,42 @@ def tiny_experiment(tiny_features, tracking_uri, tmp_path_factory):
     return out, _run(tiny_features, out, tracking_uri)
 
 
+@pytest.fixture(scope="module")
+def stages(tiny_experiment):
+    """stages.json as the first run left it."""
+    out, _ = tiny_experiment
+    return json.loads((out / "stages.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def fold_of(tiny_experiment):
+    """results["data"]["folds"] by fold."""
+    _, results = tiny_experiment
+    return {f["fold"]: f for f in results["data"]["folds"]}
+
+
 def _jsonable(data):
     return json.loads(json.dumps(data, default=float))
+
+
+def _accepted(tiny_features):
+    return json.loads((tiny_features / "summary.json").read_text())["accepted"]
+
+
+def _tested(results):
+    """Every fold's test speakers, in fold order."""
+    return [s for f in results["data"]["folds"] for s in f["test_speakers"]]
+
+
+def _by_pair(results):
+    """{condition: {(fold, seed): run}}."""
+    return {c: {(r["fold"], r["seed"]): r for r in results["runs"][c]} for c in CONDITIONS}
 
 
 # ------------------------------------------------------------------ the tiny job
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(1500)
-def test_tiny_experiment_end_to_end(tiny_experiment, tiny_features):
-    from emogen.data.features import read_features
-
+def test_results_json_holds_the_returned_numbers(tiny_experiment):
     out, results = tiny_experiment
 
     # results.json holds exactly the returned numbers (the report paths are added after)
@@ -69,13 +84,17 @@ def test_tiny_experiment_end_to_end(tiny_experiment, tiny_features):
     assert results["seeds"] == [0] and results["preset"] == "tiny" and results["conditions"] == list(CONDITIONS)
     assert results["n_folds"] == FOLDS
 
+
+def test_folds_test_every_speaker_once(tiny_experiment, tiny_features):
+    _, results = tiny_experiment
+
     # the folds: test speakers disjoint, every speaker tested exactly once, validation
     # speakers never a fold's own test speakers, and each fold's clips all assigned
     table = read_features(tiny_features)
-    accepted = json.loads((tiny_features / "summary.json").read_text())["accepted"]
+    accepted = _accepted(tiny_features)
     folds = results["data"]["folds"]
     assert [f["fold"] for f in folds] == list(range(FOLDS))
-    tested = [s for f in folds for s in f["test_speakers"]]
+    tested = _tested(results)
     assert sorted(tested) == sorted(set(tested)) == sorted(table["speaker"].astype(str).unique())
     assert results["data"]["test_speakers"] == sorted(tested)
     for f in folds:
@@ -83,17 +102,23 @@ def test_tiny_experiment_end_to_end(tiny_experiment, tiny_features):
         assert sum(f["split_counts"].values()) == accepted and min(f["split_counts"].values()) > 0
         assert {s: sum(f["class_counts"][s].values()) for s in f["split_counts"]} == f["split_counts"]
     assert results["data"]["split_counts"] == {"test": accepted}
-    fold_of = {f["fold"]: f for f in folds}
+
+
+def test_generators_train_on_their_fold_only(tiny_experiment, stages, fold_of):
+    _, results = tiny_experiment
 
     # no leakage: each fold's generators trained on that fold's training (and validation)
     # speakers only: their split is the fold's, and a training never reads the test split
-    stages = json.loads((out / "stages.json").read_text())
     for fold in range(FOLDS):
         for gen in GENERATORS:
             assert stages[f"fold{fold}/{gen}"]["split_counts"] == {**fold_of[fold]["split_counts"], "extra_train": 0}
     per_fold = results["generators_per_fold"]
     assert [r["fold"] for r in per_fold["vae"]] == list(range(FOLDS))
     assert len({r["checkpoint"] for g in GENERATORS for r in per_fold[g]}) == FOLDS * len(GENERATORS)
+
+
+def test_every_ser_is_scored_on_its_folds_held_out_speakers(tiny_experiment, stages, fold_of):
+    _, results = tiny_experiment
 
     # every SER: one per fold and seed, scores in [0, 1] and consistent with its confusion
     # matrix on its fold's held-out speakers
@@ -128,8 +153,12 @@ def test_tiny_experiment_end_to_end(tiny_experiment, tiny_features):
             assert results["summary"][condition][score]["values"] == values
             assert results["summary"][condition][score]["mean"] == pytest.approx(np.mean(values))
 
+
+def test_the_control_trains_for_real_diffusions_steps(tiny_experiment):
+    _, results = tiny_experiment
+
     # the control: real clips only, epochs scaled to real+diffusion's clips per epoch (tiny: 2 epochs, no early stop)
-    by_pair = {c: {(r["fold"], r["seed"]): r for r in results["runs"][c]} for c in CONDITIONS}
+    by_pair = _by_pair(results)
     for pair, real in by_pair["real"].items():
         matched, diffused = by_pair["real-matched"][pair], by_pair["real+diffusion"][pair]
         assert matched["epochs"] == round(real["epochs"] * diffused["n_train"] / real["n_train"]) > real["epochs"]
@@ -138,13 +167,21 @@ def test_tiny_experiment_end_to_end(tiny_experiment, tiny_features):
                for p in sorted(by_pair["real"])]
     assert results["gains_over_matched"]["real+diffusion"]["unweighted_accuracy"]["values"] == pytest.approx(control)
 
+
+def test_gains_pair_each_run_with_its_baseline(tiny_experiment):
+    _, results = tiny_experiment
+    by_pair = _by_pair(results)
+
     # gains are per fold and seed against that pair's real-only baseline
     for condition in CONDITIONS[1:]:
         expected = [r["metrics"]["unweighted_accuracy"] - by_pair["real"][(r["fold"], r["seed"])]["metrics"]["unweighted_accuracy"]
                     for r in results["runs"][condition]]
         assert results["gains"][condition]["unweighted_accuracy"]["values"] == pytest.approx(expected)
-    ua_gain = results["gains"]["real+diffusion"]["unweighted_accuracy"]["mean"]
-    assert results["targets"]["diffusion_ua_gain_met"] == (ua_gain * 100 >= 3.0)
+
+
+def test_the_linear_probe_per_fold_and_pooled(tiny_experiment, tiny_features, fold_of):
+    _, results = tiny_experiment
+    accepted, tested = _accepted(tiny_features), _tested(results)
 
     # the linear probe: per fold, fit on train+val and scored on the fold's held-out
     # speakers; pooled: UA averaged over folds, every speaker's UA from its fold
@@ -159,6 +196,10 @@ def test_tiny_experiment_end_to_end(tiny_experiment, tiny_features):
     assert pooled["metrics"]["count"] == accepted and set(pooled["per_speaker"]) == set(tested)
     assert pooled["fold_ua"]["values"] == [p["metrics"]["unweighted_accuracy"] for p in probes]
 
+
+def test_the_judge_ser_of_each_fold(tiny_experiment, stages, fold_of):
+    _, results = tiny_experiment
+
     # the judge SER of each fold: trained on train+val (no validation split) with its own seed
     judges = results["judges"]
     assert [(j["fold"], j["seed"]) for j in judges] == [(f, 1000) for f in range(FOLDS)]
@@ -167,6 +208,11 @@ def test_tiny_experiment_end_to_end(tiny_experiment, tiny_features):
         history = stages[f"fold{judge['fold']}/judge"]["history"]
         assert history and not any(k.startswith("val_") for k in history[-1])
         assert judge["checkpoint"] not in {r["checkpoint"] for r in results["runs"]["real"]}
+
+
+def test_paired_statistics_over_fold_and_seed_pairs(tiny_experiment):
+    out, results = tiny_experiment
+    by_pair, tested = _by_pair(results), _tested(results)
 
     # paired statistics over fold x seed pairs: every condition against real, the generated ones against the control
     comparisons = results["comparisons"]
@@ -182,6 +228,11 @@ def test_tiny_experiment_end_to_end(tiny_experiment, tiny_features):
             assert comparison["speakers"]["n"] == len(tested)
     report_md = (out / "report.md").read_text()
     assert "| linear probe (reference) |" in report_md
+
+
+def test_generated_sets_sizes_clarity_realism(tiny_experiment, fold_of):
+    _, results = tiny_experiment
+    judges, pooled = results["judges"], results["probe"]
 
     # generated sets: sizes, the filter's clarity, the judges' clarity of all and kept clips, FID, IS
     for gen in GENERATORS:
@@ -207,8 +258,10 @@ def test_tiny_experiment_end_to_end(tiny_experiment, tiny_features):
         assert 1.0 - 1e-6 <= info["inception_score"]["mean"] <= len(EMOTIONS) + 1e-6
         assert Path(results["generators"][gen]["checkpoint"]).exists() and results["generators"][gen]["epochs"] >= 1
     assert results["generators"]["diffusion"]["space"] == "mel"  # the tiny preset
-    judged_diffusion, judged_vae = (results["generated"][g]["judged"]["ser-judge"]["all"]["mean"] for g in ("diffusion", "vae"))
-    assert results["targets"]["clarity_met"] == (judged_diffusion > judged_vae)
+
+
+def test_report_plots_and_samples(tiny_experiment, fold_of):
+    out, results = tiny_experiment
 
     # report, plots, samples
     assert results["report"] == {"md": str(out / "report.md"), "html": str(out / "report.html")}
@@ -231,6 +284,11 @@ def test_tiny_experiment_end_to_end(tiny_experiment, tiny_features):
     assert set(attention) == set(EMOTIONS)
     assert all((out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for png in attention.values())
     assert "Diffusion attention: fear" in (out / "report.md").read_text()
+
+
+def test_seconds_per_stage_and_total(tiny_experiment):
+    _, results = tiny_experiment
+    per_fold = results["generators_per_fold"]
 
     # seconds per stage and the total
     seconds = results["seconds"]
@@ -300,8 +358,8 @@ def test_rerun_resumes_without_training(tiny_experiment, tiny_features, tracking
 
     monkeypatch.setattr("emogen.training.fit", retrained)
     monkeypatch.setattr("emogen.training.start_child_run", retrained)
-    monkeypatch.setattr("emogen.experiment.run._train_ser_task", retrained)
-    monkeypatch.setattr("emogen.experiment.run._generate_task", retrained)
+    monkeypatch.setattr("emogen.experiment.tasks.train_ser_task", retrained)
+    monkeypatch.setattr("emogen.experiment.tasks.generate_task", retrained)
 
     again = _run(tiny_features, out, tracking_uri)
 
@@ -325,273 +383,3 @@ def test_rerun_resumes_without_training(tiny_experiment, tiny_features, tracking
     assert len(children) == 7 * FOLDS  # no duplicate child runs
     for name in ("emogen-vae", "emogen-diffusion", "emogen-ser"):  # nor registered versions
         assert len(client.search_model_versions(f"name = '{name}'")) == FOLDS, name
-
-
-# ------------------------------------------------------------------ config errors
-
-
-@pytest.mark.parametrize(
-    ("kwargs", "field"),
-    [
-        ({"seeds": ()}, "seed"),
-        ({"min_confidence": 1.5}, "min_confidence"),
-        ({"min_confidence": -0.1}, "min_confidence"),
-        ({"ratio": -0.5}, "ratio"),
-        ({"per_emotion": -1}, "per_emotion"),
-        ({"folds": 1}, "folds"),
-    ],
-)
-def test_config_rejects_bad_values_naming_the_field(kwargs, field):
-    with pytest.raises(ValueError, match=field):
-        ExperimentConfig(**kwargs)
-
-
-def test_preset_defaults_and_overrides():
-    assert experiment_config("tiny").seeds == (0,) and experiment_config("tiny").per_emotion == PER_EMOTION
-    assert (experiment_config("tiny").folds, experiment_config("demo").folds, experiment_config("paper").folds) == (FOLDS, 3, 5)
-    demo = experiment_config("demo", {"seeds": [4, 5], "ratio": None, "min_confidence": 0.4})
-    assert demo.seeds == (4, 5) and demo.ratio == 1.0 and demo.min_confidence == 0.4  # None keeps the preset's
-    with pytest.raises(ValueError, match="unknown ExperimentConfig field"):
-        experiment_config("tiny", {"seed": 1})
-    with pytest.raises(ValueError, match="unknown preset"):
-        experiment_config("huge")
-
-
-def test_more_folds_than_speakers_is_a_clear_error(tiny_features, tracking_uri, tmp_path):
-    from emogen.errors import InvalidInputError
-    from emogen.experiment.run import run_experiment
-
-    with pytest.raises(InvalidInputError, match=r"--folds 50: 50 folds need at least 50 speakers, the table has 6"):
-        run_experiment(tiny_features, tmp_path / "exp", "tiny", experiment_config("tiny", {"folds": 50}),
-                       tracking_uri=tracking_uri)
-    assert not (tmp_path / "exp" / "stages.json").exists()  # nothing started
-
-
-def test_stage_keys_name_the_fold():
-    """stages.json keys: the parent run once, everything else under its fold."""
-    from emogen.experiment.run import StageKey
-
-    keys = [StageKey.parent_run(), StageKey.generator(0, "vae"), StageKey.ser(1, "real+diffusion", 2),
-            StageKey.generated(0, "diffusion", 0), StageKey.fid_reference(2, 1), StageKey.probe(1), StageKey.judge(0)]
-    assert [str(k) for k in keys] == ["parent_run", "fold0/vae", "fold1/ser/real+diffusion/2", "fold0/generated/diffusion/0",
-                                      "fold2/fid_reference/1", "fold1/probe", "fold0/judge"]
-
-
-def test_cli_options_are_the_config_fields(tmp_path):
-    """Every ExperimentConfig field is an option of the same name; unset, the preset decides."""
-    import dataclasses
-
-    from emogen.cli.main import _experiment_config, build_parser
-
-    for command in ("experiment", "demo"):
-        args = build_parser().parse_args([command, "--preset", "tiny"])
-        assert all(getattr(args, f.name) is None for f in dataclasses.fields(ExperimentConfig))
-        assert _experiment_config(args) == experiment_config("tiny")
-    args = build_parser().parse_args(["experiment", "--preset", "tiny", "--seeds", "3", "4", "--use-gpu",
-                                      "--wavs-per-emotion", "2", "--sampler", "dpm", "--cpus-per-worker", "1.5"])
-    config = _experiment_config(args)
-    assert (config.seeds, config.use_gpu, config.wavs_per_emotion, config.sampler, config.cpus_per_worker) == ((3, 4), True, 2, "dpm", 1.5)
-    with pytest.raises(SystemExit):
-        build_parser().parse_args(["experiment", "--sampler", "euler"])
-
-
-def test_cli_needs_data_or_input(tmp_path):
-    from emogen.cli.main import main
-
-    with pytest.raises(SystemExit, match="needs --data .* or --input"):
-        main(["experiment", "--out", str(tmp_path / "exp"), "--preset", "tiny"])
-    assert not (tmp_path / "exp").exists()
-    with pytest.raises(ValueError, match="min_confidence"):
-        main(["experiment", "--data", str(tmp_path), "--out", str(tmp_path / "exp"), "--min-confidence", "1.5"])
-
-
-# ------------------------------------------------------------------ the cluster path
-
-
-class LocalHead:
-    """A separate local Ray head (`ray start --head --block` in its own process group),
-    stopped without `ray stop`, which would stop every Ray instance on the machine
-    (this test session's and other users'): SIGTERM to the blocking `ray start` makes it
-    shut down the processes it started; anything of ours left after that is killed."""
-
-    def __init__(self, ray_exe: Path, env: dict[str, str]):
-        import psutil
-
-        self.psutil = psutil
-        # short: Ray's unix sockets live under it (107-character limit)
-        self.temp_dir = Path(tempfile.mkdtemp(prefix="rayc-", dir="/tmp"))
-        ports = free_ports(9)
-        self.gcs_port, self.dashboard_port = ports[0], ports[1]
-        self.address = f"127.0.0.1:{self.gcs_port}"
-        self.dashboard = f"http://127.0.0.1:{self.dashboard_port}"
-        self.command = [
-            str(ray_exe), "start", "--head", "--block",
-            "--node-ip-address", "127.0.0.1", "--port", str(self.gcs_port),
-            "--dashboard-host", "127.0.0.1", "--dashboard-port", str(self.dashboard_port),
-            "--num-cpus", "2", "--temp-dir", str(self.temp_dir),
-            # every port of its own, so nothing collides with other Ray instances on the machine
-            "--ray-client-server-port", str(ports[2]), "--dashboard-agent-listen-port", str(ports[3]),
-            "--dashboard-agent-grpc-port", str(ports[4]), "--runtime-env-agent-port", str(ports[5]),
-            "--metrics-export-port", str(ports[6]), "--node-manager-port", str(ports[7]),
-            "--object-manager-port", str(ports[8]),
-        ]
-        # Its workers (Ray Train's PlacementGroupCleaner, the train state actor) query the
-        # state API of "the local cluster": with several on one machine, RAY_ADDRESS in the
-        # head's environment (inherited by every worker) pins it to this one.
-        self.env = {**env, "RAY_ADDRESS": self.address}
-        self.log = self.temp_dir / "ray-start.log"
-        self.process: subprocess.Popen | None = None
-
-    def start(self, timeout: float = 180) -> None:
-        with open(self.log, "wb") as log:
-            self.process = subprocess.Popen(self.command, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                            start_new_session=True)
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"ray start exited with {self.process.returncode}:\n{self.log.read_text()}")
-            if "block forever" in self.log.read_text():
-                return
-            time.sleep(1)
-        raise TimeoutError(f"the Ray head did not start in {timeout} s:\n{self.log.read_text()}")
-
-    def ours(self) -> list:
-        """The processes of this head: `ray start`'s descendants (raylet, GCS, dashboard,
-        workers, job drivers) and anything whose command line names its temp dir."""
-        found = {}
-        if self.process is not None:
-            try:
-                root = self.psutil.Process(self.process.pid)
-                for p in [root, *root.children(recursive=True)]:
-                    found[p.pid] = p
-            except self.psutil.NoSuchProcess:
-                pass
-        for p in self.psutil.process_iter(["cmdline"]):
-            try:
-                if any(str(self.temp_dir) in arg for arg in (p.info["cmdline"] or [])):
-                    found[p.pid] = p
-            except self.psutil.Error:
-                pass
-        found.pop(os.getpid(), None)
-        return list(found.values())
-
-    def stop(self, grace: float = 60) -> list[str]:
-        """Stop this head only; returns the processes that had to be killed."""
-        processes = self.ours()
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                pass
-        _, alive = self.psutil.wait_procs(processes, timeout=10)
-        alive = [p for p in {p.pid: p for p in alive + self.ours()}.values() if p.is_running()]
-        killed = []
-        for p in alive:
-            try:
-                killed.append(" ".join(p.cmdline())[:120])
-                p.kill()
-            except self.psutil.Error:
-                pass
-        self.psutil.wait_procs(alive, timeout=10)
-        shutil.rmtree(self.temp_dir, ignore_errors=True)
-        return killed
-
-
-@pytest.mark.slow
-@pytest.mark.cluster
-@pytest.mark.timeout(1800)
-def test_augment_job_on_a_separate_ray_head(ray_session, tmp_path):
-    """`ray job submit --working-dir .` of jobs/augment.py (tiny preset, 1 seed) to a second
-    local Ray head: the job succeeds and writes its report; this session's Ray survives."""
-    from ray.job_submission import JobStatus, JobSubmissionClient
-
-    from emogen.data.corpus import generate_corpus
-
-    corpus = tmp_path / "corpus"
-    generate_corpus(corpus, "tiny", seed=0)
-    out = tmp_path / "exp"
-    venv_bin = Path(sys.executable).parent
-    ray_exe = venv_bin / "ray"  # the venv's, so the job's `python` is the venv's too
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")}
-    env.update(RAY_AUTH_MODE="token", RAY_USAGE_STATS_ENABLED="0", PATH=f"{venv_bin}{os.pathsep}{env.get('PATH', '')}")
-    session_resources = ray_session.cluster_resources()
-
-    head = LocalHead(ray_exe, env)
-    submission_id = f"emogen-test-{uuid.uuid4().hex[:8]}"
-    client = None
-    try:
-        head.start()
-        submit = subprocess.run(
-            [str(ray_exe), "job", "submit", "--address", head.dashboard, "--working-dir", str(ROOT),
-             "--submission-id", submission_id, "--no-wait", "--",
-             "python", "jobs/augment.py", "--input", str(corpus), "--out", str(out), "--preset", "tiny",
-             "--ser-epochs", "1", "--vae-epochs", "1", "--diffusion-epochs", "1",
-             "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"],
-            env=env, capture_output=True, text=True, timeout=300, cwd=ROOT,
-        )
-        assert submit.returncode == 0, submit.stdout + submit.stderr
-        upload = re.search(r"Uploading package (gcs://\S+\.zip)", submit.stdout + submit.stderr)
-        assert upload, submit.stdout + submit.stderr
-
-        client = JobSubmissionClient(head.dashboard)
-        deadline = time.time() + 1200
-        status = client.get_job_status(submission_id)
-        while not status.is_terminal() and time.time() < deadline:
-            time.sleep(10)
-            status = client.get_job_status(submission_id)
-        logs = client.get_job_logs(submission_id)
-        if status != JobStatus.SUCCEEDED:
-            print(logs[-20000:])
-            pytest.fail(f"job {submission_id} ended {status}: {client.get_job_info(submission_id).message}\n{logs[-5000:]}")
-
-        # the job's last line is the experiment summary; its files exist
-        summary = json.loads(logs.strip().splitlines()[-1])
-        # each training's epoch line once (Ray Train's print patch doubled them) and no
-        # progress bar redrawn into the log (emogen.runtime.init_ray)
-        epoch_lines = re.findall(r"\[[^\]\n]+\] epoch \d+/\d+", logs)
-        assert epoch_lines and len(epoch_lines) == len(set(epoch_lines)), epoch_lines
-        assert "\x1b[A" not in logs and "\r" not in logs
-        # nor Ray Train's own lines per report and per checkpoint (emogen.training.loop)
-        assert "Checkpoint successfully created" not in logs and "Reporting training result" not in logs
-        assert summary["out"] == str(out) and set(summary["unweighted_accuracy"]) == set(CONDITIONS)
-        results = json.loads((out / "results.json").read_text())
-        assert results["seeds"] == [0] and results["preset"] == "tiny"
-        assert results["command"].startswith("emogen experiment --input ")  # the report's "Reproduce" line
-        # the CLI's --ser-epochs; the control scales it by real+diffusion's clips per epoch
-        runs = results["runs"]
-        assert all(r["epochs"] == 1 for c in CONDITIONS if c != "real-matched" for r in runs[c])
-        for real, diffused, matched in zip(runs["real"], runs["real+diffusion"], runs["real-matched"]):
-            assert matched["epochs"] == max(1, round(diffused["n_train"] / real["n_train"]))
-        assert all(r["epochs"] == 1 for g in ("vae", "diffusion") for r in results["generators_per_fold"][g])
-        assert (out / "report.html").stat().st_size > 1000 and (out / "report.md").exists()
-        assert "preprocess" in results["seconds"] and (out / "data" / "features").is_dir()
-        from mlflow.tracking import MlflowClient
-
-        mlflow_client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")  # the job's own store
-        parent_id = results["mlflow"]["parent_run_id"]
-        assert "real.unweighted_accuracy.mean" in mlflow_client.get_run(parent_id).data.metrics
-        assert len(mlflow_client.search_runs([results["mlflow"]["experiment_id"]],
-                                             f"tags.mlflow.parentRunId = '{parent_id}'")) == 7 * results["n_folds"]
-
-        # the uploaded working dir is the project, without .venv or runs/ (.gitignore)
-        unpacked = [p for p in (head.temp_dir / "session_latest" / "runtime_resources" / "working_dir_files").iterdir()
-                    if p.is_dir()]
-        assert len(unpacked) == 1 and (unpacked[0] / "jobs" / "augment.py").exists()
-        assert not (unpacked[0] / ".venv").exists() and not (unpacked[0] / "runs").exists()
-        size = sum(p.stat().st_size for p in unpacked[0].rglob("*") if p.is_file())
-        assert size < 20_000_000, f"working dir upload of {size} bytes"
-    finally:
-        if client is not None:
-            try:
-                if not client.get_job_status(submission_id).is_terminal():
-                    client.stop_job(submission_id)
-            except Exception:  # the head may already be gone
-                pass
-        killed = head.stop()
-        print(f"stopped the Ray head in {head.temp_dir}; had to kill: {killed}")
-
-    assert not head.ours(), "processes of the second Ray head are still running"
-    # this session's Ray is untouched
-    assert ray_session.cluster_resources().get("CPU") == session_resources.get("CPU") == 2
-    assert ray_session.get(ray_session.remote(lambda: 41).remote()) + 1 == 42
