@@ -1,5 +1,6 @@
 """Command-line options built from the parameter objects (FitConfig, ExperimentConfig,
-SweepConfig), so each option's default and help live once, in its dataclass field.
+SweepConfig, the sampling options, ServeArgs), so each option's default and help live
+once, in its field.
 
 A field becomes `--field-name` when it is declared with `option(...)`; fields without that
 metadata (e.g. values only code passes, such as an MLflow parent run) are not options.
@@ -10,7 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import typing
-from typing import Any
+from typing import Any, Callable, Literal
 
 _POSITIONAL = "positional"
 
@@ -76,3 +77,34 @@ def add_ray_options(parser: argparse.ArgumentParser) -> None:
     """Where Ray runs: a cluster's address or a local instance's CPUs."""
     parser.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else start a local instance)")
     parser.add_argument("--num-cpus", type=int, default=None, help="CPUs for a local Ray instance (default: all)")
+
+
+def _value_type(annotation: Any) -> Callable[[str], Any]:
+    """The argparse type of a field: X | None -> X; X | Literal[words] -> a word as it is, else X."""
+    members = [a for a in typing.get_args(annotation) if a is not type(None)] or [annotation]
+    words = {w for a in members if typing.get_origin(a) is Literal for w in typing.get_args(a)}
+    kind = next((a for a in members if typing.get_origin(a) is not Literal), str)
+    if not words:
+        return kind
+
+    def parse(text: str) -> Any:
+        return text if text in words else kind(text)
+
+    parse.__name__ = kind.__name__  # argparse names the type in its error messages
+    return parse
+
+
+def add_model_options(parser: argparse.ArgumentParser, model: type, *, required: tuple[str, ...] = (),
+                      aliases: dict[str, tuple[str, ...]] | None = None) -> None:
+    """One option per field of a pydantic model, named after it, its description the help:
+    `add_config_options` for settings that are a pydantic model (Ray Serve validates its
+    application's arguments as one) where the other parameter objects are dataclasses;
+    aliases keep a field's earlier flag spellings working."""
+    aliases = aliases or {}
+    for name, field in model.model_fields.items():
+        keywords: dict[str, Any] = {"dest": name, "help": field.description or "", "type": _value_type(field.annotation)}
+        if name in required:
+            keywords["required"] = True
+        else:
+            keywords["default"] = field.default
+        parser.add_argument("--" + name.replace("_", "-"), *aliases.get(name, ()), **keywords)

@@ -11,15 +11,12 @@ from __future__ import annotations
 import argparse
 import signal
 import time
-import typing
 from dataclasses import dataclass
-from typing import Any, Callable, Literal
-
-from pydantic import BaseModel
+from typing import Any
 
 from emogen.inference.schema import DEFAULT_KEEP_ALIVE_TIMEOUT_S
 from emogen.logs import get_logger
-from emogen.options import add_config_options, config_values, option
+from emogen.options import add_config_options, add_model_options, config_values, option
 from emogen.runtime import stop_on_sigterm
 from emogen.serving.binding import bind_refusal
 from emogen.serving.settings import ServeArgs
@@ -45,36 +42,6 @@ class ServeCommand:
     port: int = option(8000, "port to listen on")
     keep_alive_timeout: int = option(DEFAULT_KEEP_ALIVE_TIMEOUT_S, "seconds an idle connection stays open")
     address: str | None = option(None, "Ray address (default: start a local Ray)")
-
-
-def _value_type(annotation: Any) -> Callable[[str], Any]:
-    """The argparse type of a field: X | None -> X; X | Literal[words] -> a word as it is, else X."""
-    members = [a for a in typing.get_args(annotation) if a is not type(None)] or [annotation]
-    words = {w for a in members if typing.get_origin(a) is Literal for w in typing.get_args(a)}
-    kind = next((a for a in members if typing.get_origin(a) is not Literal), str)
-    if not words:
-        return kind
-
-    def parse(text: str) -> Any:
-        return text if text in words else kind(text)
-
-    parse.__name__ = kind.__name__  # argparse names the type in its error messages
-    return parse
-
-
-def add_model_options(parser: argparse.ArgumentParser, model: type[BaseModel], *, required: tuple[str, ...] = (),
-                      aliases: dict[str, tuple[str, ...]] | None = None) -> None:
-    """One option per field of a pydantic model, named after it, its description the help:
-    emogen.options.add_config_options for settings that Ray Serve validates (a pydantic
-    model, where the other commands' parameter objects are dataclasses)."""
-    aliases = aliases or {}
-    for name, field in model.model_fields.items():
-        keywords: dict[str, Any] = {"dest": name, "help": field.description or "", "type": _value_type(field.annotation)}
-        if name in required:
-            keywords["required"] = True
-        else:
-            keywords["default"] = field.default
-        parser.add_argument("--" + name.replace("_", "-"), *aliases.get(name, ()), **keywords)
 
 
 def check_bind(host: str, api_key: str | None) -> None:
