@@ -48,23 +48,24 @@ def save_state(directory: str | Path, state: dict[str, Any]) -> Path:
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A state.pt, a checkpoint directory, or a run directory (its newest checkpoint_*).
-    MLflow model URIs are resolved to one of these by emogen.tracking.registry."""
+    """The state file of a state.pt, a checkpoint directory, or a run directory (its newest
+    checkpoint_*); MissingInputError when there is none. MLflow model URIs are resolved to
+    one of these by emogen.tracking.registry."""
     path = Path(path)
     if path.is_dir() and not (path / STATE_FILE).exists():
         # Ray names checkpoints checkpoint_<timestamp>: the last in name order is the newest
         candidates = sorted(p for p in path.glob("checkpoint_*") if (p / STATE_FILE).exists())
         if candidates:
             path = candidates[-1]
-    return path / STATE_FILE if path.is_dir() else path
+    state_file = path / STATE_FILE if path.is_dir() else path
+    if not state_file.exists():
+        raise MissingInputError(f"no checkpoint at {state_file}")
+    return state_file
 
 
 def load_state(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """A checkpoint (see resolve_checkpoint) -> the state dict, loaded with weights_only=True."""
-    path = resolve_checkpoint(path)
-    if not path.exists():
-        raise MissingInputError(f"no checkpoint at {path}")
-    return torch.load(path, map_location=map_location, weights_only=True)
+    return torch.load(resolve_checkpoint(path), map_location=map_location, weights_only=True)
 
 
 def plain(value: Any) -> Any:

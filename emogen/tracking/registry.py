@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from emogen.errors import MissingInputError, UserError
+from emogen.errors import UserError
 from emogen.tracking.runs import resolve_tracking_uri
 
 MODEL_ARTIFACT = "model"  # the name a run's model is logged under: runs:/RUN_ID/model
@@ -151,8 +151,6 @@ def resolve_checkpoint_ref(ref: str | Path, tracking_uri: str | None = None) -> 
     from emogen.checkpoint import resolve_checkpoint
 
     state_path = resolve_checkpoint(ref)
-    if not state_path.exists():
-        raise MissingInputError(f"no checkpoint at {state_path}")
     return ResolvedModel(str(Path(ref).resolve()), state_path.resolve())
 
 
