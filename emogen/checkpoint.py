@@ -10,10 +10,8 @@ resumes from (see emogen.training.loop).
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -22,24 +20,9 @@ from emogen.config import replace
 from emogen.errors import MissingInputError
 from emogen.models import NETWORKS
 from emogen.presets import CONFIG_CLASSES
+from emogen.storage import atomic_write
 
 STATE_FILE = "state.pt"
-
-
-def atomic_write(target: str | Path, write: Callable[[str], None]) -> Path:
-    """write(tmp_path) into a temp file beside target, then rename it over target: a crash
-    never leaves half a file (checkpoints, results.json)."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}-", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return target
 
 
 def save_state(directory: str | Path, state: dict[str, Any]) -> Path:

@@ -8,10 +8,16 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 
-from tests.support import tone
+from tests.support import S3Server, free_ports, tone
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+# The loopback S3 server's endpoint and keys are in the environment before anything starts
+# Ray, so Ray's workers inherit them as a cluster node's processes inherit the node's; the
+# server itself starts with the first test that asks for it. Never a developer's own keys.
+S3 = S3Server(free_ports(1)[0])
+os.environ.update(S3.environment())
 
 
 @pytest.fixture(scope="session")
@@ -25,6 +31,21 @@ def ray_session():
     ctx.print_on_execution_start = False
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """The S3 API server of the test session (moto's), on 127.0.0.1, stopped at the end."""
+    S3.start()
+    yield S3
+    S3.stop()
+
+
+@pytest.fixture(scope="module")
+def s3_bucket(s3_server, request):
+    """A bucket of this test module's own on the session's S3 server: its s3:// URI."""
+    name = "emogen-" + request.module.__name__.rsplit(".", 1)[-1].replace("_", "-").lower()[:40]
+    return s3_server.create_bucket(name)
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from emogen.checkpoint import atomic_write
+from emogen.storage import atomic_write
 
 
 class StageKind(enum.Enum):

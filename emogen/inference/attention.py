@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from emogen.checkpoint import atomic_write
+from emogen.storage import atomic_write
 from emogen.errors import InvalidInputError
 from emogen.inference.config import SamplingOptions
 from emogen.inference.generator import EmotionGenerator, emotion_labels

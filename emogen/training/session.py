@@ -16,7 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from emogen.checkpoint import STATE_FILE, atomic_write
+from emogen.checkpoint import STATE_FILE
+from emogen.storage import atomic_write
 
 
 class RayTrainSession:
