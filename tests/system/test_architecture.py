@@ -17,7 +17,8 @@ LIBRARY = ROOT / "emogen"
 # Each library unit (a top-level module or a package of emogen) and its layer, bottom up.
 # A unit imports only units of lower layers; units of one layer do not import each other.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("emogen", "errors", "logs", "options", "runtime", "storage"),
+    ("emogen", "errors", "logs", "options", "runtime"),
+    ("storage",),
     ("config",),
     ("models",),
     ("presets", "audio"),
