@@ -6,11 +6,13 @@ import argparse
 import json
 import shlex
 import sys
+import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
+from emogen import storage
 from emogen.cli import serve as serve_command
 from emogen.config import EMOTIONS, AudioConfig, load_overrides
 from emogen.errors import UserError
@@ -40,7 +42,12 @@ def cmd_corpus(args: argparse.Namespace) -> dict:
     # deferred: the data stages load pandas and soundfile, which `emogen --help` does not need
     from emogen.data.corpus import generate_corpus
 
-    files = generate_corpus(args.out, preset=args.preset, seed=args.seed, workers=args.workers)
+    if storage.is_uri(args.out):  # written here, then uploaded whole to the bucket
+        with tempfile.TemporaryDirectory(prefix="emogen-corpus-") as local:
+            files = generate_corpus(local, preset=args.preset, seed=args.seed, workers=args.workers)
+            storage.upload(local, args.out)
+    else:
+        files = generate_corpus(args.out, preset=args.preset, seed=args.seed, workers=args.workers)
     return {
         "corpus": str(args.out),
         "preset": args.preset,
@@ -142,6 +149,11 @@ def cmd_experiment(args: argparse.Namespace) -> dict:
     if args.data is None and not args.input and args.csv is None:
         raise SystemExit("emogen experiment needs --data (preprocessed features) or --input/--csv (audio to preprocess)")
     config = _experiment_config(args)
+    if args.data is not None:
+        # deferred: the data stages load pandas and pyarrow, which `emogen --help` does not need
+        from emogen.data.features import features_dir
+
+        features_dir(args.data)  # a wrong --data is one line, before Ray starts
     seconds: dict[str, float] = {}
     data = args.data or _preprocess_for_experiment(args, args.input, args.csv, args.dataset, seconds)
     command = "emogen " + shlex.join(map(str, args.argv))  # the subcommand included, also when run as jobs/augment.py
@@ -149,15 +161,21 @@ def cmd_experiment(args: argparse.Namespace) -> dict:
 
 
 def cmd_demo(args: argparse.Namespace) -> dict:
-    """The embedded demo corpus -> the full augmentation experiment, all under --out."""
+    """The embedded demo corpus -> the full augmentation experiment, all under --out (and
+    --storage-path when given: the corpus is uploaded there for the workers to read)."""
     out = Path(args.out)
     config = _experiment_config(args)
     began = time.time()
     corpus = cmd_corpus(argparse.Namespace(out=out / "corpus", preset=args.corpus, seed=args.seed, workers=args.workers))
     get_logger("demo").info("corpus: %d files in %s", corpus["files"], corpus["corpus"])
+    corpus_location = str(out / "corpus")
+    if args.storage_path and storage.is_uri(args.storage_path):  # where every node can read it
+        corpus_location = storage.upload(out / "corpus", storage.join(args.storage_path, "corpus"))
     seconds = {"corpus": round(time.time() - began, 1)}
-    data = _preprocess_for_experiment(args, [out / "corpus"], None, "auto", seconds)
-    return _run_experiment(args, data, config, seconds, f"emogen demo --out {out} --preset {args.preset}")
+    data = _preprocess_for_experiment(args, [corpus_location], None, "auto", seconds)
+    storage_option = f" --storage-path {args.storage_path}" if args.storage_path else ""
+    return _run_experiment(args, data, config, seconds,
+                           f"emogen demo --out {out} --preset {args.preset}{storage_option}")
 
 
 def _experiment_config(args: argparse.Namespace) -> ExperimentConfig:
@@ -168,12 +186,12 @@ def _experiment_config(args: argparse.Namespace) -> ExperimentConfig:
     return experiment_config(args.preset, config_values(ExperimentConfig, args))
 
 
-def _preprocess_for_experiment(args: argparse.Namespace, inputs: list[Path] | None, csv: Path | None, dataset: str,
-                               seconds: dict[str, float]) -> Path:
-    """Audio -> OUT/data features, unless an earlier run of the same --out made them;
-    the time it took goes into seconds["preprocess"]."""
-    data = Path(args.out) / "data"
-    if not (data / "features").is_dir():
+def _preprocess_for_experiment(args: argparse.Namespace, inputs: list[str] | None, csv: str | None, dataset: str,
+                               seconds: dict[str, float]) -> str:
+    """Audio -> STORAGE/data features (STORAGE: --storage-path, else --out: every node reads
+    them), unless an earlier run made them; the time it took goes into seconds["preprocess"]."""
+    data = storage.join(args.storage_path or args.out, "data")
+    if not storage.is_dir(storage.join(data, "features")):
         began = time.time()
         cmd_preprocess(argparse.Namespace(input=inputs, csv=csv, dataset=dataset, output=data, address=args.address,
                                           num_cpus=args.num_cpus, batch_size=None, concurrency=None))
@@ -181,7 +199,7 @@ def _preprocess_for_experiment(args: argparse.Namespace, inputs: list[Path] | No
     return data
 
 
-def _run_experiment(args: argparse.Namespace, features: Path, config: ExperimentConfig, seconds_before: dict[str, float],
+def _run_experiment(args: argparse.Namespace, features: str, config: ExperimentConfig, seconds_before: dict[str, float],
                     command: str) -> dict:
     # deferred: the experiment loads torch, Ray and scipy with the command that needs them
     from emogen.experiment.run import run_experiment
@@ -191,7 +209,7 @@ def _run_experiment(args: argparse.Namespace, features: Path, config: Experiment
     init_ray(args.address, args.num_cpus)
     results = run_experiment(features, args.out, preset=args.preset, config=config, name=args.name,
                              tracking_uri=args.tracking_uri, command=command, seconds_before=seconds_before,
-                             overrides=load_overrides(args.config))
+                             overrides=load_overrides(args.config), storage_path=args.storage_path)
     log = get_logger("experiment")
     log.info("\n%s\n", results_table(results))
     log.info("report: %s (and report.md, results.json) in %s", results.report["html"], args.out)
@@ -219,7 +237,7 @@ def add_train_arguments(p: argparse.ArgumentParser, model: str | None) -> None:
         p.add_argument("model", choices=list(MODELS))
     else:
         p.set_defaults(model=model)
-    p.add_argument("--data", type=Path, required=True, help="preprocess output folder (or its features/)")
+    p.add_argument("--data", required=True, help="preprocess output folder or s3:// prefix (or its features/)")
     p.add_argument("--config", type=Path, default=None, help="JSON/YAML overrides, e.g. {\"train\": {\"lr\": 1e-3}, \"ser\": {...}}")
     add_config_options(p, FitConfig)
     add_ray_options(p)
@@ -234,12 +252,17 @@ def add_experiment_arguments(p: argparse.ArgumentParser, demo: bool = False) -> 
 
     if not demo:
         src = p.add_argument_group("input (one of)")
-        src.add_argument("--data", type=Path, default=None, help="preprocessed features (emogen preprocess output)")
-        src.add_argument("--input", type=Path, action="append", help="corpus folder to preprocess into OUT/data; repeatable")
-        src.add_argument("--csv", type=Path, default=None, help="label CSV (path, emotion, speaker) to preprocess")
+        src.add_argument("--data", default=None, help="preprocessed features (emogen preprocess output; a folder or s3:// prefix)")
+        src.add_argument("--input", action="append",
+                         help="corpus folder or s3:// / gs:// prefix to preprocess into STORAGE/data; repeatable")
+        src.add_argument("--csv", default=None, help="label CSV (path, emotion, speaker) to preprocess; a file or URI")
         src.add_argument("--dataset", default="auto", choices=["auto", "emodb", "ravdess"])
     p.add_argument("--out", type=Path, default=Path("runs/demo") if demo else Path("runs/experiment"),
-                   help="experiment folder (report, results.json, checkpoints); re-run to resume")
+                   help="experiment folder (report, results.json; and everything else without --storage-path); "
+                        "re-run to resume")
+    p.add_argument("--storage-path", default=None,
+                   help="where the trainings, generated clips and the resume journal live: a folder or an s3:// / "
+                        "gs:// prefix every node reaches (default: --out); credentials from the environment (AWS_*)")
     p.add_argument("--preset", default="demo", help="tiny | demo | paper: model sizes, epochs and experiment defaults")
     p.add_argument("--config", type=Path, default=None,
                    help='JSON/YAML preset overrides, e.g. {"ser": {"dropout": 0.2}, "train_ser": {"epochs": 10}, "train": {"lr": 1e-3}}')
@@ -251,7 +274,7 @@ def add_experiment_arguments(p: argparse.ArgumentParser, demo: bool = False) -> 
 
 def add_corpus_parser(sub: SubParsers) -> None:
     p = sub.add_parser("corpus", help="write the embedded demo corpus (EmoDB- and RAVDESS-style WAVs)")
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--out", required=True, help="a folder, or an s3:// / gs:// prefix to upload it to")
     p.add_argument("--preset", default="demo", help="tiny | demo | large")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=1, help="processes for synthesis")

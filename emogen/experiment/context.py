@@ -12,7 +12,7 @@ from typing import Any, Callable
 import numpy as np
 import ray
 
-from emogen import training
+from emogen import storage, training
 from emogen.config import EMOTIONS
 from emogen.data.features import decode_mels, read_features
 from emogen.errors import InvalidInputError
@@ -107,31 +107,40 @@ class ExperimentSpec:
 
 @dataclass(frozen=True)
 class Layout:
-    """Where the experiment's files go under its output folder."""
+    """Where the experiment's files go. What a task on any node writes or reads (the
+    generators' Ray Train runs, the SERs' run folders, the generated clips) and the resume
+    journal live under `storage` (a local folder or an s3:// / gs:// prefix: with no shared
+    disk, only storage is seen by every node and by a rerun); what only the driver writes
+    (the report, its samples and plots, results.json) under the local `out`."""
 
     out: Path
+    storage: str  # a location (emogen.storage); `out` itself when no storage path is given
 
-    def fold_dir(self, fold: Fold) -> Path:
-        return self.out / f"fold{fold.index}"
+    def fold_dir(self, fold: Fold) -> str:
+        return storage.join(self.storage, f"fold{fold.index}")
 
-    def ser_dir(self, fold: Fold, condition: str, seed: int) -> Path:
-        return self.fold_dir(fold) / "ser" / f"{condition_slug(condition)}-s{seed}"
+    def ser_dir(self, fold: Fold, condition: str, seed: int) -> str:
+        return storage.join(self.fold_dir(fold), "ser", f"{condition_slug(condition)}-s{seed}")
 
-    def generated_dir(self, fold: Fold, generator: str, seed: int) -> Path:
-        return self.fold_dir(fold) / "generated" / f"{generator}-s{seed}"
+    def generated_dir(self, fold: Fold, generator: str, seed: int) -> str:
+        return storage.join(self.fold_dir(fold), "generated", f"{generator}-s{seed}")
+
+    def examples(self, fold: Fold, generator: str, seed: int) -> Path:
+        """A generated set's example mels for the report (written by the driver)."""
+        return self.out / f"fold{fold.index}" / "generated" / f"{generator}-s{seed}" / "examples.npz"
 
     @property
-    def train_storage(self) -> Path:
+    def train_storage(self) -> str:
         """Ray Train's storage for the generators' runs."""
-        return self.out / "train"
+        return storage.join(self.storage, "train")
 
     @property
     def samples(self) -> Path:
         return self.out / "samples"
 
     @property
-    def stages(self) -> Path:
-        return self.out / "stages.json"
+    def stages(self) -> str:
+        return storage.join(self.storage, "stages.json")
 
     def relative(self, path: Path) -> str:
         """path as results.json names it: relative to the output folder, which can move."""
@@ -204,10 +213,12 @@ class ExperimentContext:
 def start_experiment(features: str | Path, out_dir: str | Path, preset: str, config: ExperimentConfig | None,
                      name: str | None, tracking_uri: str | None, command: str | None,
                      seconds_before: dict[str, float] | None,
-                     overrides: dict[str, dict[str, Any]] | None) -> ExperimentContext:
+                     overrides: dict[str, dict[str, Any]] | None,
+                     storage_path: str | Path | None = None) -> ExperimentContext:
     """The folds, their held-out clips in the object store, and the MLflow parent run."""
     config = config or experiment_config(preset)
-    layout = Layout(Path(out_dir).resolve())
+    out = Path(out_dir).resolve()
+    layout = Layout(out, storage.absolute(storage_path or out))
     layout.out.mkdir(parents=True, exist_ok=True)
     name = name or layout.out.name
     overrides = overrides or {}

@@ -1,5 +1,6 @@
 """The resume journal: every unit of work an experiment finishes is recorded with its result
-in <out>/stages.json under its `StageKey`, so re-running the same command skips it."""
+in stages.json under its `StageKey` (beside the work, on the experiment's storage), so
+re-running the same command skips it."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from emogen.storage import atomic_write
+from emogen import storage
 
 
 class StageKind(enum.Enum):
@@ -24,7 +25,7 @@ class StageKind(enum.Enum):
 
 @dataclass(frozen=True)
 class StageKey:
-    """One unit of work in <out>/stages.json: "parent_run", then per fold "fold0/vae",
+    """One unit of work in stages.json: "parent_run", then per fold "fold0/vae",
     "fold0/ser/real/0", "fold0/generated/vae/0", "fold0/fid_reference/0", "fold0/probe",
     "fold0/judge"."""
 
@@ -67,23 +68,19 @@ class StageKey:
         return cls(StageKind.PROBE, fold)
 
 
-def write_json(path: Path, data: Any) -> None:
-    """data as indented JSON (numpy scalars as floats), replacing path at once: a stopped
-    run never leaves half a file to resume from."""
-
-    def write(tmp: str) -> None:
-        with open(tmp, "w") as f:
-            json.dump(data, f, indent=2, default=float)
-
-    atomic_write(path, write)
+def write_json(location: str | Path, data: Any) -> None:
+    """data as indented JSON (numpy scalars as floats), replacing the file or object at
+    once: a stopped run never leaves half a file to resume from."""
+    storage.write_text(location, json.dumps(data, indent=2, default=float))
 
 
 class FinishedStages:
-    """Finished units of work and their results in <out>/stages.json (resume skips them)."""
+    """Finished units of work and their results in a stages.json (resume skips them): a
+    local file or an object on storage, rewritten whole after every unit."""
 
-    def __init__(self, path: Path):
-        self.path = path
-        self.done: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+    def __init__(self, location: str | Path):
+        self.location = str(location)
+        self.done: dict[str, Any] = json.loads(storage.read_text(location)) if storage.is_file(location) else {}
 
     def __contains__(self, key: StageKey) -> bool:
         return str(key) in self.done
@@ -95,5 +92,5 @@ class FinishedStages:
         """func's result under key: recorded when it first finishes, read back after that."""
         if key not in self:
             self.done[str(key)] = func()
-            write_json(self.path, self.done)
+            write_json(self.location, self.done)
         return self[key]

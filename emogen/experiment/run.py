@@ -35,11 +35,13 @@ the question is whether a given generator's data helps). The SER trainings of ev
 and seed, generation, scoring and Griffin-Lim run as Ray tasks, side by side on a cluster.
 
 `run_experiment` runs `stages.STAGES`, named stage functions sharing one
-`context.ExperimentContext`. Every unit of work records its result in <out>/stages.json
-under its `journal.StageKey` (fold, what, seed) when it finishes, so re-running the same
-command resumes after the last finished one (trainings also resume from their per-epoch
-checkpoints). Reading order: config, journal, context, tasks, stages, assemble,
-registration, parent_run, this driver.
+`context.ExperimentContext`. Every unit of work records its result in stages.json under
+its `journal.StageKey` (fold, what, seed) when it finishes, so re-running the same command
+resumes after the last finished one (trainings also resume from their per-epoch
+checkpoints). With `--storage-path s3://...` the trainings, generated clips and the
+journal live on object storage, which every node reaches; the report stays in --out.
+Reading order: config, journal, context, tasks, stages, assemble, registration,
+parent_run, this driver.
 """
 
 from __future__ import annotations
@@ -70,13 +72,16 @@ def run_experiment(
     command: str | None = None,
     seconds_before: dict[str, float] | None = None,
     overrides: dict[str, dict[str, Any]] | None = None,
+    storage_path: str | Path | None = None,
 ) -> ExperimentResults:
     """Run (or resume) the whole experiment; returns the results also written to
     <out_dir>/results.json, with the report's paths. seconds_before: stages the caller ran
     first (corpus, preprocess). overrides: preset sections ({"ser": {...}, "train_ser": {...},
-    "train": {...}, ...})."""
+    "train": {...}, ...}). storage_path: where every task's work and the resume journal live
+(a local folder or an s3:// / gs:// prefix every node can reach; default out_dir)."""
     began = time.time()
-    ctx = start_experiment(features, out_dir, preset, config, name, tracking_uri, command, seconds_before, overrides)
+    ctx = start_experiment(features, out_dir, preset, config, name, tracking_uri, command, seconds_before, overrides,
+                           storage_path)
     for index, stage in enumerate(STAGES, start=1):
         log.info("%d/%d +%.0fs %s", index, len(STAGES), time.time() - began, stage.describe(ctx))
         stage_began = time.time()

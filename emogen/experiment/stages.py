@@ -7,6 +7,7 @@ emogen.training and the task bodies are looked up at call time (`training.fit`,
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -15,7 +16,7 @@ import numpy as np
 import ray
 import soundfile as sf
 
-from emogen import training
+from emogen import storage, training
 from emogen.config import EMOTIONS, AudioConfig
 from emogen.data.features import decode_mels
 from emogen.evaluation.metrics import frechet_distance, held_out_report
@@ -46,6 +47,7 @@ from emogen.experiment.results import (
 from emogen.logs import get_logger
 
 log = get_logger("experiment")
+EXAMPLES_FILE = "examples.npz"  # beside each generated set: a few mels per emotion for the report
 
 
 # ------------------------------------------------------------------ SER trainings
@@ -176,9 +178,9 @@ def generate(ctx: ExperimentContext) -> None:
     for (fold, gen, seed), ref in launched.items():
         result = ray.get(ref)
         gen_dir = ctx.layout.generated_dir(fold, gen, seed)
-        np.savez_compressed(gen_dir / "examples.npz", **result.pop("examples"))
+        write_examples(storage.join(gen_dir, EXAMPLES_FILE), result.pop("examples"))
         ctx.finished.run(StageKey.generated(fold.index, gen, seed), lambda result=result, gen_dir=gen_dir: {
-            **result, "dir": str(gen_dir)})
+            **result, "dir": gen_dir})
         judged = result["judged"]
         log.info("%s fold %d seed %d: filter clarity %.3f, judge clarity %.3f (probe %.3f), FID %.1f, IS %.2f, kept %d/%d",
                  gen, fold.index, seed, result["clarity"], judged[SER_JUDGE]["all"], judged[PROBE_JUDGE]["all"],
@@ -212,7 +214,7 @@ def _launch_generation(ctx: ExperimentContext) -> tuple[dict[tuple[int, int], tu
                     ctx.outputs.generators[(fold.index, gen)]["checkpoint"], filter_checkpoint,
                     finished[StageKey.judge(fold.index)]["checkpoint"], probes[fold.index], ctx.spec.per_emotion, seed,
                     cfg.sampling() if gen == DIFFUSION else {"vae_latent": cfg.vae_latent}, cfg.min_confidence,
-                    str(ctx.layout.generated_dir(fold, gen, seed)), held_out, fold.held_out.mels)
+                    ctx.layout.generated_dir(fold, gen, seed), held_out, fold.held_out.mels)
     return references, launched
 
 
@@ -293,11 +295,15 @@ def listening_samples(ctx: ExperimentContext) -> None:
     waves = {source: inverse.remote(np.concatenate(list(per.values()))) for source, per in sources.items() if per}
     attention = ctx.resources.remote(tasks.attention_task)
     diffusion = ctx.outputs.generators[(fold.index, DIFFUSION)]["checkpoint"]
-    pngs = {emotion: attention.remote(diffusion, emotion, seed, ctx.config.sampling(),
-                                      str(sample_dir / f"attention_{emotion}.png")) for emotion in EMOTIONS}
+    pngs = {emotion: attention.remote(diffusion, emotion, seed, ctx.config.sampling()) for emotion in EMOTIONS}
     wavs = _write_wavs(ctx, sources, waves, sample_dir)
+    attention_paths = {}
+    for emotion, ref in pngs.items():  # the PNG comes back as bytes: the task may run on another node
+        path = sample_dir / f"attention_{emotion}.png"
+        storage.write_bytes(path, ray.get(ref))
+        attention_paths[emotion] = ctx.layout.relative(path)
     ctx.outputs.samples = Samples(mels=ctx.layout.relative(sample_dir / "mels.npz"), wavs=wavs,
-                                  attention={e: ctx.layout.relative(Path(ray.get(ref))) for e, ref in pngs.items()})
+                                  attention=attention_paths)
 
 
 def _listening_mels(ctx: ExperimentContext, fold: Fold, seed: int) -> dict[str, dict[str, np.ndarray]]:
@@ -310,9 +316,21 @@ def _listening_mels(ctx: ExperimentContext, fold: Fold, seed: int) -> dict[str, 
         if len(rows):
             sources[REAL][emotion] = decode_mels(rows)
     for gen in GENERATORS:
-        examples = np.load(ctx.layout.generated_dir(fold, gen, seed) / "examples.npz")
+        examples = read_examples(storage.join(ctx.layout.generated_dir(fold, gen, seed), EXAMPLES_FILE))
         sources[gen] = {e: examples[e][:n].astype(np.float32) for e in EMOTIONS if len(examples[e])}
     return sources
+
+
+def write_examples(location: str, examples: dict[str, np.ndarray]) -> None:
+    """A generated set's example mels per emotion (for the report), as one .npz beside the set."""
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **examples)
+    storage.write_bytes(location, buffer.getvalue())
+
+
+def read_examples(location: str) -> dict[str, np.ndarray]:
+    with np.load(io.BytesIO(storage.read_bytes(location))) as examples:
+        return {name: examples[name] for name in examples.files}
 
 
 def _write_wavs(ctx: ExperimentContext, sources: dict[str, dict[str, np.ndarray]], waves: dict[str, Any],

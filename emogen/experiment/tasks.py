@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import ray
 import torch
 
-from emogen import training
+from emogen import storage, training
 from emogen.audio.mel import MelInverter
 from emogen.config import EMOTIONS, AudioConfig
 from emogen.data.features import write_generated_features
@@ -28,7 +27,7 @@ from emogen.evaluation.metrics import (
     two_sample_accuracy,
 )
 from emogen.experiment.results import PROBE_JUDGE, SER_JUDGE
-from emogen.inference.attention import capture_attention, plot_attention
+from emogen.inference.attention import attention_png, capture_attention
 from emogen.inference.classifier import SERClassifier
 from emogen.inference.generator import EmotionGenerator
 
@@ -77,7 +76,7 @@ def generate_task(generator_checkpoint: str, filter_checkpoint: str, judge_check
     kept_labels = labels[keep]
     if keep.sum() == 0:
         raise RuntimeError(f"min_confidence {min_confidence} kept none of {len(labels)} generated clips: lower it")
-    write_generated_features(mels[keep], kept_labels, out_dir, source=Path(out_dir).name)
+    write_generated_features(mels[keep], kept_labels, out_dir, source=storage.name(out_dir))
     judge_probs, _ = SERClassifier.from_checkpoint(judge_checkpoint).predict(mels)
     return {
         "n_clips": int(len(labels)),
@@ -124,11 +123,10 @@ def evaluate_task(ser_checkpoint: str, mels: np.ndarray, labels: np.ndarray, spe
     return {**report, "embeddings": embeddings}
 
 
-def attention_task(checkpoint: str, emotion: str, seed: int, sampling: dict[str, Any], path: str) -> str:
-    """The diffusion U-Net's attention while it generates one clip of an emotion, as a PNG."""
+def attention_task(checkpoint: str, emotion: str, seed: int, sampling: dict[str, Any]) -> bytes:
+    """The diffusion U-Net's attention while it generates one clip of an emotion, as PNG bytes."""
     set_threads()
-    maps = capture_attention(EmotionGenerator.from_checkpoint(checkpoint), emotion, seed=seed, **sampling)
-    return str(plot_attention(maps, path))
+    return attention_png(capture_attention(EmotionGenerator.from_checkpoint(checkpoint), emotion, seed=seed, **sampling))
 
 
 def griffin_lim_task(mels: np.ndarray) -> np.ndarray:
