@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from emogen import storage
 from emogen.config import replace
 from emogen.errors import MissingInputError
 from emogen.models import NETWORKS
@@ -30,11 +31,16 @@ def save_state(directory: str | Path, state: dict[str, Any]) -> Path:
     return atomic_write(Path(directory) / STATE_FILE, lambda tmp: torch.save(state, tmp))
 
 
-def resolve_checkpoint(path: str | Path) -> Path:
-    """The state file of a state.pt, a checkpoint directory, or a run directory (its newest
-    checkpoint_*); MissingInputError when there is none. MLflow model URIs are resolved to
-    one of these by emogen.tracking.registry."""
-    path = Path(path)
+def locate_checkpoint(ref: str | Path) -> str:
+    """Where the state file of a checkpoint reference is, without reading it: a state.pt, a
+    checkpoint directory, or a run directory (its newest checkpoint_*), a local path or a
+    storage URI (s3://...). A URI is returned as a URI, listed but not downloaded, so a
+    driver can check it and pin it and each node then fetches that one file. Raises
+    MissingInputError naming the reference when there is no checkpoint. MLflow model URIs
+    are resolved to one of these by emogen.tracking.registry."""
+    if storage.is_uri(ref):
+        return _locate_remote(storage.absolute(ref))
+    path = storage.local_path(ref)
     if path.is_dir() and not (path / STATE_FILE).exists():
         # Ray names checkpoints checkpoint_<timestamp>: the last in name order is the newest
         candidates = sorted(p for p in path.glob("checkpoint_*") if (p / STATE_FILE).exists())
@@ -43,11 +49,39 @@ def resolve_checkpoint(path: str | Path) -> Path:
     state_file = path / STATE_FILE if path.is_dir() else path
     if not state_file.exists():
         raise MissingInputError(f"no checkpoint at {state_file}")
-    return state_file
+    return str(state_file)
+
+
+def _locate_remote(location: str) -> str:
+    """locate_checkpoint on object storage: one listing of the prefix (a run's few
+    checkpoints), so a run folder costs no download of the checkpoints it does not use."""
+    if storage.is_file(location):
+        return location
+    try:
+        files = set(storage.list_files(location))
+    except storage.StorageNotFound:
+        files = set()
+    if storage.join(location, STATE_FILE) in files:
+        return storage.join(location, STATE_FILE)
+    prefix = storage.join(location, "checkpoint_")
+    candidates = sorted(f for f in files if f.startswith(prefix) and f.count("/") == prefix.count("/") + 1
+                        and f.endswith("/" + STATE_FILE))
+    if not candidates:
+        raise MissingInputError(f"no checkpoint at {location}")
+    return candidates[-1]
+
+
+def resolve_checkpoint(ref: str | Path) -> Path:
+    """The local state file of a checkpoint reference (see locate_checkpoint): a local one
+    where it is, a remote one fetched into this node's cache (emogen.storage.fetch: once
+    per node and version of the file, atomically)."""
+    location = locate_checkpoint(ref)
+    return storage.fetch(location) if storage.is_uri(location) else Path(location)
 
 
 def load_state(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """A checkpoint (see resolve_checkpoint) -> the state dict, loaded with weights_only=True."""
+    """A checkpoint, local or on object storage (see resolve_checkpoint) -> the state dict,
+    loaded with weights_only=True."""
     return torch.load(resolve_checkpoint(path), map_location=map_location, weights_only=True)
 
 

@@ -129,7 +129,7 @@ def reporting(location: str | Path) -> Iterator[None]:
         yield
     except StorageError:
         raise
-    except FileNotFoundError as error:
+    except FileNotFoundError:
         raise StorageNotFound(f"{display(location)}: not found") from None
     except (OSError, ValueError) as error:  # pyarrow raises OSError, ArrowInvalid (a ValueError) for a bad URI
         raise StorageError(f"{display(location)}: {_reason(error)}") from None

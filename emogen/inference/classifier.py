@@ -34,7 +34,8 @@ class SERClassifier:
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu",
                         tracking_uri: str | None = None) -> "SERClassifier":
-        """A checkpoint folder, run folder or MLflow model URI (emogen.tracking.registry.resolve_checkpoint_ref)."""
+        """A checkpoint folder or run folder, local or on object storage (s3://...), or an MLflow
+        model URI (emogen.tracking.registry.resolve_checkpoint_ref)."""
         return cls(load_state(resolve_checkpoint_ref(path, tracking_uri).state_path), device)
 
     @torch.no_grad()

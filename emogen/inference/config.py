@@ -46,7 +46,8 @@ class SamplingOptions:
 class CheckpointOptions:
     """Which checkpoint a command loads, and where an MLflow model URI resolves."""
 
-    checkpoint: str = option(help=f"a `emogen train diffusion|vae` checkpoint directory, or {MODEL_URIS}")
+    checkpoint: str = option(help="a `emogen train diffusion|vae` run folder (its newest checkpoint), checkpoint folder "
+                                  f"or state.pt, local or s3://..., or {MODEL_URIS}")
     tracking_uri: str | None = option(None, TRACKING_URI_HELP)
 
 
@@ -66,7 +67,8 @@ class GenerateConfig(SamplingOptions, CheckpointOptions):
 class AttentionConfig(SamplingOptions, CheckpointOptions):
     """`emogen attention`: a PNG of the diffusion U-Net's self-attention while it generates one clip."""
 
-    checkpoint: str = option(help=f"a `emogen train diffusion` checkpoint directory, or {MODEL_URIS}")
+    checkpoint: str = option(help="a `emogen train diffusion` run folder, checkpoint folder or state.pt, local or "
+                                  f"s3://..., or {MODEL_URIS}")
     emotion: str = option(help="one of the 6 emotions")
     steps_to_capture: tuple[int, ...] | None = option(None, "0-based denoising step indices (default: first, middle, last)")
     seed: int = option(0, "random seed: the same seed gives the same clip")

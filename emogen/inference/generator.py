@@ -172,8 +172,10 @@ class EmotionGenerator:
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu",
                         tracking_uri: str | None = None) -> "EmotionGenerator":
-        """A checkpoint directory (or run directory), or an MLflow model URI (models:/NAME@ALIAS,
-        models:/NAME/VERSION, runs:/RUN_ID/model) resolved at tracking_uri (emogen.tracking.registry)."""
+        """A state.pt, checkpoint folder or run folder (its newest checkpoint), local or on object
+        storage (s3://...: fetched into this node's cache), or an MLflow model URI
+        (models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/model) resolved at tracking_uri
+        (emogen.tracking.registry.resolve_checkpoint_ref)."""
         resolved = resolve_checkpoint_ref(path, tracking_uri)
         generator = cls(load_state(resolved.state_path), device=device, checkpoint=resolved.describe())
         generator.registered = resolved.registered()

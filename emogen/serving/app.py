@@ -19,6 +19,7 @@ import asyncio
 import copy
 import dataclasses
 import logging
+import re
 import threading
 import time
 from typing import Any, Callable
@@ -48,7 +49,7 @@ from emogen.inference.synthesis import AudioRenderer, synthesize_mels
 from emogen.serving.batching import IdleBatcher
 from emogen.serving.binding import serving_refusal
 from emogen.serving.encoders import clip_names, json_payload, npy_bytes, wav_bytes, zip_bytes
-from emogen.serving.errors import checkpoint_name, request_error_response, validation_error
+from emogen.serving.errors import bucket_of, checkpoint_name, request_error_response, validation_error
 from emogen.serving.middleware import BodyLimit, RequestGate
 from emogen.serving.page import page_html
 from emogen.serving.settings import MAX_ONGOING_REQUESTS, ServeArgs
@@ -149,6 +150,9 @@ class EmoGenService:
             logger.info("emogen: loaded %s checkpoint %s on %s", self.generator.kind, checkpoint, device)
         except Exception as exc:
             reason = str(exc).replace(str(checkpoint), str(checkpoint_name(checkpoint)))
+            bucket = bucket_of(checkpoint)
+            if bucket:  # an object store's message names the bucket on its own too
+                reason = re.sub(rf"\b{re.escape(bucket)}\b", "the bucket", reason)
             if tracking_uri:  # a server address or a database path: not the client's business
                 reason = reason.replace(tracking_uri, "the tracking URI")
             self.error = f"model failed to load from {checkpoint_name(checkpoint)!r}: {type(exc).__name__}: {reason}"

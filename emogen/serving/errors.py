@@ -12,18 +12,30 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.types import Send
 
+from emogen import storage
 from emogen.inference.schema import RequestError
 from emogen.tracking.registry import is_model_uri
 
 
 def checkpoint_name(path: str | None) -> str | None:
     """What responses call a checkpoint: its run folder and checkpoint folder names, never
-    the absolute path (which tells a client about the server's disk); an MLflow model URI
-    as it is (with the version it resolved to)."""
+    the absolute path (which tells a client about the server's disk) nor, on object
+    storage, the bucket; an MLflow model URI as it is (with the version it resolved to)."""
     if not path or is_model_uri(str(path)):
         return path
-    parts = [p for p in str(path).replace("\\", "/").split("/") if p]
+    text = str(path)
+    if storage.is_uri(text):
+        text = text.split("://", 1)[1].partition("/")[2]
+    parts = [p for p in text.replace("\\", "/").split("/") if p]
     return "/".join(parts[-2:])
+
+
+def bucket_of(location: str | None) -> str | None:
+    """The bucket of a storage URI (s3://BUCKET/...), None for anything else: a storage
+    error's text may name it apart from the URI."""
+    if not location or not storage.is_uri(location):
+        return None
+    return location.split("://", 1)[1].partition("/")[0] or None
 
 
 async def refuse(send: Send, status: int, field: str, message: str, headers: Sequence[tuple[bytes, bytes]] = ()) -> None:

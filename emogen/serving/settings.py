@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from emogen import storage
 from emogen.inference.schema import (
     DEFAULT_BODY_TIMEOUT_S,
     DEFAULT_LONG_REQUEST_COST,
@@ -39,7 +40,8 @@ class ServeArgs(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    checkpoint: str | None = Field(None, description=f"diffusion or VAE checkpoint directory, or {MODEL_URIS}")
+    checkpoint: str | None = Field(
+        None, description=f"diffusion or VAE run folder, checkpoint folder or state.pt (local or s3://...), or {MODEL_URIS}")
     tracking_uri: str | None = Field(None, description=TRACKING_URI_HELP)
     max_batch_size: int = Field(8, description="requests per batch (a batch forms when the model is free)")
     batch_wait_timeout_s: float = Field(
@@ -82,10 +84,11 @@ class ServeArgs(BaseModel):
     def for_replicas(self) -> ServeArgs:
         """These args as a replica must see them: replicas need not share this process's
         working directory, so a checkpoint path and the default (local) tracking store
-        are made absolute."""
+        are made absolute; a storage or model URI stays as it is (each replica fetches it
+        into its own node's cache)."""
         checkpoint = self.checkpoint
         if checkpoint and not is_model_uri(checkpoint):
-            checkpoint = os.path.abspath(checkpoint)
+            checkpoint = storage.absolute(checkpoint)
         return self.model_copy(update={"checkpoint": checkpoint, "tracking_uri": resolve_tracking_uri(self.tracking_uri)})
 
     def deployment_options(self) -> dict[str, Any]:

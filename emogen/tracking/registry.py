@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from emogen import storage
 from emogen.errors import UserError
 from emogen.tracking.runs import resolve_tracking_uri
 
@@ -143,15 +144,38 @@ def resolve_model_uri(uri: str, tracking_uri: str | None = None, cache_dir: str 
 
 def resolve_checkpoint_ref(ref: str | Path, tracking_uri: str | None = None) -> ResolvedModel:
     """The one way a checkpoint reference is read: a state.pt, a checkpoint folder, a run
-    folder (its newest checkpoint_*), or a models:/ or runs:/ URI (downloaded, see
-    `resolve_model_uri`). A path that holds no checkpoint raises MissingInputError."""
+    folder (its newest checkpoint_*), each local or on object storage (s3://...: listed,
+    then only the state file fetched into this node's cache), or a models:/ or runs:/ URI
+    (downloaded, see `resolve_model_uri`). A location that holds no checkpoint raises
+    MissingInputError naming it."""
     if is_model_uri(ref):
         return resolve_model_uri(str(ref), tracking_uri)
     # deferred: emogen.checkpoint imports torch; the CLI imports this module for its --help texts
     from emogen.checkpoint import resolve_checkpoint
 
     state_path = resolve_checkpoint(ref)
-    return ResolvedModel(str(Path(ref).resolve()), state_path.resolve())
+    return ResolvedModel(storage.absolute(ref), state_path.resolve())
+
+
+def pinned_reference(ref: str | Path, tracking_uri: str | None = None) -> str:
+    """A checkpoint reference checked (MissingInputError / ModelURIError naming it) and pinned
+    to the one checkpoint it names now, as a reference any node can resolve again to the
+    same file: a local or remote run folder -> its newest checkpoint's state file (a run
+    that goes on checkpointing cannot hand two readers different checkpoints), a
+    models:/NAME@ALIAS -> models:/NAME/VERSION (an alias may move), runs:/ as it is.
+
+    What a driver hands the workers it starts instead of a path on its own disk: nodes
+    share no file system, so each worker resolves the pinned reference into its own
+    node's cache (`resolve_checkpoint_ref`), once per node."""
+    if is_model_uri(ref):
+        resolved = resolve_model_uri(str(ref), tracking_uri)
+        if str(ref).startswith("models:/") and resolved.name and resolved.version:
+            return f"models:/{resolved.name}/{resolved.version}"
+        return str(ref)
+    # deferred: emogen.checkpoint imports torch; the CLI imports this module for its --help texts
+    from emogen.checkpoint import locate_checkpoint
+
+    return storage.absolute(locate_checkpoint(ref))
 
 
 def register(model_uri: str, name: str, run_id: str, tags: dict[str, str] | None = None) -> str:

@@ -80,15 +80,19 @@ class LoopConfig:
     configs: dict[str, dict[str, Any]]  # the network/diffusion sections as plain dicts (what state.pt stores)
     train: TrainConfig
     audio: AudioConfig
-    vae_checkpoint: str | None = None  # latent diffusion: the VAE's state.pt or checkpoint folder, local
-    vae_source: str | None = None  # what the user named it by (a path, models:/ or runs:/ URI)
+    # latent diffusion: the VAE, as a reference each worker resolves on its own node (an
+    # absolute local state.pt, an s3:// state.pt, models:/NAME/VERSION; driver.vae_reference)
+    vae_checkpoint: str | None = None
+    vae_source: str | None = None  # what the user named it by (a path, s3://, models:/ or runs:/ URI)
+    vae_tracking_uri: str | None = None  # where a models:/ or runs:/ vae_checkpoint resolves
     mlflow: MlflowTarget | None = None
-    run_dir: str | None = None  # where the training's checkpoints live
+    run_dir: str | None = None  # where the training's checkpoints live (a local path or a storage URI)
     label: str | None = None  # what its log lines start with (default: the model name)
 
     def task_extra(self) -> dict[str, Any]:
         """The task's extra inputs (Task.extra): the VAE a latent diffusion trains on."""
-        return {"vae_checkpoint": self.vae_checkpoint, "vae_source": self.vae_source}
+        return {"vae_checkpoint": self.vae_checkpoint, "vae_source": self.vae_source,
+                "vae_tracking_uri": self.vae_tracking_uri}
 
 
 @dataclass(frozen=True)
@@ -104,6 +108,6 @@ class TrialSetup:
     parent_run_id: str  # the sweep's MLflow run
     num_workers: int = 1  # > 1: an inner TorchTrainer per trial
     use_gpu: bool = False
-    vae_checkpoint: str | None = None
-    train_storage: str = ""  # where multi-worker trials' inner Ray Train runs keep their checkpoints
+    vae_checkpoint: str | None = None  # pinned at the sweep's driver (driver.vae_reference), resolved in each trial
+    train_storage: str = ""  # where multi-worker trials' inner Ray Train runs keep their checkpoints (a path or URI)
     resources_per_worker: dict[str, float] | None = None  # of a multi-worker trial's workers

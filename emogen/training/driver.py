@@ -10,11 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from emogen import storage
 from emogen.config import AudioConfig
 from emogen.options import option
 from emogen.presets import model_configs
 from emogen.tracking import runs as tracking
-from emogen.tracking.registry import resolve_checkpoint_ref
+from emogen.tracking.registry import pinned_reference
 from emogen.training.config import LoopConfig, MlflowTarget, train_config
 from emogen.training.loop import run_training, train_loop_per_worker
 from emogen.training.session import DirectorySession
@@ -33,13 +34,23 @@ def require_vae(model: str, diffusion: Any, vae_checkpoint: str | Path | None) -
         raise ValueError(NEEDS_VAE)
 
 
-def vae_path(vae_checkpoint: str | Path | None, tracking_uri: str | None = None) -> str | None:
-    """The VAE a latent-diffusion training reads, as the absolute path of its local state.pt:
-    resolved here, at the driver (a models:/ or runs:/ URI downloaded), so every worker
-    reads the same file."""
+def vae_reference(vae_checkpoint: str | Path | None, tracking_uri: str | None = None) -> str | None:
+    """The VAE a latent-diffusion training reads, checked here, at the driver, so a wrong
+    one fails in one line before any worker starts, and pinned (see `pinned_reference`):
+    a local path -> the absolute path of its state.pt, an s3:// run or checkpoint folder ->
+    the URI of its newest state.pt, models:/NAME@ALIAS -> models:/NAME/VERSION.
+
+    Each worker then resolves the pinned reference itself (DiffusionTask.setup): nodes
+    share no disk, so a file this driver downloaded would exist on its node only. An
+    s3:// state file is fetched into the worker node's cache, once per node. A models:/
+    version is downloaded here (to check it holds a checkpoint) and again on each worker's
+    node through MLflow, which every worker reaches anyway (rank 0 logs its metrics
+    there): shipping the state by value instead would put a VAE's weights into the loop
+    config every worker gets pickled. A local path is read where it is (on a cluster it
+    must be on every node, as a local features folder must)."""
     if not vae_checkpoint:
         return None
-    return str(resolve_checkpoint_ref(vae_checkpoint, tracking_uri).state_path)
+    return pinned_reference(vae_checkpoint, tracking_uri)
 
 
 def loop_config(
@@ -66,8 +77,9 @@ def loop_config(
         configs={k: dataclasses.asdict(cfgs[k]) for k in spec.sections},
         train=train_cfg,
         audio=AudioConfig(),
-        vae_checkpoint=vae_path(vae_checkpoint, tracking_uri),
+        vae_checkpoint=vae_reference(vae_checkpoint, tracking_uri),
         vae_source=str(vae_checkpoint) if vae_checkpoint else None,
+        vae_tracking_uri=tracking.resolve_tracking_uri(tracking_uri) if vae_checkpoint else None,
     )
     params = {"model": model, "preset": preset, "train": dataclasses.asdict(train_cfg), **loop.configs}
     return loop, params
@@ -95,11 +107,13 @@ class FitConfig:
     epochs: int | None = option(None, "epochs (default: the preset's)")
     num_workers: int = option(1, "Ray Train workers (data-parallel)")
     use_gpu: bool = option(False, "one GPU per worker, NCCL")
-    storage_path: str | Path = option("runs/train", "local dir, shared file system or s3:// URI")
+    storage_path: str | Path = option("runs/train", "where checkpoints go: a local folder, or s3://BUCKET/PREFIX "
+                                      "(what a cluster with no shared disk needs)")
     # Re-running with the same storage_path and run_name resumes from the run's latest checkpoint.
     run_name: str | None = option(None, "re-use a name to resume that run (default MODEL-PRESET)")
     tracking_uri: str | None = option(None, "MLflow tracking URI (default: local store in runs/mlflow)")
-    vae_checkpoint: str | None = option(None, "diffusion in latent space: the trained VAE checkpoint")
+    vae_checkpoint: str | None = option(None, "diffusion in latent space: the trained VAE (a `emogen train vae` run "
+                                        "folder, checkpoint folder or state.pt, local or s3://, or a models:/ URI)")
     extra_train: list[str | Path] | None = option(
         None, "features dataset added to training only (e.g. generated clips); repeatable")
     max_failures: int = option(1, "worker-group restarts from the last checkpoint")
@@ -119,7 +133,7 @@ def fit(model: str, features: str | Path, config: FitConfig = FitConfig(), worke
     loop, params = loop_config(model, config.preset, config.overrides, config.epochs, config.vae_checkpoint,
                                tracking_uri=config.tracking_uri)
     run_name = config.run_name or f"{model}-{config.preset}"
-    storage = storage_uri(config.storage_path)
+    storage_root = storage.absolute(config.storage_path)
     assignment = config.assignment or split_assignment(features, loop.train)
     counts = split_counts(assignment)
     extra_train = [str(p) for p in (config.extra_train or [])]
@@ -128,16 +142,19 @@ def fit(model: str, features: str | Path, config: FitConfig = FitConfig(), worke
     params.update(extra_train=",".join(extra_train), split_counts=counts, num_workers=config.num_workers)
     run_id = start_child_run(run_name, model, params, config.tracking_uri, config.parent_run_id)
     loop.mlflow = MlflowTarget(tracking.resolve_tracking_uri(config.tracking_uri), run_id)
-    loop.run_dir = f"{storage}/{run_name}"
+    loop.run_dir = storage.join(storage_root, run_name)
     loop.label = config.label
-    trainer = _trainer(worker_loop or train_loop_per_worker, loop, config, run_name, storage,
+    trainer = _trainer(worker_loop or train_loop_per_worker, loop, config, run_name, storage_root,
                        split_datasets(features, assignment, extra_train=extra_train))
     started = time.time()
     result = trainer.fit()
     seconds = time.time() - started
     if result.checkpoint is None:
         raise RuntimeError(f"training {model} produced no checkpoint (error: {result.error})")
-    final, logged = _log_final_model(result.checkpoint, run_id, config.register_as)
+    # where the checkpoint is, as a user passes it back (--checkpoint, --vae-checkpoint):
+    # Ray reports a file system and a path inside it, which for s3 lacks the scheme
+    checkpoint = storage.uri_of(result.checkpoint.filesystem, result.checkpoint.path)
+    final, logged = _log_final_model(result.checkpoint, checkpoint, run_id, config.register_as)
     return {
         "model": model,
         "preset": config.preset,
@@ -146,7 +163,7 @@ def fit(model: str, features: str | Path, config: FitConfig = FitConfig(), worke
         "resumed_from": final.resumes,
         "stopped_early": final.stopped_early,
         "metrics": {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))},
-        "checkpoint": result.checkpoint.path,
+        "checkpoint": checkpoint,
         "mlflow_run_id": run_id,
         "tracking_uri": loop.mlflow.tracking_uri,
         **logged,
@@ -155,12 +172,7 @@ def fit(model: str, features: str | Path, config: FitConfig = FitConfig(), worke
     }
 
 
-def storage_uri(storage_path: str | Path) -> str:
-    """A local storage path made absolute (Ray Train and Tune need that); a URI as it is."""
-    return str(Path(storage_path).resolve()) if "://" not in str(storage_path) else str(storage_path)
-
-
-def _trainer(worker_loop: WorkerLoop, loop: LoopConfig, config: FitConfig, run_name: str, storage: str,
+def _trainer(worker_loop: WorkerLoop, loop: LoopConfig, config: FitConfig, run_name: str, storage_root: str,
              datasets: dict[str, Any]) -> Any:
     # deferred: Ray Train is heavy to import, and `emogen --help` imports this module
     import ray.train
@@ -173,7 +185,7 @@ def _trainer(worker_loop: WorkerLoop, loop: LoopConfig, config: FitConfig, run_n
                                                resources_per_worker=_resources_per_worker(config)),
         run_config=ray.train.RunConfig(
             name=run_name,
-            storage_path=storage,
+            storage_path=storage_root,
             failure_config=ray.train.FailureConfig(max_failures=config.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
         ),
@@ -181,7 +193,7 @@ def _trainer(worker_loop: WorkerLoop, loop: LoopConfig, config: FitConfig, run_n
     )
 
 
-def _log_final_model(checkpoint: Any, run_id: str, register_as: str | None) -> tuple[TrainState, dict[str, Any]]:
+def _log_final_model(checkpoint: Any, location: str, run_id: str, register_as: str | None) -> tuple[TrainState, dict[str, Any]]:
     """The final checkpoint's state, and the checkpoint logged as an MLflow model of the run
     (runs:/RUN_ID/model), registered as a new version of register_as when given."""
     # deferred: mlflow (and the pyfunc model, which imports it) is heavy; `emogen --help` imports this module
@@ -192,7 +204,7 @@ def _log_final_model(checkpoint: Any, run_id: str, register_as: str | None) -> t
         final = TrainState.load(ckpt_dir)
         logged = log_checkpoint_model(run_id, ckpt_dir, register_as)
         with mlflow.start_run(run_id=run_id):
-            mlflow.set_tag("emogen.checkpoint", checkpoint.path)
+            mlflow.set_tag("emogen.checkpoint", location)
     return final, logged
 
 
@@ -203,10 +215,13 @@ def _resources_per_worker(config: FitConfig) -> dict[str, float] | None:
 
 
 def train_in_process(loop: LoopConfig, datasets: dict[str, Any], run_dir: str | Path, use_gpu: bool = False) -> dict[str, Any]:
-    """Run the worker loop here (e.g. inside a Ray task) with checkpoints in run_dir;
-    returns the final state's summary. Many small trainings (an experiment's SERs) then
+    """Run the worker loop here (e.g. inside a Ray task) with checkpoints in run_dir, a
+    local folder or a location on object storage (a retried task on another node resumes
+    from it); returns the final state's summary, its "checkpoint" the run_dir (a URI as
+    given, a local path made absolute). Many small trainings (an experiment's SERs) then
     run side by side as tasks instead of one Ray Train run after another."""
-    loop = dataclasses.replace(loop, run_dir=str(run_dir))
+    run_dir = storage.absolute(run_dir)
+    loop = dataclasses.replace(loop, run_dir=run_dir)
     try:
         run_training(loop, DirectorySession(datasets, run_dir, use_gpu))
     finally:
@@ -217,7 +232,7 @@ def train_in_process(loop: LoopConfig, datasets: dict[str, Any], run_dir: str | 
                 mlflow.end_run()
     final = TrainState.load(run_dir)
     return {
-        "checkpoint": str(Path(run_dir).resolve()),
+        "checkpoint": run_dir,
         "epochs_completed": final.epoch,
         "stopped_early": final.stopped_early,
         "resumed_from": final.resumes,

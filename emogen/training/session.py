@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from emogen import storage
 from emogen.checkpoint import STATE_FILE
 from emogen.storage import atomic_write
 
@@ -85,19 +86,31 @@ class SingleProcessSession(RayTrainSession):
 
 
 class DirectorySession(SingleProcessSession):
-    """Checkpoints to <run_dir>/state.pt (atomically, every epoch) and resumes from it:
-    a retried Ray task continues where the lost one stopped."""
+    """Checkpoints to <run_dir>/state.pt every epoch and resumes from it: a retried Ray task
+    continues where the lost one stopped. run_dir is a local folder (the file written
+    beside its target and renamed over it) or a location on object storage, which a task
+    retried on another node reads as well (the file uploaded as one object, visible only
+    whole; a resume fetches it into this node's cache)."""
 
     def __init__(self, datasets: dict[str, Any], run_dir: str | Path, use_gpu: bool = False):
         super().__init__(datasets, use_gpu)
-        self.run_dir = Path(run_dir)
+        self.run_dir = storage.absolute(run_dir)
+        self.state_location = storage.join(self.run_dir, STATE_FILE)
 
     def get_checkpoint(self) -> Any:
         import ray.train  # deferred: Ray Train is heavy to import, and `emogen --help` imports this module
 
-        return ray.train.Checkpoint.from_directory(str(self.run_dir)) if (self.run_dir / STATE_FILE).exists() else None
+        if not storage.is_uri(self.run_dir):
+            return ray.train.Checkpoint.from_directory(self.run_dir) if Path(self.state_location).exists() else None
+        if not storage.is_file(self.state_location):
+            return None
+        return ray.train.Checkpoint.from_directory(str(storage.fetch(self.state_location).parent))
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: str | None = None) -> None:
-        if checkpoint_dir:
-            source = Path(checkpoint_dir) / STATE_FILE
-            atomic_write(self.run_dir / STATE_FILE, lambda tmp: shutil.copyfile(source, tmp))
+        if not checkpoint_dir:
+            return
+        source = Path(checkpoint_dir) / STATE_FILE
+        if storage.is_uri(self.run_dir):
+            storage.upload(source, self.state_location)
+        else:
+            atomic_write(self.state_location, lambda tmp: shutil.copyfile(source, tmp))

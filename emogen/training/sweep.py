@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from emogen import storage
 from emogen.data.features import features_dir
 from emogen.errors import InvalidInputError, MissingInputError
 from emogen.logs import get_logger
@@ -41,7 +42,7 @@ from emogen.presets import model_configs
 from emogen.runtime import init_ray
 from emogen.tracking import runs as tracking
 from emogen.training.config import TrialSetup, train_config
-from emogen.training.driver import require_vae, storage_uri
+from emogen.training.driver import require_vae, vae_reference
 from emogen.training.spaces import SEARCHERS, SPACES_RESOURCE, load_space, make_searcher, to_param_space
 from emogen.training.splits import split_assignment, split_counts, split_datasets
 from emogen.training.tasks import MODELS
@@ -59,7 +60,7 @@ class SweepConfig:
     built from these fields (see add_arguments), so each default lives here only."""
 
     model: str = option(help="the model to tune", positional=True, choices=list(MODELS))
-    data: Path = option(help="preprocess output folder (or its features/)")
+    data: str | Path = option(help="preprocess output folder (or its features/), local or s3://")
     preset: str = option("demo", "tiny | demo | paper: model sizes and training defaults")
     space: str | Path | dict | None = option(
         None, f"search space YAML/JSON (default: the built-in emogen/training/{SPACES_RESOURCE})", type=Path)
@@ -77,13 +78,15 @@ class SweepConfig:
     gpus_per_trial: float = option(0.0, "GPUs per trial (per worker with --num-workers > 1)", type=float)
     num_workers: int = option(1, "data-parallel Ray Train workers per trial (1 = in the trial process)", type=int)
     time_budget_s: float | None = option(None, "stop the sweep after this many seconds", type=float)
-    storage_path: str | Path = option("runs/tune", "local dir, shared file system or s3:// URI")
+    storage_path: str | Path = option("runs/tune", "where the sweep and its trials' checkpoints go: a local folder, "
+                                      "or s3://BUCKET/PREFIX (what a cluster with no shared disk needs)")
     name: str | None = option(None, "sweep name (default tune-MODEL-PRESET); an existing one is resumed")
     # None: resume when the sweep exists; True: require it; False: start fresh (fails if it exists)
     resume: bool | None = option(None, "require an existing sweep of this name and resume it",
                                   action="store_const", const=True)
     tracking_uri: str | None = option(None, "MLflow tracking URI (default: local store in runs/mlflow)")
-    vae_checkpoint: str | None = option(None, "latent diffusion: the trained VAE checkpoint")
+    vae_checkpoint: str | None = option(None, "latent diffusion: the trained VAE (a run folder, checkpoint folder or "
+                                        "state.pt, local or s3://, or a models:/ URI)")
     max_failures: int = option(0, "retries of a failed trial from its last checkpoint", type=int)
     register_as: str | None = option(None, "register the best trial's model under this name in the MLflow model registry")
 
@@ -119,13 +122,14 @@ def run_sweep(config: SweepConfig) -> dict[str, Any]:
     model, preset, metric, mode = config.model, config.preset, config.metric, config.mode
     if model == "diffusion":
         require_vae(model, model_configs(preset)["diffusion"], config.vae_checkpoint)
+    vae = vae_reference(config.vae_checkpoint, config.tracking_uri)  # checked and pinned here, resolved in each trial
     space = config.space if isinstance(config.space, dict) else load_space(model, config.space)
     param_space = to_param_space(space, config.search)
     searcher = make_searcher(config.search, metric, mode)
     max_epochs = train_config(model, preset, {"epochs": config.epochs} if config.epochs is not None else None).epochs
-    name, storage = config.sweep_name, storage_uri(config.storage_path)
-    sweep_dir = Path(storage) / name
-    resume = _should_resume(config, storage, sweep_dir)
+    name, storage_root = config.sweep_name, storage.absolute(config.storage_path)
+    sweep_dir = storage.join(storage_root, name)
+    resume = _should_resume(config, sweep_dir)
     datasets, counts = _sweep_data(config)
 
     sweep_params = {key: getattr(config, key) for key in (
@@ -137,10 +141,10 @@ def run_sweep(config: SweepConfig) -> dict[str, Any]:
     setup = TrialSetup(model=model, preset=preset, epochs=max_epochs, name=name,
                        tracking_uri=tracking.resolve_tracking_uri(config.tracking_uri), experiment_id=experiment_id,
                        parent_run_id=parent_run_id, num_workers=config.num_workers, use_gpu=gpus > 0,
-                       vae_checkpoint=config.vae_checkpoint, train_storage=f"{storage}/{name}/_train",
+                       vae_checkpoint=vae, train_storage=storage.join(sweep_dir, "_train"),
                        resources_per_worker={"CPU": config.cpus_per_trial, **({"GPU": gpus} if gpus > 0 else {})})
     started = time.time()
-    results = _tuner(config, setup, datasets, param_space, searcher, storage, sweep_dir, resume).fit()
+    results = _tuner(config, setup, datasets, param_space, searcher, storage_root, sweep_dir, resume).fit()
     seconds = time.time() - started
 
     rows, best = sweep_output.write_outputs(results, setup, metric, mode, sweep_dir, config.register_as)
@@ -148,13 +152,13 @@ def run_sweep(config: SweepConfig) -> dict[str, Any]:
         "model": model,
         "preset": preset,
         "name": name,
-        "sweep_dir": str(sweep_dir),
+        "sweep_dir": sweep_dir,
         "trials": len(rows),
         "status": {s: sum(r["status"] == s for r in rows) for s in sorted({r["status"] for r in rows})},
         "stopped": {s: sum(r["stopped"] == s for r in rows) for s in sorted({r["stopped"] for r in rows})},
         "best": best,
-        "best_config": str(sweep_dir / "best_config.json") if best else None,
-        "results_csv": str(sweep_dir / "results.csv"),
+        "best_config": storage.join(sweep_dir, "best_config.json") if best else None,
+        "results_csv": storage.join(sweep_dir, "results.csv"),
         "mlflow_parent_run_id": parent_run_id,
         "tracking_uri": setup.tracking_uri,
         "split_counts": counts,
@@ -162,11 +166,11 @@ def run_sweep(config: SweepConfig) -> dict[str, Any]:
     }
 
 
-def _should_resume(config: SweepConfig, storage: str, sweep_dir: Path) -> bool:
-    """Resume when the sweep exists (or --resume requires it: then it must)."""
-    exists = "://" not in storage and (sweep_dir / "tuner.pkl").exists()
+def _should_resume(config: SweepConfig, sweep_dir: str) -> bool:
+    """Resume when the sweep exists, locally or on object storage (or --resume requires it: then it must)."""
+    exists = storage.is_file(storage.join(sweep_dir, "tuner.pkl"))
     resume = exists if config.resume is None else config.resume
-    if resume and "://" not in storage and not exists:
+    if resume and not exists:
         raise MissingInputError(f"nothing to resume: no sweep at {sweep_dir}")
     return resume
 
@@ -181,7 +185,7 @@ def _sweep_data(config: SweepConfig) -> tuple[dict[str, Any], dict[str, int]]:
 
 
 def _tuner(config: SweepConfig, setup: TrialSetup, datasets: dict[str, Any], param_space: dict[str, Any], searcher: Any,
-           storage: str, sweep_dir: Path, resume: bool) -> Any:
+           storage_root: str, sweep_dir: str, resume: bool) -> Any:
     """A new Tuner over the trials, or the sweep's own restored (its lost checkpoints repaired)."""
     # deferred: Ray Tune (and the trial, which imports it) is heavy; `emogen --help` imports this module
     from ray import tune
@@ -197,7 +201,7 @@ def _tuner(config: SweepConfig, setup: TrialSetup, datasets: dict[str, Any], par
     trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup, datasets=datasets), resources)
     if resume:
         log.info("resuming the sweep in %s", sweep_dir)
-        tuner = tune.Tuner.restore(str(sweep_dir), trainable=trainable, resume_unfinished=True,
+        tuner = tune.Tuner.restore(sweep_dir, trainable=trainable, resume_unfinished=True,
                                    resume_errored=False, restart_errored=False, param_space=param_space)
         repair_lost_checkpoints(tuner.get_results())
         return tuner
@@ -216,7 +220,7 @@ def _tuner(config: SweepConfig, setup: TrialSetup, datasets: dict[str, Any], par
         ),
         run_config=tune.RunConfig(
             name=setup.name,
-            storage_path=storage,
+            storage_path=storage_root,
             failure_config=tune.FailureConfig(max_failures=config.max_failures, fail_fast=False),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             verbose=1,

@@ -8,12 +8,15 @@ import csv
 import json
 import math
 import re
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import mlflow
 from mlflow.tracking import MlflowClient
 
+from emogen import storage
 from emogen.inference.pyfunc import log_checkpoint_model
 from emogen.logs import get_logger
 from emogen.tracking import runs as tracking
@@ -24,20 +27,36 @@ from emogen.training.spaces import couple
 log = get_logger("tune")
 
 
-
-def write_outputs(results: Any, setup: TrialSetup, metric: str, mode: str, sweep_dir: Path,
+def write_outputs(results: Any, setup: TrialSetup, metric: str, mode: str, sweep_dir: str | Path,
                   register_as: str | None) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
-    """Everything a finished (or restored) sweep writes; returns its table rows and best trial."""
+    """Everything a finished (or restored) sweep writes into its folder (local or on object
+    storage); returns its table rows and best trial."""
     rows = results_table(results, metric, mode, setup.epochs)
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    write_csv(rows, sweep_dir / "results.csv")
-    log.info("%d trials:\n%s", len(rows), format_table(rows, metric))
-    best = write_best_config(results, rows, setup, metric, mode, sweep_dir)
-    close_runs(setup, rows)
-    if best is not None:
-        best["model"] = log_best_model(results, best, setup, metric, register_as)
-    log_sweep(setup, sweep_dir, rows, best, metric)
+    with local_outputs(sweep_dir) as out_dir:
+        write_csv(rows, out_dir / "results.csv")
+        log.info("%d trials:\n%s", len(rows), format_table(rows, metric))
+        best = write_best_config(results, rows, setup, metric, mode, out_dir)
+        close_runs(setup, rows)
+        if best is not None:
+            best["model"] = log_best_model(results, best, setup, metric, register_as)
+        log_sweep(setup, out_dir, str(sweep_dir), rows, best, metric)
     return rows, best
+
+
+@contextmanager
+def local_outputs(sweep_dir: str | Path) -> Iterator[Path]:
+    """A local folder to write the outputs in (MLflow logs artifacts from local files): the
+    sweep's own, or for a sweep on object storage a temporary one whose files are
+    uploaded into the sweep's folder at the end, each as one object."""
+    if not storage.is_uri(sweep_dir):
+        folder = storage.local_path(sweep_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        yield folder
+        return
+    with tempfile.TemporaryDirectory(prefix="emogen-sweep-") as tmp:
+        yield Path(tmp)
+        for written in sorted(Path(tmp).iterdir()):
+            storage.upload(written, storage.join(sweep_dir, written.name))
 
 
 # ------------------------------------------------------------------ the table
@@ -84,12 +103,12 @@ def results_table(results: Any, metric: str, mode: str, epochs: int) -> list[dic
 
 def trial_config(result: Any) -> dict[str, Any]:
     """A trial's sampled config; a restored errored trial may come back without it, so
-    fall back to the params.json Tune wrote in the trial directory."""
+    fall back to the params.json Tune wrote in the trial directory (local or remote)."""
     if result.config:
         return result.config
     try:
-        return json.loads((Path(result.path) / "params.json").read_text())
-    except (OSError, TypeError, ValueError):
+        return json.loads(storage.read_text(storage.join(storage.uri_of(result.filesystem, result.path), "params.json")))
+    except (OSError, TypeError, ValueError):  # StorageError is an OSError
         return {}
 
 
@@ -120,7 +139,7 @@ def format_table(rows: list[dict[str, Any]], metric: str) -> str:
 
 
 def write_best_config(results: Any, rows: list[dict[str, Any]], setup: TrialSetup, metric: str, mode: str,
-                      sweep_dir: Path) -> dict[str, Any] | None:
+                      out_dir: Path) -> dict[str, Any] | None:
     """The best trial that did not fail ({"trial", metric, "config"}), its config written
     to best_config.json with a best_metric key; None when every trial failed."""
     ok = [r for r in rows if r["status"] != "ERROR" and not math.isnan(r[f"best_{metric}"])]
@@ -132,7 +151,7 @@ def write_best_config(results: Any, rows: list[dict[str, Any]], setup: TrialSetu
     best_config = couple(setup.model, setup.preset, config)
     best_config["best_metric"] = {"name": metric, "mode": mode, "value": best_row[f"best_{metric}"],
                                   "trial": best_row["trial"]}
-    (sweep_dir / "best_config.json").write_text(json.dumps(best_config, indent=2, sort_keys=True) + "\n")
+    (out_dir / "best_config.json").write_text(json.dumps(best_config, indent=2, sort_keys=True) + "\n")
     return {"trial": best_row["trial"], metric: best_row[f"best_{metric}"], "config": best_config}
 
 
@@ -166,8 +185,9 @@ def log_best_model(results: Any, best: dict[str, Any], setup: TrialSetup, metric
     """The best trial's final checkpoint as an MLflow model of its run (registered as a new
     version of `register_as`, tagged with the sweep and its score), unless it was already."""
     result = next((r for r in results if trial_id(r) == best["trial"]), None)
-    if result is None or result.checkpoint is None or not Path(result.checkpoint.path).exists():
-        log.warning("the best trial %s has no checkpoint on this file system: its model is not logged", best["trial"])
+    checkpoint = result.checkpoint if result is not None else None
+    if checkpoint is None or not storage.is_dir(storage.uri_of(checkpoint.filesystem, checkpoint.path)):
+        log.warning("the best trial %s has no checkpoint left in the sweep's storage: its model is not logged", best["trial"])
         return None
     client = MlflowClient(setup.tracking_uri)
     runs = client.search_runs([setup.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{setup.parent_run_id}' and "
@@ -178,18 +198,20 @@ def log_best_model(results: Any, best: dict[str, Any], setup: TrialSetup, metric
     if register_as and registered_version(register_as, run_id, setup.tracking_uri):
         return {"model_uri": f"runs:/{run_id}/model", "registered_model": register_as}  # a re-run of a finished sweep
     tags = {"emogen.sweep": setup.name, f"emogen.best_{metric}": f"{best[metric]:.6g}"}
-    return log_checkpoint_model(run_id, result.checkpoint.path, register_as, tags=tags)
+    with checkpoint.as_directory() as local:  # the folder itself, or a download of a remote one
+        return log_checkpoint_model(run_id, local, register_as, tags=tags)
 
 
-def log_sweep(setup: TrialSetup, sweep_dir: Path, rows: list[dict[str, Any]], best: dict[str, Any] | None,
+def log_sweep(setup: TrialSetup, out_dir: Path, sweep_dir: str, rows: list[dict[str, Any]], best: dict[str, Any] | None,
               metric: str) -> None:
-    """The sweep's outputs on its parent run: the table, the best config and score, trial counts."""
+    """The sweep's outputs on its parent run: the table, the best config and score, trial
+    counts; out_dir holds the files (local_outputs), sweep_dir is where they go."""
     with mlflow.start_run(run_id=setup.parent_run_id):
-        mlflow.log_artifact(str(sweep_dir / "results.csv"))
+        mlflow.log_artifact(str(out_dir / "results.csv"))
         if best is not None:
-            mlflow.log_artifact(str(sweep_dir / "best_config.json"))
+            mlflow.log_artifact(str(out_dir / "best_config.json"))
             mlflow.log_metric(f"best_{metric}", best[metric])
             mlflow.set_tag("emogen.best_trial", best["trial"])
         mlflow.log_metrics({"trials": len(rows), "trials_error": sum(r["status"] == "ERROR" for r in rows),
                             "trials_stopped_by_asha": sum(r["stopped"] == "asha" for r in rows)})
-        mlflow.set_tag("emogen.sweep_dir", str(sweep_dir))
+        mlflow.set_tag("emogen.sweep_dir", sweep_dir)

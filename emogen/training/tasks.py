@@ -22,6 +22,7 @@ from emogen.data.features import decode_mels
 from emogen.models.diffusion import diffusion_loss, make_train_scheduler
 from emogen.models import NETWORKS, NetworkSpec
 from emogen.models.vae import LatentStatistics, vae_loss
+from emogen.tracking.registry import resolve_checkpoint_ref
 from emogen.training.augment import augment_mels
 from emogen.training.config import TrainConfig
 
@@ -187,12 +188,14 @@ class DiffusionTask(Task):
     def setup(self, model, device):
         if self.cfgs["diffusion"].space != "latent":
             return
-        path = self.extra.get("vae_checkpoint")
-        if not path:
+        reference = self.extra.get("vae_checkpoint")
+        if not reference:
             raise ValueError(NEEDS_VAE)
-        state = load_state(path)
+        # resolved here, on this worker's node (fetched into its cache when remote): the
+        # driver only checked and pinned the reference (driver.vae_reference)
+        state = load_state(resolve_checkpoint_ref(reference, self.extra.get("vae_tracking_uri")).state_path)
         if state.get("model_name") != "vae":
-            raise ValueError(f"{path} is a {state.get('model_name')!r} checkpoint, not a VAE")
+            raise ValueError(f"{self.extra.get('vae_source') or reference} is a {state.get('model_name')!r} checkpoint, not a VAE")
         self.vae = load_model(state).to(device).eval()
         self.vae.requires_grad_(False)
         self.vae_state = {"config": state["configs"]["vae"], "model": self.vae.state_dict()}

@@ -48,7 +48,8 @@ def run_trial(config: dict[str, Any], setup: TrialSetup, datasets: dict[str, Any
     overrides = couple(setup.model, setup.preset, config)
     run_id = None
     try:
-        loop, params = loop_config(setup.model, setup.preset, overrides, setup.epochs, setup.vae_checkpoint)
+        loop, params = loop_config(setup.model, setup.preset, overrides, setup.epochs, setup.vae_checkpoint,
+                                   tracking_uri=setup.tracking_uri)
         run_id = trial_run(setup, trial_id, context.get_trial_name(), params, config)
         loop.mlflow = MlflowTarget(setup.tracking_uri, run_id)
         loop.run_dir = context.get_trial_dir()

@@ -76,6 +76,8 @@ def test_replicas_get_absolute_paths_and_their_options(monkeypatch, tmp_path):
     assert local.checkpoint == str(tmp_path / "runs" / "x") and local.tracking_uri == resolve_tracking_uri(None)
     uri = ServeArgs(checkpoint="models:/emogen-vae@champion", tracking_uri="http://mlflow:5000").for_replicas()
     assert uri.checkpoint == "models:/emogen-vae@champion" and uri.tracking_uri == "http://mlflow:5000"
+    # a storage URI as it is (no cwd prefix, no s3:/ collapse): each replica fetches it on its node
+    assert ServeArgs(checkpoint="s3://bucket/train/diffusion-tiny/").for_replicas().checkpoint == "s3://bucket/train/diffusion-tiny"
     assert ServeArgs(num_gpus=0).deployment_options() == {}
     assert ServeArgs(num_replicas=2, max_ongoing_requests=16, num_cpus=1, num_gpus=0.5).deployment_options() == {
         "num_replicas": 2, "max_ongoing_requests": 16, "ray_actor_options": {"num_cpus": 1.0, "num_gpus": 0.5}}

@@ -177,8 +177,9 @@ def test_a_stopped_training_ends_its_mlflow_run_as_killed(tiny_features, tmp_pat
 
 def test_checkpoint_options_take_model_uris_in_the_local_store(tmp_path):
     """No server: the default local SQLite store registers and resolves too; a latent
-    diffusion training's --vae-checkpoint takes a models:/ URI (downloaded at the driver,
-    read as a path), and a runs:/ URI resolves to the logged checkpoint."""
+    diffusion training's --vae-checkpoint takes a models:/ URI (checked and pinned to its
+    version at the driver, resolved by each worker), and a runs:/ URI resolves to the
+    logged checkpoint."""
     import dataclasses
 
     import mlflow
@@ -188,7 +189,7 @@ def test_checkpoint_options_take_model_uris_in_the_local_store(tmp_path):
     from emogen.config import AudioConfig
     from emogen.presets import model_configs
     from emogen.inference.pyfunc import log_checkpoint_model
-    from emogen.tracking.registry import ModelURIError, resolve_model_uri
+    from emogen.tracking.registry import ModelURIError, resolve_checkpoint_ref, resolve_model_uri
     from emogen.training.driver import loop_config
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -205,7 +206,8 @@ def test_checkpoint_options_take_model_uris_in_the_local_store(tmp_path):
     loop, _ = loop_config("diffusion", "tiny", {"diffusion": {"space": "latent"}, "unet": {"in_channels": 4}}, epochs=1,
                           vae_checkpoint="models:/tiny-vae/1", tracking_uri=uri)
     assert loop.vae_source == "models:/tiny-vae/1"
-    assert load_state(loop.vae_checkpoint)["epoch"] == 3
+    assert loop.vae_checkpoint == "models:/tiny-vae/1"
+    assert load_state(resolve_checkpoint_ref(loop.vae_checkpoint, uri).state_path)["epoch"] == 3
     assert load_state(resolve_model_uri(f"runs:/{run.info.run_id}/model", uri).state_path)["model_name"] == "vae"
     with pytest.raises(ModelURIError, match="models:/tiny-vae/2 does not resolve"):
         resolve_model_uri("models:/tiny-vae/2", uri)

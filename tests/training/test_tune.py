@@ -70,7 +70,7 @@ def test_cli_options_take_their_defaults_from_sweep_config():
     parser = argparse.ArgumentParser(prog="emogen")
     add_subcommand(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["tune", "vae", "--data", "d"])
-    assert SweepConfig(**{f.name: getattr(args, f.name) for f in fields(SweepConfig)}) == SweepConfig("vae", Path("d"))
+    assert SweepConfig(**{f.name: getattr(args, f.name) for f in fields(SweepConfig)}) == SweepConfig("vae", "d")
     assert parser.parse_args(["tune", "vae", "--data", "d", "--resume"]).resume is True
 
 
