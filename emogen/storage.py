@@ -72,6 +72,13 @@ def name(location: str | Path) -> str:
     return str(location).rstrip("/").rsplit("/", 1)[-1]
 
 
+def parent(location: str | Path) -> str:
+    """The folder or prefix holding a location: s3://b/x/labels.csv -> s3://b/x."""
+    if is_uri(location):
+        return str(location).rstrip("/").rsplit("/", 1)[0]
+    return str(local_path(location).parent)
+
+
 def display(location: str | Path) -> str:
     """A location as messages show it: a URI as given, a local path made absolute."""
     return absolute(location)

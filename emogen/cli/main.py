@@ -62,13 +62,15 @@ def cmd_preprocess(args: argparse.Namespace) -> dict:
     from emogen.data.datasets import build_manifest, summarize_labels
     from emogen.data.features import preprocess
 
-    inputs = args.input or []
+    inputs = [str(location) for location in args.input or []]  # folders or storage prefixes, as given
     manifest = build_manifest(inputs, csv=args.csv, dataset=args.dataset)
     if manifest.empty:
-        raise UserError(f"no audio files found under {', '.join(map(str, inputs)) or args.csv}")
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
-    manifest.to_csv(out / "manifest.csv", index=False)
+        raise UserError(f"no audio files found under {', '.join(inputs) or args.csv}")
+    out = storage.absolute(args.output)
+    storage.make_dirs(out)
+    # beside the features, before them: what was found and how it is labelled, even if
+    # featurizing fails (a missing output bucket is reported here, in one line)
+    storage.write_text(storage.join(out, "manifest.csv"), manifest.to_csv(index=False))
     labels = summarize_labels(manifest)
     get_logger("preprocess").info(
         "%d files, %d labelled with one of the 6 emotions, excluded %s, %d label errors",
@@ -283,13 +285,18 @@ def add_corpus_parser(sub: SubParsers) -> None:
 
 def add_preprocess_parser(sub: SubParsers) -> None:
     p = sub.add_parser("preprocess", help="corpus folders -> log-mel Parquet with Ray Data")
-    p.add_argument("--input", type=Path, action="append", help="corpus folder (EmoDB/RAVDESS names); repeatable")
-    p.add_argument("--csv", type=Path, default=None, help="label CSV with columns path, emotion, speaker")
+    p.add_argument("--input", action="append",
+                   help="corpus folder or storage prefix (s3://BUCKET/corpus) of audio with EmoDB/RAVDESS names; repeatable")
+    p.add_argument("--csv", default=None,
+                   help="label CSV with columns path, emotion, speaker (a file or s3:// URI; relative paths are under its folder)")
     p.add_argument("--dataset", default="auto", choices=["auto", "emodb", "ravdess"], help="file-name scheme of --input folders")
-    p.add_argument("--output", type=Path, required=True)
+    p.add_argument("--output", required=True,
+                   help="folder or storage prefix (s3://BUCKET/data) for features/, rejects.csv, summary.json, manifest.csv")
     p.add_argument("--batch-size", type=int, default=None,
-                   help="most clips per part (one Ray task, one Parquet file; default 64, smaller parts for small corpora)")
-    p.add_argument("--concurrency", type=int, default=None, help="parts featurized at once (default: one per CPU)")
+                   help="most clips per block (one Ray Data task, one Parquet file; default 128, smaller blocks for "
+                        "small corpora)")
+    p.add_argument("--concurrency", type=int, default=None,
+                   help="blocks featurized at once (default: two per CPU, so none waits for the driver)")
     add_ray_options(p)
     p.set_defaults(func=cmd_preprocess)
 

@@ -1,12 +1,16 @@
 """Labelled corpora: the EmoDB and RAVDESS file-name schemes, the manifest built from
 corpus folders and label CSVs, and the speaker-independent splits of a table of clips.
 
+Corpora, label CSVs and the files they name are locations: a local path or a storage URI
+(``s3://bucket/prefix``), listed and read through emogen.storage.
+
 A manifest is a DataFrame with one row per audio file found, accepted or not:
 
     clip_id, path, dataset, speaker, emotion, label, source_sr, channels, source_s, reject_reason
 
-``reject_reason`` is empty for rows whose label is one of the six emotions; otherwise it
-says why (an excluded class such as boredom, an unknown code, an unparseable name).
+``path`` is the file's location (a local absolute path or a URI). ``reject_reason`` is
+empty for rows whose label is one of the six emotions; otherwise it says why (an
+excluded class such as boredom, an unknown code, an unparseable name).
 Nothing found is dropped silently: accepted + rejected = files found. The splits
 (`speaker_split`, `speaker_folds`) label each row "train", "val" or "test" by its speaker,
 so no speaker's clips sit on both sides of an evaluation.
@@ -14,13 +18,17 @@ so no speaker's clips sit on both sides of an evaluation.
 
 from __future__ import annotations
 
+import io
+import os
+import posixpath
 import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import soundfile as sf
 
+from emogen import storage
+from emogen.audio.clips import read_source_info, source_columns
 from emogen.config import EMOTION_TO_INDEX, EMOTIONS
 from emogen.errors import InvalidInputError, MissingInputError
 
@@ -104,28 +112,33 @@ def _aligned(emotion: str) -> str:
     return emotion
 
 
+def _stem(location: str | Path) -> str:
+    """A file name without its suffix (03a01Fa.wav -> 03a01Fa), of a path or a URI."""
+    return os.path.splitext(storage.name(location))[0]
+
+
 def parse_emodb_name(path: str | Path) -> tuple[str, str]:
     """EmoDB file name -> (speaker, emotion). Raises LabelError with the reason."""
-    stem = Path(path).stem
-    m = EMODB_PATTERN.match(stem)
+    name = storage.name(path)
+    m = EMODB_PATTERN.match(_stem(path))
     if not m:
-        raise LabelError(f"file name {Path(path).name!r} does not follow the EmoDB scheme (e.g. 03a01Fa.wav)")
+        raise LabelError(f"file name {name!r} does not follow the EmoDB scheme (e.g. 03a01Fa.wav)")
     code = m["code"]
     if code not in EMODB_EMOTIONS:
-        raise LabelError(f"unknown EmoDB emotion code {code!r} in {Path(path).name!r}")
+        raise LabelError(f"unknown EmoDB emotion code {code!r} in {name!r}")
     return m["speaker"], _aligned(EMODB_EMOTIONS[code])
 
 
 def parse_ravdess_name(path: str | Path) -> tuple[str, str]:
     """RAVDESS file name -> (actor, emotion). Raises LabelError with the reason."""
-    stem = Path(path).stem
-    m = RAVDESS_PATTERN.match(stem)
+    name = storage.name(path)
+    m = RAVDESS_PATTERN.match(_stem(path))
     if not m:
-        raise LabelError(f"file name {Path(path).name!r} does not follow the RAVDESS scheme (e.g. 03-01-05-01-02-01-12.wav)")
+        raise LabelError(f"file name {name!r} does not follow the RAVDESS scheme (e.g. 03-01-05-01-02-01-12.wav)")
     if m["code"] not in RAVDESS_EMOTIONS:
-        raise LabelError(f"unknown RAVDESS emotion code {m['code']!r} in {Path(path).name!r}")
+        raise LabelError(f"unknown RAVDESS emotion code {m['code']!r} in {name!r}")
     if m["channel"] != "01":
-        raise LabelError(f"RAVDESS vocal channel {m['channel']} is song, not speech, in {Path(path).name!r}")
+        raise LabelError(f"RAVDESS vocal channel {m['channel']} is song, not speech, in {name!r}")
     return m["actor"], _aligned(RAVDESS_EMOTIONS[m["code"]])
 
 
@@ -133,7 +146,7 @@ PARSERS = {"emodb": parse_emodb_name, "ravdess": parse_ravdess_name}
 
 
 def detect_dataset(path: str | Path) -> str | None:
-    stem = Path(path).stem
+    stem = _stem(path)
     if RAVDESS_PATTERN.match(stem):
         return "ravdess"
     if EMODB_PATTERN.match(stem):
@@ -155,16 +168,17 @@ def normalize_emotion(label: object) -> str:
 def read_header(path: str | Path) -> tuple[float, float, float]:
     """(sample rate, channels, seconds) from the header; NaNs when the header is unreadable."""
     try:
-        info = sf.info(str(path))
-        return float(info.samplerate), float(info.channels), info.frames / max(info.samplerate, 1)
+        return source_columns(read_source_info(path))
     except Exception:  # noqa: BLE001 - unreadable files are rejected later with the real reason
-        return float("nan"), float("nan"), float("nan")
+        return source_columns(None)
 
 
-def _row(path: Path, dataset: str, speaker: str, emotion: str, reason: str, read_headers: bool) -> dict:
-    sr, ch, secs = read_header(path) if read_headers else (float("nan"),) * 3
+def _row(path: str, dataset: str, speaker: str, emotion: str, reason: str, read_headers: bool) -> dict:
+    # A header on object storage is a request per file: the preprocessing workers read
+    # it there instead, as they decode (emogen.data.features.featurize_rows).
+    sr, ch, secs = read_header(path) if read_headers and not storage.is_uri(path) else source_columns(None)
     return {
-        "path": str(path),
+        "path": path,
         "dataset": dataset,
         "speaker": f"{dataset}:{speaker}" if speaker else "",
         "emotion": emotion,
@@ -178,30 +192,41 @@ def _row(path: Path, dataset: str, speaker: str, emotion: str, reason: str, read
 
 def _finish(rows: list[dict]) -> pd.DataFrame:
     df = pd.DataFrame(rows, columns=[c for c in MANIFEST_COLUMNS if c != "clip_id"])
-    df.insert(0, "clip_id", [f"{d}/{Path(p).stem}" for d, p in zip(df["dataset"], df["path"])])
+    df.insert(0, "clip_id", [f"{d}/{_stem(p)}" for d, p in zip(df["dataset"], df["path"])])
     # Two files with the same stem in one dataset (e.g. a .wav and a .flac) stay distinct.
     dup = df["clip_id"].duplicated(keep=False)
-    df.loc[dup, "clip_id"] = [f"{d}/{Path(p).name}" for d, p in zip(df.loc[dup, "dataset"], df.loc[dup, "path"])]
+    df.loc[dup, "clip_id"] = [f"{d}/{storage.name(p)}" for d, p in zip(df.loc[dup, "dataset"], df.loc[dup, "path"])]
     df["label"] = df["label"].astype("int64")
     return df.sort_values("clip_id", kind="stable").reset_index(drop=True)
 
 
-def audio_files(root: str | Path) -> list[Path]:
-    root = Path(root)
-    if not root.is_dir():
+def audio_files(root: str | Path) -> list[str]:
+    """The audio files under a folder or storage prefix, recursively, as sorted locations
+    (local ones absolute); hidden names are skipped, other suffixes are not audio."""
+    if not storage.is_uri(root) and not storage.is_dir(root):
         raise MissingInputError(f"corpus folder not found: {root}")
-    # not is_dir() rather than is_file(): a dangling link is an input to reject, not to skip
-    return sorted(
-        p for p in root.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and not p.name.startswith(".") and not p.is_dir()
+    location = storage.absolute(root)
+    try:  # list_files keeps dangling links (an input to reject, not to skip)
+        listed = storage.list_files(location)
+    except storage.StorageNotFound:  # a prefix with nothing under it; a missing bucket is a StorageError
+        listed = []
+    files = sorted(
+        f for f in listed
+        if os.path.splitext(storage.name(f))[1].lower() in AUDIO_SUFFIXES and not storage.name(f).startswith(".")
     )
+    if not files and storage.is_uri(location):  # a prefix is never created: a mistyped one is just empty
+        raise MissingInputError(f"no audio files found under {location}")
+    return files
 
 
 def scan_folder(root: str | Path, dataset: str = "auto", read_headers: bool = True) -> pd.DataFrame:
     """Every audio file under root, labelled from its name (EmoDB or RAVDESS scheme).
 
+    root: a local folder or a storage prefix (s3://bucket/corpus).
     dataset: "emodb", "ravdess", or "auto" (decided per file by its name's shape).
-    read_headers: fill source_sr, channels and source_s from each file's header (False
-    leaves them NaN and opens no file).
+    read_headers: fill source_sr, channels and source_s from each local file's header
+    (False leaves them NaN and opens no file; files on object storage are never opened
+    here: the preprocessing workers fill the three columns as they decode).
     """
     if dataset not in ("auto", *PARSERS):
         raise ValueError(f"unknown dataset {dataset!r}; expected auto, emodb or ravdess")
@@ -209,7 +234,8 @@ def scan_folder(root: str | Path, dataset: str = "auto", read_headers: bool = Tr
     for path in audio_files(root):
         kind = detect_dataset(path) if dataset == "auto" else dataset
         if kind is None:
-            rows.append(_row(path, "unknown", "", "", f"file name {path.name!r} follows neither the EmoDB nor the RAVDESS scheme", read_headers))
+            reason = f"file name {storage.name(path)!r} follows neither the EmoDB nor the RAVDESS scheme"
+            rows.append(_row(path, "unknown", "", "", reason, read_headers))
             continue
         try:
             speaker, emotion = PARSERS[kind](path)
@@ -219,20 +245,31 @@ def scan_folder(root: str | Path, dataset: str = "auto", read_headers: bool = Tr
     return _finish(rows)
 
 
+def _resolve(base: str, path: str) -> str:
+    """A CSV's path entry as a location: a URI or an absolute path as written, a relative
+    one under base (the CSV's folder or prefix, or the root given)."""
+    if storage.is_uri(path) or (not storage.is_uri(base) and Path(path).is_absolute()):
+        return path
+    if storage.is_uri(base):
+        scheme, rest = storage.join(base, path).split("://", 1)
+        return f"{scheme}://{posixpath.normpath(rest)}"
+    return storage.join(base, path)
+
+
 def load_csv_manifest(csv_path: str | Path, root: str | Path | None = None, dataset: str = "custom", read_headers: bool = True) -> pd.DataFrame:
-    """A label CSV with columns path, emotion, speaker (paths relative to root or the CSV)."""
-    csv_path = Path(csv_path)
-    if not csv_path.is_file():
+    """A label CSV (a local file or a storage URI) with columns path, emotion, speaker
+    (paths relative to root or to the CSV's folder or prefix)."""
+    csv_location = storage.absolute(csv_path)
+    if not storage.is_file(csv_location):
         raise MissingInputError(f"label CSV not found: {csv_path}")
-    table = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+    table = pd.read_csv(io.BytesIO(storage.read_bytes(csv_location)), dtype=str, keep_default_na=False)
     missing = {"path", "emotion", "speaker"} - set(table.columns)
     if missing:
-        raise InvalidInputError(f"{csv_path}: missing column(s) {', '.join(sorted(missing))}; need path, emotion, speaker")
-    base = Path(root) if root else csv_path.parent
+        raise InvalidInputError(f"{csv_location}: missing column(s) {', '.join(sorted(missing))}; need path, emotion, speaker")
+    base = storage.absolute(root) if root else storage.parent(csv_location)
     rows = []
     for rec in table.to_dict("records"):
-        path = Path(rec["path"])
-        path = path if path.is_absolute() else base / path
+        path = _resolve(base, rec["path"])
         name = rec.get("dataset") or dataset
         speaker = str(rec["speaker"]).strip()
         try:
@@ -246,7 +283,7 @@ def load_csv_manifest(csv_path: str | Path, root: str | Path | None = None, data
 
 
 def build_manifest(inputs: list[str | Path], csv: str | Path | None = None, dataset: str = "auto", read_headers: bool = True) -> pd.DataFrame:
-    """One manifest over several folders (and optionally a label CSV)."""
+    """One manifest over several folders or storage prefixes (and optionally a label CSV)."""
     parts = [scan_folder(root, dataset, read_headers) for root in inputs]
     if csv is not None:
         parts.append(load_csv_manifest(csv, read_headers=read_headers))

@@ -1,5 +1,5 @@
-"""The feature pipeline (manifest -> decode -> standardize -> log-mel -> Parquet, with Ray
-tasks) and the readers of what it writes (`read_features`, `decode_mels`), plus
+"""The feature pipeline (manifest -> decode -> standardize -> log-mel -> Parquet, on Ray
+Data) and the readers of what it writes (`read_features`, `decode_mels`), plus
 `write_generated_features`, which writes generated mels in the same schema.
 
 The output is one Parquet dataset with a row per input file, accepted or rejected:
@@ -11,16 +11,21 @@ empty for rejected rows. Keeping rejects in the same table makes the accounting 
 construction (accepted + rejected = input) and the readers below filter on ``status``.
 Beside it: ``rejects.csv`` (human-readable reasons) and ``summary.json``.
 
-Each Ray task featurizes one part of the manifest and writes it as one Parquet file, so
-mels go from the worker straight to disk (never through the object store) and the workers
-import numpy, soundfile and soxr but not torch (``emogen.audio.clips``).
+Every location (the output, the features, the audio files the manifest names) is a local
+path or a storage URI (``s3://bucket/prefix``), read and written through emogen.storage
+and pyarrow's file systems; nothing assumes a file system shared by the nodes.
+
+The manifest becomes a Ray Dataset of a few blocks per CPU; one Ray Data task per block
+featurizes it (`featurize_block`) and writes it as one Parquet file, so mels go from the
+worker straight to storage (never through the object store) and the workers import
+numpy, soundfile and soxr but not torch (``emogen.audio.clips``).
 """
 
 from __future__ import annotations
 
 import ctypes
+import io
 import json
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -31,19 +36,23 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from emogen.audio.clips import LogMel, RejectedClip, load_clip
+from emogen import storage
+from emogen.audio.clips import LogMel, RejectedClip, load_clip_and_info, read_source_info, source_columns
 from emogen.config import EMOTIONS, AudioConfig
 from emogen.errors import MissingInputError
 
 FEATURES_DIR = "features"
 STATUS_OK = "ok"
 STATUS_REJECTED = "rejected"
-# The most rows one task featurizes and writes as one Parquet file: ~5.7 MB of mels, so a
-# worker's memory stays the same however large the corpus.
-MAX_ROWS_PER_PART = 64
-# Small corpora are cut finer, into this many parts per CPU, so that no CPU idles while
-# another finishes a long last part.
-PARTS_PER_CPU = 4
+# The most rows one task featurizes and writes as one Parquet file: ~11 MB of mels, so a
+# worker's memory stays the same however large the corpus, in blocks large enough that
+# Ray Data's cost per task is small beside them (benchmarks/README.md).
+MAX_ROWS_PER_BLOCK = 128
+# Small corpora are cut finer, into this many blocks per CPU, so that no CPU idles while
+# another finishes a long last block.
+BLOCKS_PER_CPU = 4
+# The manifest columns featurize_rows fills from each file's header.
+SOURCE_COLUMNS = ("source_sr", "channels", "source_s")
 
 
 # ------------------------------------------------------------------ per-clip features
@@ -54,26 +63,36 @@ def featurize_rows(rows: pd.DataFrame, extractor: LogMel) -> pd.DataFrame:
 
     ``extractor``: a LogMel, or anything with its ``cfg`` and call (emogen.audio.mel's
     LogMelExtractor, whose CPU tensors np.asarray reads without a copy). Rows already
-    rejected by their label pass through untouched (they are not decoded). Mels are
-    computed one clip at a time: a clip's STFT fits in cache, a batch of hundreds does not.
+    rejected by their label are not decoded, only their header is read. Every row's
+    source_sr, channels and source_s come from its file's header as read here (NaN when
+    it has none), so they are the same whether the driver read the headers (local
+    corpora) or not (object storage). Mels are computed one clip at a time: a clip's
+    STFT fits in cache, a batch of hundreds does not.
     """
     cfg = extractor.cfg
     out = rows.copy()
-    status, reasons, mels = [], [], []
+    status, reasons, mels, sources = [], [], [], []
     for path, reason in zip(rows["path"], rows["reject_reason"]):
-        mel = b""
-        if not reason:
-            try:
-                mel = np.asarray(extractor(load_clip(path, cfg)), dtype=np.float32).tobytes()
-            except RejectedClip as exc:
-                reason = str(exc)
-            except Exception as exc:  # noqa: BLE001 - a bad file must never stop the job
-                reason = f"unexpected error while decoding: {type(exc).__name__}: {exc}"
+        mel, info = b"", None
+        try:
+            if reason:
+                info = read_source_info(path)
+            else:
+                wave, info = load_clip_and_info(path, cfg)
+                mel = np.asarray(extractor(wave), dtype=np.float32).tobytes()
+        except RejectedClip as exc:
+            reason, info = reason or str(exc), exc.source
+        except Exception as exc:  # noqa: BLE001 - a bad file must never stop the job
+            reason = reason or f"unexpected error while decoding: {type(exc).__name__}: {exc}"
         status.append(STATUS_REJECTED if reason else STATUS_OK)
         reasons.append(reason)
         mels.append(mel)
+        sources.append(source_columns(info))
     out["status"] = status
     out["reject_reason"] = reasons
+    headers = np.asarray(sources, dtype=np.float64).reshape(len(rows), len(SOURCE_COLUMNS))
+    for index, name in enumerate(SOURCE_COLUMNS):
+        out[name] = headers[:, index]
     out["n_mels"] = np.int32(cfg.n_mels)
     out["n_frames"] = np.int32(cfg.num_frames)
     out["mel"] = mels
@@ -128,24 +147,19 @@ def keep_freed_memory_for_reuse() -> None:
         pass
 
 
-def featurize_part(rows: pd.DataFrame, cfg: AudioConfig, path: str, schema: pa.Schema) -> int:
-    """featurize_rows on one part of the manifest, written to one Parquet file; returns the
-    rows written (the summary counts accepted and rejected from the files themselves).
-
-    Runs as a Ray task. Rewriting the same path is harmless, so Ray may retry it after a
-    worker crash.
-    """
+def featurize_block(rows: pd.DataFrame, cfg: AudioConfig, schema: pa.Schema) -> pa.Table:
+    """featurize_rows on one block of the manifest, as the Ray Data task runs it: a table
+    in the features schema, which the same task then writes as one Parquet file."""
     keep_freed_memory_for_reuse()
     table = featurize_rows(rows, log_mel_for(cfg))
-    pq.write_table(pa.Table.from_pandas(table, schema=schema, preserve_index=False), path)
-    return len(table)
+    return pa.Table.from_pandas(table, schema=schema, preserve_index=False)
 
 
-def manifest_parts(count: int, concurrency: int, max_rows: int | None = None) -> list[np.ndarray]:
-    """Row positions per part: at most max_rows (default MAX_ROWS_PER_PART) rows each,
-    and at least PARTS_PER_CPU parts per CPU while the corpus is small."""
-    max_rows = max_rows or MAX_ROWS_PER_PART
-    rows = max(1, min(max_rows, -(-count // (concurrency * PARTS_PER_CPU))))
+def manifest_blocks(count: int, cpus: int, max_rows: int | None = None) -> list[np.ndarray]:
+    """Row positions per block: at most max_rows (default MAX_ROWS_PER_BLOCK) rows each,
+    and at least BLOCKS_PER_CPU blocks per CPU while the corpus is small."""
+    max_rows = max_rows or MAX_ROWS_PER_BLOCK
+    rows = max(1, min(max_rows, -(-count // (cpus * BLOCKS_PER_CPU))))
     return np.array_split(np.arange(count), max(1, -(-count // rows)))
 
 
@@ -159,66 +173,95 @@ def preprocess(
     batch_size: int | None = None,
     concurrency: int | None = None,
 ) -> dict[str, Any]:
-    """Featurize a manifest with Ray tasks and write features + rejects + summary.
+    """Featurize a manifest on Ray Data and write features + rejects + summary under
+    ``output`` (a local folder or a storage URI).
 
-    ``batch_size`` caps the rows of one part (one task, one Parquet file; default
-    MAX_ROWS_PER_PART); ``concurrency`` is how many parts run at once (default: the
-    cluster's free CPUs). Streaming: a bounded number of parts is in flight and each task
-    writes its own file, so memory stays flat however large the corpus. Needs ray.init()
-    first (or connects/starts Ray on first use). Returns the summary dict.
-
-    Plain tasks, not a Ray Data pool: tasks start in Ray's already-running workers, while
-    a fresh actor pool pays its start-up before the first clip, and both Ray Data pools
-    were slower on the demo and large corpora (benchmarks/README.md).
+    ``batch_size`` caps the rows of one block (one task, one Parquet file; default
+    MAX_ROWS_PER_BLOCK); ``concurrency`` caps the blocks featurized at once (default: as
+    many as the cluster's CPUs run). Streaming: each task featurizes and writes its own
+    block, so memory stays flat however large the corpus. A rerun replaces the features.
+    Needs ray.init() first (or connects/starts Ray on first use). Returns the summary dict.
     """
     start = time.time()
-    output = Path(output)
-    written = _write_parts(manifest, output / FEATURES_DIR, cfg, batch_size, concurrency)
-    if written != len(manifest):  # accepted + rejected = input, or fail loudly
-        raise RuntimeError(f"preprocess wrote {written} rows for {len(manifest)} manifest rows")
+    output = storage.absolute(output)
+    features = storage.join(output, FEATURES_DIR)
+    storage.remove(features)  # a rerun replaces the features, it never appends to them
+    storage.make_dirs(output)
+    schema = features_schema(manifest)
+    if len(manifest):
+        write_features(manifest, features, cfg, schema, batch_size, concurrency)
+    else:  # nothing to featurize: an empty table still says what the columns are
+        _write_table(schema.empty_table(), storage.join(features, "empty.parquet"))
     summary = summarize(output, input_count=len(manifest), seconds=time.time() - start)
-    (output / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    written = summary["accepted"] + summary["rejected"]
+    if written != len(manifest):  # accepted + rejected = input, counted in the files, or fail loudly
+        raise RuntimeError(f"preprocess wrote {written} rows for {len(manifest)} manifest rows")
+    storage.write_text(storage.join(output, "summary.json"), json.dumps(summary, indent=2) + "\n")
     return summary
 
 
-def _write_parts(manifest: pd.DataFrame, features_dir: Path, cfg: AudioConfig,
-                 batch_size: int | None, concurrency: int | None) -> int:
-    """features_dir replaced by one Parquet file per part of the manifest, each written by
-    a `featurize_part` task, a bounded number in flight; returns the rows written."""
-    import ray  # deferred: only preprocessing runs Ray tasks; the readers below are used without Ray
+def write_features(manifest: pd.DataFrame, features: str, cfg: AudioConfig, schema: pa.Schema,
+                   batch_size: int | None = None, concurrency: int | None = None) -> None:
+    """The manifest featurized and written to ``features`` by one Ray Data job: the blocks
+    of `manifest_blocks` -> map_batches(featurize_block) -> write_parquet, which Ray Data
+    fuses into one task per block (the plan reads ``MapBatches(featurize_block)->Write``)."""
+    import ray  # deferred: only preprocessing runs Ray; the readers below are used without it
 
-    cpus = max(1, int(ray.available_resources().get("CPU", 1)))
-    concurrency = concurrency or cpus
-    # Ray runs at most `cpus` of these 1-CPU tasks at once. When concurrency covers them
-    # all, a second part per slot waits in Ray's queue, so a worker starts its next part
-    # without a round trip through this loop; a smaller concurrency is a real limit.
-    in_flight = 2 * concurrency if concurrency >= cpus else concurrency
-    if features_dir.exists():  # a rerun replaces the features, it never appends to them
-        shutil.rmtree(features_dir)
-    features_dir.mkdir(parents=True)
-    schema = features_schema(manifest)
-    featurize = ray.remote(num_cpus=1)(featurize_part)
-    pending: list[Any] = []
-    counts: list[int] = []
-    for number, positions in enumerate(manifest_parts(len(manifest), concurrency, batch_size)):
-        if len(pending) >= in_flight:  # the next part goes out when one finishes
-            done, pending = ray.wait(pending, num_returns=1)
-            counts += ray.get(done)
-        path = str(features_dir / f"part-{number:05d}.parquet")
-        pending.append(featurize.remote(manifest.iloc[positions], cfg, path, schema))
-    counts += ray.get(pending)
-    return sum(counts)
+    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    running = concurrency or cpus
+    # Ray runs at most `cpus` of these 1-CPU tasks at once. When the cap covers them all, a
+    # second block per CPU waits in Ray's queue, so a worker starts its next block without
+    # a round trip through Ray Data's scheduling loop; a smaller cap is a real limit.
+    in_flight = 2 * running if running >= cpus else running
+    blocks = manifest_blocks(len(manifest), running, batch_size)
+    # from_items cuts the rows into blocks as manifest_blocks does, on the driver; from_pandas
+    # would first run a task per block to read its metadata (slower for a large manifest,
+    # and the CPUs those tasks still hold read as "no available CPUs" to the executor)
+    dataset = ray.data.from_items(manifest.to_dict("records"), override_num_blocks=len(blocks))
+    configure_execution(dataset.context)
+    fs, path = storage.filesystem(features)
+    dataset.map_batches(
+        featurize_block, fn_kwargs={"cfg": cfg, "schema": schema}, batch_size=None, batch_format="pandas",
+        zero_copy_batch=True, num_cpus=1, compute=ray.data.TaskPoolStrategy(size=in_flight),
+    ).write_parquet(path, filesystem=fs, concurrency=in_flight)  # the same cap, or the two would not fuse
+
+
+def configure_execution(context: Any) -> None:
+    """The Ray Data settings of the preprocessing job (a DataContext it alone uses).
+
+    No progress bars (a redraw loop in the driver competes for the CPUs the tasks use,
+    and a job's log is a file) and no order kept (the readers sort by clip_id). No
+    per-operator resource reservation: it budgets tasks from the cluster's resources as
+    Ray Data's autoscaling coordinator reports them, a report that arrives asynchronously
+    and is cached for a second, so every execution would start with a budget of zero CPUs
+    and run one task at a time (for seconds in a fresh Ray, until the coordinator actor is
+    up; benchmarks/README.md). With one operator whose outputs are a few hundred bytes of
+    write statistics there is nothing for it to protect; the concurrency cap bounds the
+    tasks in flight instead. Ray Data still logs the plan it runs ("Execution plan of
+    Dataset ...") unless the caller's context says not to.
+    """
+    context.enable_progress_bars = False
+    context.execution_options.preserve_order = False
+    context.op_resource_reservation_enabled = False
+
+
+def _write_table(table: pa.Table, location: str) -> None:
+    """One Parquet file at a location, whole or not at all."""
+    sink = io.BytesIO()
+    pq.write_table(table, sink)
+    storage.write_bytes(location, sink.getvalue())
 
 
 def summarize(output: str | Path, input_count: int, seconds: float) -> dict[str, Any]:
     """Counts from the written table (not from memory), and rejects.csv beside it."""
-    output = Path(output)
-    table = pads.dataset(str(output / FEATURES_DIR), format="parquet").to_table(
+    output = storage.absolute(output)
+    features = storage.join(output, FEATURES_DIR)
+    table = _dataset(features).to_table(
         columns=["clip_id", "path", "dataset", "emotion", "status", "reject_reason"]
     ).to_pandas()
     ok = table["status"] == STATUS_OK
     rejects = table.loc[~ok, ["clip_id", "path", "dataset", "reject_reason"]].sort_values("clip_id")
-    rejects.to_csv(output / "rejects.csv", index=False)
+    rejects_location = storage.write_text(storage.join(output, "rejects.csv"), rejects.to_csv(index=False))
     reasons = rejects["reject_reason"].str.split(":").str[0].value_counts().to_dict()
     return {
         "input": int(input_count),
@@ -228,30 +271,40 @@ def summarize(output: str | Path, input_count: int, seconds: float) -> dict[str,
         "by_dataset": {k: int(v) for k, v in table.loc[ok, "dataset"].value_counts().sort_index().items()},
         "reject_reasons": {k: int(v) for k, v in sorted(reasons.items())},
         "seconds": round(seconds, 2),
-        "features": str(output / FEATURES_DIR),
-        "rejects": str(output / "rejects.csv"),
+        "features": features,
+        "rejects": rejects_location,
     }
 
 
 # ------------------------------------------------------------------------- readers
 
 
-def features_dir(path: str | Path) -> Path:
-    """The features dataset of a preprocess output folder (or that dataset itself); a
-    missing one is the user's --data pointing elsewhere, reported before Ray starts."""
-    path = Path(path)
-    if (path / FEATURES_DIR).is_dir():
-        path = path / FEATURES_DIR
-    if not path.exists():
+def features_dir(path: str | Path) -> str:
+    """The features dataset (a location) of a preprocess output folder or prefix, or that
+    dataset itself; a missing one is the user's --data pointing elsewhere, reported before
+    Ray starts."""
+    location = storage.absolute(path)
+    inner = storage.join(location, FEATURES_DIR)
+    if storage.is_dir(inner):
+        return inner
+    if not storage.exists(location):
         raise MissingInputError(f"no features at {path}: run `emogen preprocess` first")
-    return path
+    return location
+
+
+def _dataset(location: str) -> pads.Dataset:
+    """The Parquet dataset at a location, on whichever file system holds it."""
+    fs, path = storage.filesystem(location)
+    with storage.reporting(location):
+        return pads.dataset(path, filesystem=fs, format="parquet")
 
 
 def read_features(path: str | Path, columns: list[str] | None = None) -> pd.DataFrame:
-    """The accepted rows of a features dataset (a preprocess output dir or its features/)."""
-    path = features_dir(path)
-    dataset = pads.dataset(str(path), format="parquet")
-    table = dataset.to_table(columns=columns, filter=pads.field("status") == STATUS_OK)
+    """The accepted rows of a features dataset (a preprocess output or its features/,
+    local or on object storage)."""
+    location = features_dir(path)
+    with storage.reporting(location):
+        table = _dataset(location).to_table(columns=columns, filter=pads.field("status") == STATUS_OK)
     return table.to_pandas().sort_values("clip_id", kind="stable").reset_index(drop=True)
 
 
@@ -265,14 +318,14 @@ def decode_mels(table: pd.DataFrame | dict[str, np.ndarray]) -> np.ndarray:
     return flat.reshape(count, n_mels, n_frames).copy()
 
 
-def write_generated_features(mels: np.ndarray, labels: np.ndarray, out_dir: str | Path, source: str) -> Path:
-    """Generated mels -> a features dataset (one Parquet file) in the preprocessing schema.
+def write_generated_features(mels: np.ndarray, labels: np.ndarray, out_dir: str | Path, source: str) -> str:
+    """Generated mels -> a features dataset (one Parquet file) in the preprocessing schema,
+    under out_dir (a local folder or a storage URI); returns the dataset's location.
 
     Speakers are "<source>:generated", so no generated clip can land in a held-out
     speaker split; clip ids are "<source>/<emotion>_<index>".
     """
-    out = Path(out_dir) / FEATURES_DIR
-    out.mkdir(parents=True, exist_ok=True)
+    out = storage.join(storage.absolute(out_dir), FEATURES_DIR)
     mels = np.asarray(mels, dtype=np.float32)
     labels = np.asarray(labels, dtype=np.int64)
     emotions = [EMOTIONS[k] for k in labels]
@@ -295,5 +348,5 @@ def write_generated_features(mels: np.ndarray, labels: np.ndarray, out_dir: str 
             "mel": [m.tobytes() for m in mels],
         }
     )
-    pq.write_table(pa.Table.from_pandas(table, preserve_index=False), out / "generated.parquet")
+    _write_table(pa.Table.from_pandas(table, preserve_index=False), storage.join(out, "generated.parquet"))
     return out

@@ -12,6 +12,7 @@ import torchaudio
 from tests.support import tone
 from emogen.audio.clips import (
     LogMel,
+    RangedReader,
     RejectedClip,
     fit_length,
     load_clip,
@@ -95,6 +96,49 @@ def test_long_file_reads_only_the_centre(tmp_path):
     data, _ = read_audio(path)
     assert data.shape[0] == int(CFG.duration_s * sr)
     assert np.abs(data).max() == 0.0
+
+
+class CountingObject:
+    """A remote object as pyarrow opens it (read_at, close), counting the ranged reads."""
+
+    def __init__(self, data: bytes):
+        self.data, self.requests, self.transferred = data, 0, 0
+
+    def read_at(self, nbytes: int, offset: int) -> bytes:
+        self.requests += 1
+        self.transferred += len(self.data[offset : offset + nbytes])
+        return self.data[offset : offset + nbytes]
+
+    def close(self) -> None:
+        pass
+
+
+def test_ranged_reader_decodes_like_the_file_in_few_requests(tmp_path):
+    """soundfile over RangedReader gives the local decode; the header's many small reads and
+    a long file's centre cost a few ranged reads, not one per libsndfile call or the whole."""
+    for seconds, most_requests in ((3.0, 1), (120.0, 3)):
+        path = tmp_path / f"{seconds:.0f}.wav"
+        sf.write(str(path), tone(seconds, 16_000), 16_000, subtype="PCM_16")
+        remote = CountingObject(path.read_bytes())
+        with sf.SoundFile(RangedReader(remote, len(remote.data))) as audio:
+            keep = int(CFG.duration_s * audio.samplerate)
+            audio.seek(max(0, (audio.frames - keep) // 2))
+            centre = audio.read(keep, dtype="float32", always_2d=True)
+        np.testing.assert_array_equal(centre, read_audio(path)[0])
+        assert 1 <= remote.requests <= most_requests
+        assert remote.transferred <= min(len(remote.data), 2 << 20)  # the 2-min file (3.8 MB): two 1 MB windows
+
+
+def test_ranged_reader_keeps_a_failed_read():
+    """A read that fails is kept for the reject reason and seen by libsndfile as a short read."""
+
+    class Failing(CountingObject):
+        def read_at(self, nbytes: int, offset: int) -> bytes:
+            raise OSError("connection reset")
+
+    reader = RangedReader(Failing(b"x" * 100), 100)
+    assert reader.read(10) == b"" and str(reader.error) == "connection reset"
+    assert reader.seek(-10, 2) == 90 and reader.tell() == 90
 
 
 def test_silent_file_is_rejected(tmp_path):

@@ -92,6 +92,22 @@ def test_csv_manifest(tmp_path, write_wav):
     assert set(m.speaker[:2]) == {"custom:s1", "custom:s2"}
 
 
+def test_manifest_paths_are_absolute_locations(tmp_path, write_wav, monkeypatch):
+    """A relative folder or CSV still gives absolute paths (a Ray worker's working dir is
+    not the driver's); hidden names are skipped, suffixes match in any case; read_headers
+    False opens no file."""
+    monkeypatch.chdir(tmp_path)
+    write_wav(tmp_path / "corpus" / "a" / emodb_name(3, "a01", "anger"))
+    write_wav(tmp_path / "corpus" / emodb_name(3, "a02", "fear").replace(".wav", ".WAV"))
+    write_wav(tmp_path / "corpus" / ".03a03Wa.wav")
+    (tmp_path / "corpus" / "notes.txt").write_text("not audio")
+    m = scan_folder("corpus")
+    assert sorted(m.path) == sorted([str(tmp_path / "corpus" / "a" / "03a01Wa.wav"), str(tmp_path / "corpus" / "03a02Aa.WAV")])
+    assert m.source_sr.notna().all() and scan_folder("corpus", read_headers=False).source_sr.isna().all()
+    pd.DataFrame({"path": ["corpus/a/03a01Wa.wav"], "emotion": ["anger"], "speaker": ["s1"]}).to_csv("labels.csv", index=False)
+    assert list(load_csv_manifest("labels.csv").path) == [str(tmp_path / "corpus" / "a" / "03a01Wa.wav")]
+
+
 def test_csv_missing_columns(tmp_path):
     (tmp_path / "bad.csv").write_text("file,label\na.wav,anger\n")
     with pytest.raises(ValueError, match="missing column"):

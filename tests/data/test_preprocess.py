@@ -1,8 +1,11 @@
-"""The Ray Data preprocessing job: features written, bad input rejected with reasons, nothing lost."""
+"""The Ray Data preprocessing job: features written, bad input rejected with reasons, nothing lost,
+one fused task per block."""
 
 from __future__ import annotations
 
 import json
+import logging
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -18,10 +21,10 @@ import torchaudio
 from tests.support import tone
 from emogen.config import EMOTIONS, AudioConfig
 from emogen.data.features import (
-    MAX_ROWS_PER_PART,
+    MAX_ROWS_PER_BLOCK,
     decode_mels,
     featurize_rows,
-    manifest_parts,
+    manifest_blocks,
     preprocess,
     read_features,
 )
@@ -157,12 +160,12 @@ def test_pipeline_equals_the_reference_extraction(bad_input_run):
     np.testing.assert_allclose(decode_mels(table), reference, rtol=0, atol=2e-4)  # 0.012 dB
 
 
-def test_parts_files_and_schema(bad_input_run):
-    """One Parquet file per part, every row of the manifest in exactly one, one schema for all
-    (a part of nothing but rejects included)."""
+def test_blocks_files_and_schema(bad_input_run):
+    """One Parquet file per block, every row of the manifest in exactly one, one schema for all
+    (a block of nothing but rejects included)."""
     _, manifest, _, out = bad_input_run
     files = sorted((out / "features").glob("*.parquet"))
-    assert len(files) == len(manifest_parts(len(manifest), 2, 4))  # batch_size=4 on the 2-CPU session
+    assert len(files) == len(manifest_blocks(len(manifest), 2, 4))  # batch_size=4 on the 2-CPU session
     schemas = {pq.read_schema(f).remove_metadata().to_string() for f in files}
     assert len(schemas) == 1
     ids = pd.concat([pq.read_table(f, columns=["clip_id"]).to_pandas() for f in files])["clip_id"]
@@ -170,18 +173,62 @@ def test_parts_files_and_schema(bad_input_run):
 
 
 @pytest.mark.parametrize("count,cpus,cap,expected", [
-    (444, 2, None, [56] * 4 + [55] * 4),  # the demo corpus: 4 parts per CPU
-    (2220, 2, None, [64] * 15 + [63] * 20),  # large: capped at MAX_ROWS_PER_PART
+    (444, 2, None, [56] * 4 + [55] * 4),  # the demo corpus: 4 blocks per CPU
+    (2220, 2, None, [124] * 6 + [123] * 12),  # large: capped at MAX_ROWS_PER_BLOCK
     (21, 2, 4, [3] * 7),
     (3, 2, None, [1, 1, 1]),
-    (0, 2, None, [0]),  # an empty manifest still writes one (empty) file with the schema
+    (0, 2, None, [0]),
     (100, 1, 16, [15] * 2 + [14] * 5),
 ])
-def test_manifest_parts(count, cpus, cap, expected):
-    parts = manifest_parts(count, cpus, cap)
-    assert [len(p) for p in parts] == expected
-    assert np.array_equal(np.concatenate(parts), np.arange(count))
-    assert max(len(p) for p in parts) <= (cap or MAX_ROWS_PER_PART)
+def test_manifest_blocks(count, cpus, cap, expected):
+    blocks = manifest_blocks(count, cpus, cap)
+    assert [len(b) for b in blocks] == expected
+    assert np.array_equal(np.concatenate(blocks), np.arange(count))
+    assert max(len(b) for b in blocks) <= (cap or MAX_ROWS_PER_BLOCK)
+
+
+def test_header_columns_come_from_the_workers(bad_input_run):
+    """source_sr, channels and source_s in the features equal the driver's header reads for
+    every row, accepted or rejected (NaN where a file has no header): the workers fill them,
+    so a corpus on object storage, whose headers the driver never opens, gets the same."""
+    _, manifest, _, out = bad_input_run
+    table = pq.read_table(out / "features").to_pandas().set_index("clip_id").loc[manifest["clip_id"]]
+    for column in ("source_sr", "channels", "source_s"):
+        np.testing.assert_allclose(table[column].to_numpy(), manifest[column].to_numpy(), equal_nan=True)
+    assert table["source_sr"].isna().any() and table["source_sr"].notna().any()  # both kinds are in the corpus
+    unread = manifest.assign(source_sr=math.nan, channels=math.nan, source_s=math.nan)
+    again = featurize_rows(unread.iloc[:3], LogMelExtractor())  # what the workers do for a URI manifest
+    np.testing.assert_allclose(again["source_sr"].to_numpy(), manifest["source_sr"].iloc[:3].to_numpy(), equal_nan=True)
+
+
+def test_read_map_and_write_run_as_one_task_per_block(bad_input_run, ray_session, tmp_path):
+    """The plan Ray Data executes fuses featurizing and the Parquet write into one task per
+    block (no separate Write stage moving mels through the object store), with the CLI's
+    --concurrency as well."""
+    _, manifest, _, _ = bad_input_run
+    context = ray_session.data.DataContext.get_current()
+    records: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: records.append(record.getMessage())  # type: ignore[method-assign]
+    executor_log = logging.getLogger("ray.data._internal.execution.streaming_executor")
+    executor_log.addHandler(handler)
+    previous, context.print_on_execution_start = context.print_on_execution_start, True
+    try:
+        preprocess(manifest, tmp_path / "out", batch_size=8, concurrency=2)
+    finally:
+        context.print_on_execution_start = previous
+        executor_log.removeHandler(handler)
+    plans = [r.split(": ", 1)[1] for r in records if r.startswith("Execution plan of Dataset")]
+    assert plans == ["InputDataBuffer[Input] -> TaskPoolMapOperator[MapBatches(featurize_block)->Write]"]
+    assert len(list((tmp_path / "out" / "features").glob("*.parquet"))) == len(manifest_blocks(len(manifest), 2, 8))
+
+
+def test_empty_manifest_writes_an_empty_table(tmp_path, write_wav):
+    """Nothing to featurize is not an error (and needs no Ray): an empty table, zero counts."""
+    write_wav(tmp_path / "in" / emodb_name(3, "a01", "anger"))
+    summary = preprocess(build_manifest([tmp_path / "in"]).iloc[:0], tmp_path / "out")
+    assert (summary["input"], summary["accepted"], summary["rejected"]) == (0, 0, 0)
+    assert read_features(tmp_path / "out").empty
 
 
 def test_workers_import_no_torch():
