@@ -98,10 +98,12 @@ def cmd_generate(args: argparse.Namespace) -> dict:
     # deferred: the generator loads torch and diffusers, which only the generating commands need
     from emogen.inference.config import GenerateConfig
     from emogen.inference.generator import EmotionGenerator, write_wavs
+    from emogen.models.device import choose_device
 
     config = GenerateConfig(**config_values(GenerateConfig, args))
     started = time.time()
-    generator = EmotionGenerator.from_checkpoint(config.checkpoint, tracking_uri=config.tracking_uri)
+    device = choose_device(config.device)  # before loading: an impossible --device fails in a moment
+    generator = EmotionGenerator.from_checkpoint(config.checkpoint, device=device, tracking_uri=config.tracking_uri)
     emotions = list(EMOTIONS) if config.emotion == "all" else [config.emotion]
     files = []
     for emotion in emotions:
@@ -110,7 +112,8 @@ def cmd_generate(args: argparse.Namespace) -> dict:
         names = [f"{emotion}_{config.seed}_{i}" for i in range(len(mels))]
         files += write_wavs(generator.to_audio(mels), config.out, names, generator.audio.sample_rate)
         get_logger("generate").info("%s: %d clips", emotion, len(mels))
-    return {"model": generator.kind, "files": [str(f) for f in files], "seconds": round(time.time() - started, 1)}
+    return {"model": generator.kind, "device": str(device), "files": [str(f) for f in files],
+            "seconds": round(time.time() - started, 1)}
 
 
 def cmd_attention(args: argparse.Namespace) -> dict:
@@ -118,10 +121,12 @@ def cmd_attention(args: argparse.Namespace) -> dict:
     from emogen.inference.attention import capture_attention, plot_attention
     from emogen.inference.config import AttentionConfig
     from emogen.inference.generator import EmotionGenerator
+    from emogen.models.device import choose_device
 
     config = AttentionConfig(**config_values(AttentionConfig, args))
     started = time.time()
-    generator = EmotionGenerator.from_checkpoint(config.checkpoint, tracking_uri=config.tracking_uri)
+    device = choose_device(config.device)  # before loading: an impossible --device fails in a moment
+    generator = EmotionGenerator.from_checkpoint(config.checkpoint, device=device, tracking_uri=config.tracking_uri)
     maps = capture_attention(generator, config.emotion, steps_to_capture=config.steps_to_capture, seed=config.seed,
                              **asdict(config.sampling))
     path = plot_attention(maps, config.png_path)
@@ -129,6 +134,7 @@ def cmd_attention(args: argparse.Namespace) -> dict:
                                  len(maps.blocks), path)
     return {
         "model": generator.kind,
+        "device": str(device),
         "emotion": config.emotion,
         "png": str(path),
         "steps": maps.step_indices,

@@ -1,6 +1,9 @@
 """The bodies of the experiment's Ray tasks: an SER training, generating and scoring a
 generator's clips, evaluating an SER, an attention map, Griffin-Lim. Each takes plain values
-and object refs and returns plain values, so it runs on any node of the cluster."""
+and object refs and returns plain values, so it runs on any node of the cluster. The models
+run on the device decided in the task (emogen.models.device): the GPU Ray granted it
+(the experiment's --use-gpu reserves one per task), else the CPU; results come back as
+numpy arrays on the CPU."""
 
 from __future__ import annotations
 
@@ -30,6 +33,7 @@ from emogen.experiment.results import PROBE_JUDGE, SER_JUDGE
 from emogen.inference.attention import attention_png, capture_attention
 from emogen.inference.classifier import SERClassifier
 from emogen.inference.generator import EmotionGenerator
+from emogen.models.device import choose_device
 
 
 def set_threads() -> None:
@@ -66,18 +70,19 @@ def generate_task(generator_checkpoint: str, filter_checkpoint: str, judge_check
     let the judges (the fold's judge SER and linear probe) score all and kept clips, and
     measure realism against the fold's held-out real clips."""
     set_threads()
+    device = choose_device("auto")
     began = time.time()
-    mels, labels = _generate(EmotionGenerator.from_checkpoint(generator_checkpoint), per_emotion, seed, options)
+    mels, labels = _generate(EmotionGenerator.from_checkpoint(generator_checkpoint, device), per_emotion, seed, options)
     generate_s = time.time() - began
 
-    probs, embeddings = SERClassifier.from_checkpoint(filter_checkpoint).predict(mels)
+    probs, embeddings = SERClassifier.from_checkpoint(filter_checkpoint, device).predict(mels)
     confidence = probs[np.arange(len(labels)), labels]
     keep = confidence >= min_confidence
     kept_labels = labels[keep]
     if keep.sum() == 0:
         raise RuntimeError(f"min_confidence {min_confidence} kept none of {len(labels)} generated clips: lower it")
     write_generated_features(mels[keep], kept_labels, out_dir, source=storage.name(out_dir))
-    judge_probs, _ = SERClassifier.from_checkpoint(judge_checkpoint).predict(mels)
+    judge_probs, _ = SERClassifier.from_checkpoint(judge_checkpoint, device).predict(mels)
     return {
         "n_clips": int(len(labels)),
         "n_kept": int(keep.sum()),
@@ -94,6 +99,7 @@ def generate_task(generator_checkpoint: str, filter_checkpoint: str, judge_check
         "mean_confidence": float(confidence.mean()),
         "examples": {e: mels[labels == k][:4].astype(np.float16) for k, e in enumerate(EMOTIONS)},
         "generate_seconds": round(generate_s, 1),
+        "device": str(device),
     }
 
 
@@ -117,7 +123,7 @@ def _judged(requested: np.ndarray, predicted: np.ndarray, keep: np.ndarray) -> d
 def evaluate_task(ser_checkpoint: str, mels: np.ndarray, labels: np.ndarray, speakers: np.ndarray | None = None) -> dict[str, Any]:
     """Scores and embeddings of an SER on labelled clips; with speakers, also UA per speaker."""
     set_threads()
-    probs, embeddings = SERClassifier.from_checkpoint(ser_checkpoint).predict(mels)
+    probs, embeddings = SERClassifier.from_checkpoint(ser_checkpoint, choose_device("auto")).predict(mels)
     preds = probs.argmax(axis=1)
     report = classification_report(labels, preds) if speakers is None else held_out_report(labels, preds, speakers)
     return {**report, "embeddings": embeddings}
@@ -126,7 +132,8 @@ def evaluate_task(ser_checkpoint: str, mels: np.ndarray, labels: np.ndarray, spe
 def attention_task(checkpoint: str, emotion: str, seed: int, sampling: dict[str, Any]) -> bytes:
     """The diffusion U-Net's attention while it generates one clip of an emotion, as PNG bytes."""
     set_threads()
-    return attention_png(capture_attention(EmotionGenerator.from_checkpoint(checkpoint), emotion, seed=seed, **sampling))
+    generator = EmotionGenerator.from_checkpoint(checkpoint, choose_device("auto"))
+    return attention_png(capture_attention(generator, emotion, seed=seed, **sampling))
 
 
 def griffin_lim_task(mels: np.ndarray) -> np.ndarray:

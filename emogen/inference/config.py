@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from emogen.models.device import DEVICE_HELP, DEVICE_REQUESTS
 from emogen.models.diffusion import SAMPLERS, DiffusionConfig
 from emogen.models.vae import LATENT_SOURCES
 from emogen.options import option
@@ -44,11 +45,13 @@ class SamplingOptions:
 
 @dataclass(frozen=True, kw_only=True)
 class CheckpointOptions:
-    """Which checkpoint a command loads, and where an MLflow model URI resolves."""
+    """Which checkpoint a command loads, where an MLflow model URI resolves, and the device
+    its models run on (emogen.models.device.choose_device decides it)."""
 
     checkpoint: str = option(help="a `emogen train diffusion|vae` run folder (its newest checkpoint), checkpoint folder "
                                   f"or state.pt, local or s3://..., or {MODEL_URIS}")
     tracking_uri: str | None = option(None, TRACKING_URI_HELP)
+    device: str = option("auto", DEVICE_HELP, choices=list(DEVICE_REQUESTS))
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -27,7 +27,6 @@ import mlflow.models
 import mlflow.pyfunc
 import numpy as np
 import pandas as pd
-import torch
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema, TensorSpec
 from mlflow.types.schema import AnyType
@@ -38,6 +37,7 @@ from emogen.inference.classifier import SERClassifier
 from emogen.inference.generator import EmotionGenerator
 from emogen.inference.schema import SynthesisRequest, resolve
 from emogen.inference.synthesis import synthesize_mels
+from emogen.models.device import choose_device
 from emogen.tracking.registry import MODEL_ARTIFACT, PIP_REQUIREMENTS, quiet_downloads, register, resolve_checkpoint_ref
 
 REQUEST_FIELDS = ("emotion", "num_samples", "seed", "steps", "sampler", "guidance_scale", "eta")
@@ -64,7 +64,7 @@ class EmoGenModel(mlflow.pyfunc.PythonModel):
         resolved = resolve_checkpoint_ref(context.artifacts["checkpoint"])
         state = load_state(resolved.state_path)
         self.kind = state["model_name"]
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = choose_device("auto")  # in a Ray worker: the GPU it was granted, if any
         if self.kind == "ser":
             self.classifier = SERClassifier(state, device)
         else:

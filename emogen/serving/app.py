@@ -10,6 +10,8 @@ Concurrent synthesis requests are batched on the replica (emogen.serving.batchin
 batch forms when the model is free) and synthesized together, mels and WAVs
 (emogen.inference.synthesis). Each replica builds its own FastAPI app, so its limits
 (settings.ServeArgs) live on the replica, in its middlewares (emogen.serving.middleware).
+Each replica runs its model on the device decided in the replica from what Ray granted it
+(emogen.models.device: the GPU it reserved with num_gpus, else the CPU); /v1/info names it.
 """
 
 # No `from __future__ import annotations`: Ray Serve converts the builder's arguments to
@@ -25,7 +27,6 @@ import time
 from typing import Any, Callable
 
 import numpy as np
-import torch
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
@@ -46,6 +47,7 @@ from emogen.inference.schema import (
     resolve_attention,
 )
 from emogen.inference.synthesis import AudioRenderer, synthesize_mels
+from emogen.models.device import choose_device
 from emogen.serving.batching import IdleBatcher
 from emogen.serving.binding import serving_refusal
 from emogen.serving.encoders import clip_names, json_payload, npy_bytes, wav_bytes, zip_bytes
@@ -144,7 +146,7 @@ class EmoGenService:
         try:
             if not checkpoint:
                 raise ValueError("no checkpoint configured (args: checkpoint=PATH)")
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+            device = choose_device("auto")  # here, in the replica: the GPU Ray granted it, else the CPU
             self.generator = EmotionGenerator.from_checkpoint(checkpoint, device=device, tracking_uri=tracking_uri)
             self.renderer = AudioRenderer(self.generator.audio, n_iter=self.args.griffin_lim_iters)
             logger.info("emogen: loaded %s checkpoint %s on %s", self.generator.kind, checkpoint, device)
@@ -177,6 +179,7 @@ class EmoGenService:
         args = self.args
         info = self._public_info() if self.generator else {"model": None, "checkpoint": checkpoint_name(args.checkpoint)}
         info.update(
+            device=str(self.generator.device) if self.generator else None,  # what this replica's model runs on
             config={
                 "max_batch_size": self.batcher.max_batch_size,
                 "batch_wait_timeout_s": self.batcher.batch_wait_timeout_s,

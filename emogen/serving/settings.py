@@ -8,7 +8,7 @@ Light to import (no Ray, no torch): the CLI builds its parser from it.
 from __future__ import annotations
 
 import os
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -66,13 +66,28 @@ class ServeArgs(BaseModel):
     max_ongoing_requests: int | None = Field(
         None, description=f"requests a replica admits at once (default: {MAX_ONGOING_REQUESTS})")
     num_cpus: float | None = Field(None, description="CPUs per replica (default: Ray Serve's)")
-    num_gpus: float | Literal["auto"] = Field("auto", description="GPUs per replica; auto: 1 when this host has CUDA")
+    # A number, not "auto": the application is built once, before any replica exists, by
+    # `emogen serve`'s process or the Serve controller (on the shipped cluster, the CPU head,
+    # while its GPU workers may not be up yet), so nothing there tells whether the nodes
+    # that will run the replicas have GPUs. The replica then runs on what Ray granted it
+    # (emogen.models.device).
+    num_gpus: float = Field(
+        0.0, ge=0, description="GPUs Ray reserves per replica (0: none, the replica runs on the CPU; "
+                               "1 on GPU nodes: the replica runs on the GPU it is granted)")
 
     @model_validator(mode="before")
     @classmethod
     def _empty_means_default(cls, data: Any) -> Any:
         # `serve run ... key=` passes an empty string: take the default, as for a missing key
         return {k: v for k, v in data.items() if v != ""} if isinstance(data, dict) else data
+
+    @field_validator("num_gpus", mode="before")
+    @classmethod
+    def _a_number_of_gpus(cls, gpus: Any) -> Any:
+        if gpus == "auto":
+            raise ValueError("num_gpus takes a number of GPUs per replica (0: the CPU, 1 on GPU nodes); 'auto' "
+                             "cannot be decided where the application is built, which need not be where replicas run")
+        return gpus
 
     @field_validator("api_key")
     @classmethod
@@ -101,14 +116,8 @@ class ServeArgs(BaseModel):
         actor: dict[str, Any] = {}
         if self.num_cpus is not None:
             actor["num_cpus"] = self.num_cpus
-        gpus = self.num_gpus
-        if gpus == "auto":
-            # deferred: torch takes seconds to import and `emogen serve`'s parser imports this module
-            import torch
-
-            gpus = 1.0 if torch.cuda.is_available() else 0.0
-        if gpus > 0:
-            actor["num_gpus"] = float(gpus)
+        if self.num_gpus > 0:
+            actor["num_gpus"] = float(self.num_gpus)
         if actor:
             options["ray_actor_options"] = actor
         return options

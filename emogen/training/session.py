@@ -18,6 +18,7 @@ from torch import nn
 
 from emogen import storage
 from emogen.checkpoint import STATE_FILE
+from emogen.models.device import choose_device
 from emogen.storage import atomic_write
 
 
@@ -66,11 +67,14 @@ class _SingleProcessContext:
 
 class SingleProcessSession(RayTrainSession):
     """The loop in the current process (a Ray task, a Tune trial): one worker, no DDP,
-    the given (materialized) datasets as shards. Subclasses decide where reports go."""
+    the given (materialized) datasets as shards. Subclasses decide where reports go.
+
+    use_gpu: train on the GPU Ray granted this process (emogen.models.device), an error
+    when it has none it can use; else on the CPU."""
 
     def __init__(self, datasets: dict[str, Any], use_gpu: bool = False):
         self.datasets = datasets
-        self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+        self.device = choose_device("cuda" if use_gpu else "cpu")
 
     def get_context(self) -> Any:
         return _SingleProcessContext()

@@ -44,3 +44,11 @@ def latent_diffusion_state(latent_scale: float = 0.5) -> dict:
     return {"model_name": "diffusion", "model": build_model("diffusion", sections).state_dict(),
             "configs": plain(sections), "audio": {},
             "extra": {"latent_scale": latent_scale, "vae": {"config": vae["configs"]["vae"], "model": vae["model"]}}}
+
+
+def ser_state() -> dict:
+    """A checkpoint state of an untrained tiny SER classifier."""
+    torch.manual_seed(0)
+    sections = {"ser": dataclasses.asdict(model_configs("tiny")["ser"])}
+    return {"model_name": "ser", "model": build_model("ser", sections).state_dict(), "configs": plain(sections),
+            "audio": AUDIO, "extra": {}}

@@ -109,7 +109,7 @@ def test_generate_and_attention_configs_keep_the_cli_defaults():
     generate = GenerateConfig(checkpoint="c")
     assert (generate.emotion, generate.num_samples, generate.seed, generate.vae_latent, str(generate.out)) == \
         ("all", 4, 0, "posterior", "runs/samples")
-    assert generate.sampling == SamplingOptions() and generate.tracking_uri is None
+    assert generate.sampling == SamplingOptions() and generate.tracking_uri is None and generate.device == "auto"
     attention = AttentionConfig(checkpoint="c", emotion="fear")
     assert attention.steps_to_capture is None and attention.seed == 0 and attention.sampling == SamplingOptions()
     assert str(attention.png_path) == "runs/attention/fear_0.png"

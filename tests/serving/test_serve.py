@@ -73,6 +73,7 @@ def test_info_endpoints(client, diffusion_checkpoint):
     assert info["model"] == "diffusion" and info["checkpoint"] == "/".join(Path(diffusion_checkpoint).parts[-2:])
     assert str(Path(diffusion_checkpoint).parent) not in client.get("/v1/info").text
     assert info["config"]["step_budget"] == 4000 and info["config"]["max_batch_size"] == 8
+    assert info["device"] == "cpu"  # decided in the replica: Ray granted it no GPU
     schema = client.get("/openapi.json").json()
     assert "/v1/synthesize" in schema["paths"] and "/v1/attention" in schema["paths"]
     docs = client.get("/docs")  # Swagger UI from the app's own files, not a CDN

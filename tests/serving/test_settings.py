@@ -46,7 +46,9 @@ def test_the_command_options_are_the_fields_of_serve_args():
                    "--stack-rows", "2", "--max-ongoing-requests", "64")
     assert serve_args(given) == ServeArgs(checkpoint="x", batch_wait_timeout_s=0.2, num_replicas=3, num_gpus=0.5,
                                           stack_rows=2, max_ongoing_requests=64)
-    assert _parse("--checkpoint", "x", "--num-gpus", "auto").num_gpus == "auto"
+    assert _parse("--checkpoint", "x").num_gpus == 0.0
+    with pytest.raises(SystemExit):  # a number of GPUs, decided by whoever knows the nodes
+        _parse("--checkpoint", "x", "--num-gpus", "auto")
     with pytest.raises(SystemExit):  # the command needs a checkpoint
         _parse()
 
@@ -78,11 +80,22 @@ def test_replicas_get_absolute_paths_and_their_options(monkeypatch, tmp_path):
     assert uri.checkpoint == "models:/emogen-vae@champion" and uri.tracking_uri == "http://mlflow:5000"
     # a storage URI as it is (no cwd prefix, no s3:/ collapse): each replica fetches it on its node
     assert ServeArgs(checkpoint="s3://bucket/train/diffusion-tiny/").for_replicas().checkpoint == "s3://bucket/train/diffusion-tiny"
-    assert ServeArgs(num_gpus=0).deployment_options() == {}
+    assert ServeArgs(num_gpus=0).deployment_options() == {} == ServeArgs().deployment_options()
+    assert ServeArgs(num_gpus=1).deployment_options() == {"ray_actor_options": {"num_gpus": 1.0}}
     assert ServeArgs(num_replicas=2, max_ongoing_requests=16, num_cpus=1, num_gpus=0.5).deployment_options() == {
         "num_replicas": 2, "max_ongoing_requests": 16, "ray_actor_options": {"num_cpus": 1.0, "num_gpus": 0.5}}
     with pytest.raises(ValueError, match="volume"):
         ServeArgs.model_validate({"volume": 11})  # unknown keys fail at deploy time
+
+
+def test_gpus_per_replica_are_a_number():
+    """The builder cannot see the nodes its replicas will run on, so "auto" is refused with
+    the reason; each replica then runs on the GPU Ray grants it (emogen.models.device)."""
+    with pytest.raises(ValueError, match="num_gpus takes a number of GPUs per replica"):
+        ServeArgs.model_validate({"num_gpus": "auto"})
+    with pytest.raises(ValueError, match="num_gpus"):
+        ServeArgs(num_gpus=-1)
+    assert ServeArgs.model_validate({"num_gpus": "0.5"}).num_gpus == 0.5  # `serve run ... num_gpus=0.5`
 
 
 def test_the_config_file_is_what_the_app_takes():
@@ -97,5 +110,9 @@ def test_the_config_file_is_what_the_app_takes():
         assert getattr(args, field) == getattr(defaults, field), field
     (deployment,) = application["deployments"]
     assert deployment["max_ongoing_requests"] == MAX_ONGOING_REQUESTS
+    # one GPU per replica for the GPU cluster, asked for in args: a ray_actor_options in the
+    # deployment would replace the builder's actor options whole and drop it
+    assert "ray_actor_options" not in deployment
+    assert args.deployment_options()["ray_actor_options"] == {"num_cpus": 1.0, "num_gpus": 1.0}
     assert config["http_options"]["host"] == "127.0.0.1"
     assert config["http_options"]["keep_alive_timeout_s"] == DEFAULT_KEEP_ALIVE_TIMEOUT_S
