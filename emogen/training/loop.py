@@ -36,16 +36,17 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     run_training(config["loop"], RayTrainSession())
 
 
-def run_training(loop: LoopConfig, session: RayTrainSession) -> None:
-    """Train (or resume) one model under a session."""
+def run_training(loop: LoopConfig, session: RayTrainSession) -> Worker:
+    """Train (or resume) one model under a session; returns the worker as training left it
+    (a test or a benchmark looks at its model and task)."""
     worker = Worker.start(loop, session)
     progress, epochs = worker.progress, loop.train.epochs
     if progress.epoch >= epochs:
         if worker.resumed and progress.history:  # a finished run re-run by name: report where it stands
             session.report(dict(progress.history[-1]))
-        return
+        return worker
     if progress.stopped_early:
-        return
+        return worker
     for epoch in range(progress.epoch, epochs):
         started = time.time()
         metrics = train_epoch(worker.learner, worker.data.train_batches(epoch, worker.rank), epoch)
@@ -65,6 +66,7 @@ def run_training(loop: LoopConfig, session: RayTrainSession) -> None:
             if worker.rank == 0:
                 worker.log.info(f"early stop: no improvement for {progress.bad_epochs} epochs")
             break
+    return worker
 
 
 def train_epoch(learner: Learner, batches: Iterable[Batch], epoch: int) -> dict[str, float]:
@@ -243,6 +245,7 @@ class Worker:
             task.fit_data_stats(model, train_shard)
         model = session.prepare_model(model)
         task.setup(model, device)
+        task.fit_input_stats(train_shard, device)  # on every worker, resumed or not: it may all-reduce
         learner = Learner.build(task, model, loop.train, device)
         progress = Progress()
         if state is not None:

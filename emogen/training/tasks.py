@@ -8,11 +8,13 @@ loop, the driver and the CLI read it; checkpoint loading needs only the networks
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -25,6 +27,11 @@ from emogen.models.vae import LatentStatistics, vae_loss
 from emogen.tracking.registry import resolve_checkpoint_ref
 from emogen.training.augment import augment_mels
 from emogen.training.config import TrainConfig
+
+# Clips per worker whose encoder means fix latent diffusion's scale: the size of the first
+# chunk a worker reads into memory (batches.read_into_memory), so a one-process run's scale
+# is that of the first clips it trains on.
+SCALE_BATCH = 256
 
 NEEDS_VAE = "latent diffusion needs a trained VAE: pass --vae-checkpoint (a `emogen train vae` checkpoint)"
 
@@ -46,6 +53,10 @@ class Task:
     def fit_data_stats(self, model: nn.Module, train_shard: Any) -> None:
         """Statistics of the training data the model keeps (e.g. input normalization);
         called once, before the first epoch of a fresh run (a resumed model has them)."""
+
+    def fit_input_stats(self, train_shard: Any, device: torch.device) -> None:
+        """Statistics `inputs` needs (e.g. latent diffusion's latent scale), after `setup`
+        and before any data is read; every worker calls it, so it may all-reduce."""
 
     def inputs(self, mel: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
         """What the model trains on, from a batch of mels [B, n_mels, T]: deterministic,
@@ -207,12 +218,36 @@ class DiffusionTask(Task):
         if self.vae is None:
             return x
         mu, _ = self.vae.encode(x, label)
-        if self.extra.get("latent_scale") is None:
-            # First batch fixes the scale (unit variance, as Stable Diffusion's 0.18215);
-            # it is saved in the checkpoint, so a resumed run keeps the same space.
-            self.latent_scale = float(1.0 / mu.std().clamp(min=1e-6))
-            self.extra["latent_scale"] = self.latent_scale
         return mu * self.latent_scale
+
+    @torch.no_grad()
+    def fit_input_stats(self, train_shard, device):
+        """Fix the latent scale that makes the encoder means unit-variance, from every
+        worker's first SCALE_BATCH training clips, summed over the workers: all ranks then
+        train in one latent space, the one the checkpoint saves. A resumed run keeps its
+        checkpoint's scale (Worker.start puts it in `extra`)."""
+        # unit variance, as Stable Diffusion's 0.18215 does for its VAE
+        if self.vae is None or self.extra.get("latent_scale") is not None:
+            return
+        # float64 [count, sum, sum of squares]: zeros from a worker whose shard is empty
+        moments = torch.zeros(3, dtype=torch.float64, device=device)
+        for batch in train_shard.iter_batches(batch_size=SCALE_BATCH, batch_format="numpy"):
+            if len(batch["label"]) == 0:
+                continue
+            mel = torch.from_numpy(decode_mels(batch)).to(device)
+            label = torch.tensor(np.asarray(batch["label"], dtype=np.int64), device=device)
+            mu = self.vae.encode(mel.unsqueeze(1), label)[0].double()
+            moments += torch.stack([torch.tensor(float(mu.numel()), dtype=torch.float64, device=device),
+                                    mu.sum(), (mu**2).sum()])
+            break
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(moments)  # every worker calls this once, shard empty or not
+        count, total, squares = moments.tolist()
+        if count < 2:
+            return  # no training clip anywhere: the config's scale stays
+        variance = max(squares - total * total / count, 0.0) / (count - 1)  # unbiased, as torch.std
+        self.latent_scale = float(1.0 / max(math.sqrt(variance), 1e-6))
+        self.extra["latent_scale"] = self.latent_scale
 
     def loss(self, model, x, label, epoch):
         return diffusion_loss(model, self.scheduler, x, label, snr_gamma=self.cfgs["diffusion"].snr_gamma), {}

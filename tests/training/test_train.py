@@ -357,6 +357,30 @@ def test_ser_input_stats_come_from_the_training_shard():
     off.fit_data_stats(off.build(), _ArrayShard(mels))  # no input_norm: nothing to set, no error
 
 
+def test_latent_scale_in_one_process_is_unit_variance_of_the_first_clips_and_kept_on_resume():
+    """One process (no torch.distributed): the scale makes the encoder means of the first
+    SCALE_BATCH training clips unit-variance; a scale already given (a resumed run's) stays."""
+    from emogen.models import NETWORKS
+    from emogen.presets import model_configs
+    from emogen.training import DiffusionTask
+    from emogen.training.tasks import SCALE_BATCH
+
+    cfgs = model_configs("tiny", {"diffusion": {"space": "latent"}, "unet": {"in_channels": 4}})
+    vae = NETWORKS["vae"].build(cfgs).eval()
+    mels = np.random.default_rng(0).uniform(-1, 1, (SCALE_BATCH + 20, 128, 173)).astype(np.float32)
+    task = DiffusionTask(cfgs, TrainConfig(), {})
+    task.vae = vae
+    task.fit_input_stats(_ArrayShard(mels), torch.device("cpu"))
+    with torch.no_grad():
+        first = vae.encode(torch.from_numpy(mels[:SCALE_BATCH]).unsqueeze(1), torch.zeros(SCALE_BATCH, dtype=torch.long))[0]
+    assert task.latent_scale == pytest.approx(float(1 / first.std()), rel=1e-5) and task.latent_scale != 1.0
+    assert task.checkpoint_extra()["latent_scale"] == task.latent_scale
+    resumed = DiffusionTask(cfgs, TrainConfig(), {"latent_scale": 0.25})
+    resumed.vae = vae
+    resumed.fit_input_stats(_ArrayShard(mels), torch.device("cpu"))
+    assert resumed.latent_scale == 0.25
+
+
 def test_ser_mixup_mixes_training_batches_and_cosine_schedule_decays():
     from emogen.models.ser import SERConfig
     from emogen.training import SERTask
