@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= runs/demo
 
-.PHONY: setup demo test test-fast bench clean browser
+.PHONY: setup demo cluster-demo test test-fast bench clean browser
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,11 @@ setup: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/emogen demo --out $(DEMO_DIR)
+
+# a rehearsal of the cluster on this machine: a 0-CPU Ray head, 2 worker nodes and an S3 server,
+# the tiny experiment submitted with `ray job submit`; stops everything it started
+cluster-demo: $(STAMP)
+	$(PY) scripts/cluster_demo.py --out runs/cluster-demo
 
 test: $(STAMP) browser
 	$(PY) -m pytest -q tests
