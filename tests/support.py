@@ -90,3 +90,17 @@ class S3Server:
 def _boto_keys() -> dict[str, str]:
     return {"aws_access_key_id": S3_KEYS["AWS_ACCESS_KEY_ID"], "aws_secret_access_key": S3_KEYS["AWS_SECRET_ACCESS_KEY"],
             "region_name": S3_KEYS["AWS_DEFAULT_REGION"]}
+
+
+def emogen(*argv: str) -> dict:
+    """`emogen ARGV` in this process (its Ray: the session's), the summary its last stdout line."""
+    import contextlib
+    import io
+    import json
+
+    from emogen.cli.main import main
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        main([str(a) for a in argv])
+    return json.loads(out.getvalue().strip().splitlines()[-1])

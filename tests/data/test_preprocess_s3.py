@@ -5,7 +5,6 @@ URI equals the local decode; a rerun replaces the features; bad URIs are one lin
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import re
@@ -19,7 +18,7 @@ import pyarrow.dataset as pads
 import pytest
 import soundfile as sf
 
-from tests.support import tone
+from tests.support import emogen, tone
 from emogen import storage
 from emogen.audio.clips import RejectedClip, load_clip, read_audio
 from emogen.config import EMOTIONS
@@ -29,16 +28,6 @@ from emogen.errors import MissingInputError
 
 ROOT = Path(__file__).resolve().parents[2]
 NOT_AUDIO = b"RIFF\x00\x00\x00\x00WAVEgarbage" + bytes(range(256)) * 4
-
-
-def emogen(*argv: str) -> dict:
-    """`emogen ARGV` in this process (its Ray: the session's), the summary its last stdout line."""
-    from emogen.cli.main import main
-
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        main([str(a) for a in argv])
-    return json.loads(out.getvalue().strip().splitlines()[-1])
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,6 @@ as one line. No local path between the stages: every checkpoint goes through the
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import subprocess
@@ -17,21 +15,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import emogen
+
 from emogen import storage
 from emogen.checkpoint import load_state
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
-
-
-def emogen(*argv: str) -> dict:
-    """`emogen ARGV` in this process (its Ray: the session's), the summary its last stdout line."""
-    from emogen.cli.main import main
-
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        main([str(a) for a in argv])
-    return json.loads(out.getvalue().strip().splitlines()[-1])
 
 
 @pytest.fixture(scope="module")
