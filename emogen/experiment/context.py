@@ -125,10 +125,6 @@ class Layout:
     def generated_dir(self, fold: Fold, generator: str, seed: int) -> str:
         return storage.join(self.fold_dir(fold), "generated", f"{generator}-s{seed}")
 
-    def examples(self, fold: Fold, generator: str, seed: int) -> Path:
-        """A generated set's example mels for the report (written by the driver)."""
-        return self.out / f"fold{fold.index}" / "generated" / f"{generator}-s{seed}" / "examples.npz"
-
     @property
     def train_storage(self) -> str:
         """Ray Train's storage for the generators' runs."""
