@@ -79,11 +79,6 @@ def parent(location: str | Path) -> str:
     return str(local_path(location).parent)
 
 
-def display(location: str | Path) -> str:
-    """A location as messages show it: a URI as given, a local path made absolute."""
-    return absolute(location)
-
-
 # ----------------------------------------------------------------- file systems
 
 
@@ -137,9 +132,9 @@ def reporting(location: str | Path) -> Iterator[None]:
     except StorageError:
         raise
     except FileNotFoundError:
-        raise StorageNotFound(f"{display(location)}: not found") from None
+        raise StorageNotFound(f"{absolute(location)}: not found") from None
     except (OSError, ValueError) as error:  # pyarrow raises OSError, ArrowInvalid (a ValueError) for a bad URI
-        raise StorageError(f"{display(location)}: {_reason(error)}") from None
+        raise StorageError(f"{absolute(location)}: {_reason(error)}") from None
 
 
 def _info(location: str | Path) -> Any:
@@ -328,19 +323,27 @@ def fetch(location: str | Path, cache: str | Path | None = None) -> Path:
         else:
             listing = [i for i in fs.get_file_info(pafs.FileSelector(path, recursive=True)) if i.type == pafs.FileType.File]
     if not listing:
-        raise StorageNotFound(f"{display(location)}: not found")
+        raise StorageNotFound(f"{absolute(location)}: not found")
     signature = "|".join(f"{i.path}:{i.size}:{i.mtime_ns}" for i in listing)
     cache = Path(cache or cache_root())
     target = cache / hashlib.sha256(f"{location}|{signature}".encode()).hexdigest()[:24] / name(location)
     if target.exists():
         return target
-    cache.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=cache, prefix=".fetch-"))
+    return put_in_place(target, lambda staged: download(location, staged), staging_in=cache)
+
+
+def put_in_place(target: Path, fill: Callable[[Path], Any], staging_in: Path) -> Path:
+    """fill(staged) writes what target is to hold (a file or a folder) at a fresh path in a
+    staging folder under staging_in, which is then renamed to target: a reader never sees
+    half of it. When another process put its copy in place first, that copy stays."""
+    staging_in.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=staging_in, prefix=".fetch-"))
     try:
-        download(location, staging / name(location))
+        staged = staging / target.name
+        fill(staged)
         target.parent.mkdir(parents=True, exist_ok=True)
         try:
-            os.replace(staging / name(location), target)
+            os.replace(staged, target)
         except OSError:  # another process put the same copy in place first
             if not target.exists():
                 raise

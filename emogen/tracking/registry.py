@@ -126,14 +126,10 @@ def resolve_model_uri(uri: str, tracking_uri: str | None = None, cache_dir: str 
         # an alias moves: the cache is keyed by what the URI resolved to
         target = cache / hashlib.sha256(f"{tracking}|{source}".encode()).hexdigest()[:20]
         if not (target.exists() and any(target.rglob(STATE_FILE))):
-            cache.mkdir(parents=True, exist_ok=True)
-            staging = Path(tempfile.mkdtemp(dir=cache))
-            try:
-                mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(staging), tracking_uri=tracking)
-                shutil.rmtree(target, ignore_errors=True)
-                os.replace(staging, target)  # whole or not at all: a replica never reads half a download
-            finally:
-                shutil.rmtree(staging, ignore_errors=True)
+            shutil.rmtree(target, ignore_errors=True)  # a download that holds no checkpoint is not kept
+            # whole or not at all: a replica never reads half a download
+            storage.put_in_place(target, lambda staged: mlflow.artifacts.download_artifacts(
+                artifact_uri=source, dst_path=str(staged), tracking_uri=tracking), staging_in=cache)
     except MlflowException as exc:
         raise ModelURIError(f"{uri} does not resolve at {tracking}: {exc.message}") from None
     states = sorted(target.rglob(STATE_FILE))
