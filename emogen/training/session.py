@@ -104,10 +104,9 @@ class DirectorySession(SingleProcessSession):
     def get_checkpoint(self) -> Any:
         import ray.train  # deferred: Ray Train is heavy to import, and `emogen --help` imports this module
 
-        if not storage.is_uri(self.run_dir):
-            return ray.train.Checkpoint.from_directory(self.run_dir) if Path(self.state_location).exists() else None
         if not storage.is_file(self.state_location):
             return None
+        # fetch: a local state file is read where it is, a remote one from this node's cache
         return ray.train.Checkpoint.from_directory(str(storage.fetch(self.state_location).parent))
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: str | None = None) -> None:
